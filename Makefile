@@ -1,0 +1,29 @@
+# Set-up and entry points. `make run` and `make test` each install into .venv on first use.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+# torch comes from this pin unless the user's environment already has a torch.
+TORCH_PIN := torch==2.14.1 torchvision==0.29.1
+
+.PHONY: install run test test-fast clean
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q $(TORCH_PIN)
+	$(PY) -m pip install -q -e ".[test]"
+	touch $@
+
+install: $(VENV)/.installed
+
+run: install
+	$(VENV)/bin/mmap-ray params --model ViT-B-16 --tasks Art,Clipart,Product,RealWorld --partition "Art+Clipart|Product+RealWorld"
+
+test: install
+	$(PY) -m pytest -q
+
+test-fast: install
+	$(PY) -m pytest -q -m "not slow"
+
+clean:
+	rm -rf $(VENV) .pytest_cache
