@@ -7,9 +7,9 @@ TORCH_PIN := torch==2.14.1 torchvision==0.29.1
 
 .PHONY: install run test test-fast clean
 
+# A torch already in $(PYTHON) is reused (the venv then sees system site-packages); otherwise the pin.
 $(VENV)/.installed: pyproject.toml
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
+	test -x $(PY) || { $(PYTHON) -c "import torch" 2>/dev/null && $(PYTHON) -m venv --system-site-packages $(VENV) || $(PYTHON) -m venv $(VENV); }
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q $(TORCH_PIN)
 	$(PY) -m pip install -q -e ".[test]"
 	touch $@
