@@ -1,5 +1,8 @@
 """The `mmap-ray` command: one entry point, a subcommand per job.
 
+    mmap-ray train                      # MmAP on the toy benchmark with the tiny pretrained CLIP
+    mmap-ray eval                       # zero-shot on the same benchmark
+    mmap-ray eval --run runs/NAME       # a trained run's test accuracy
     mmap-ray params --model ViT-B-16 --tasks Art,Clipart,Product,RealWorld \\
         --partition "Art+Clipart|Product+RealWorld"
 
@@ -12,20 +15,37 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
 
 from .prompts import Combine, MmAPConfig, Projection, parse_layers
 
 
-def add_backbone_args(p: argparse.ArgumentParser) -> None:
+DATASETS = ("toy", "office-home", "minidomainnet", "domainnet", "folders")
+
+
+def add_backbone_args(p: argparse.ArgumentParser, model: str = "ViT-B-16", pretrained: str | None = None) -> None:
     g = p.add_argument_group("backbone")
-    g.add_argument("--model", default="ViT-B-16", help="open_clip model name (default: %(default)s)")
+    g.add_argument("--model", default=model, help="open_clip model name (default: %(default)s)")
     g.add_argument(
         "--pretrained",
-        default=None,
-        help="open_clip pretrained tag (needs the model hub or its cache) or a local checkpoint file; "
-        "omit for random weights",
+        default=pretrained,
+        help="open_clip pretrained tag (needs the model hub or its cache), a local checkpoint file, 'toy' "
+        "(our tiny CLIP pretrained on the toy benchmark, built and cached on first use) or 'none' for "
+        "random weights (default: %(default)s)",
     )
+
+
+def add_data_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("data")
+    g.add_argument("--dataset", default="toy", choices=DATASETS, help="benchmark (default: %(default)s)")
+    g.add_argument("--root", default=None, help="dataset folder (not for toy)")
+    g.add_argument("--domains", default=None, help="comma-separated domains to use as tasks (default: all)")
+    g.add_argument("--shots", type=int, default=None, help="k-shot: at most k training images per class")
+    g.add_argument("--data-seed", type=int, default=0, help="seed of the toy render / the train-val-test split")
+    g.add_argument("--skip-bad-images", action="store_true", help="drop unreadable images instead of failing")
 
 
 def add_mmap_args(p: argparse.ArgumentParser) -> None:
@@ -103,6 +123,136 @@ def cmd_params(args: argparse.Namespace) -> int:
     return 0
 
 
+def load_model_backbone(args: argparse.Namespace):
+    from .backbone import TINY_MODEL, BackboneConfig, load_backbone
+
+    pretrained = args.pretrained
+    if pretrained == "toy":
+        if args.model != TINY_MODEL:
+            raise ValueError(f"--pretrained toy is only for --model {TINY_MODEL}, not {args.model!r}")
+        from .toyclip import pretrained_toy_clip
+
+        pretrained = str(pretrained_toy_clip())
+    elif pretrained in (None, "", "none"):
+        pretrained = None
+    return load_backbone(BackboneConfig(args.model, pretrained))
+
+
+def load_tasks(args: argparse.Namespace, backbone, splits_dir: Path | None = None) -> list:
+    domains = tuple(d.strip() for d in args.domains.split(",")) if args.domains else None
+    if args.dataset == "toy":
+        from .data.toy import DOMAINS, ToyConfig, load_toy_tasks
+
+        if args.root:
+            raise ValueError("--root is not used with --dataset toy (the toy benchmark is rendered)")
+        size = backbone.model.visual.image_size[0]
+        return load_toy_tasks(ToyConfig(image_size=size, seed=args.data_seed, domains=domains or DOMAINS))
+    from .data.folders import FolderDataConfig, load_folder_tasks
+
+    if not args.root:
+        raise ValueError(f"--root is required with --dataset {args.dataset}: the folder that holds the dataset")
+    cfg = FolderDataConfig(
+        layout=args.dataset,
+        root=str(Path(args.root).resolve()),
+        domains=domains,
+        shots=args.shots,
+        seed=args.data_seed,
+        skip_bad_images=args.skip_bad_images,
+        splits_dir=str(splits_dir) if splits_dir else None,
+    )
+    return load_folder_tasks(cfg, backbone.preprocess_train, backbone.preprocess_val)
+
+
+def _print_accuracy(title: str, acc: dict[str, float]) -> None:
+    print(title + "  " + "  ".join(f"{k} {100 * v:.1f}" for k, v in acc.items()))
+
+
+def _run_config(args: argparse.Namespace) -> dict:
+    keep = ("dataset", "root", "domains", "shots", "data_seed", "skip_bad_images", "model", "pretrained",
+            "partition", "n_tokens", "layers", "text_layers", "vision_layers", "source_dim", "projection",
+            "combine", "no_task_prompts")  # fmt: skip
+    return {k: getattr(args, k) for k in keep}
+
+
+def _build(args: argparse.Namespace, splits_dir: Path | None = None):
+    from .grouping import Partition
+    from .model import PromptedCLIP
+
+    cfg = mmap_config_from_args(args)  # validate cheap things before loading anything
+    backbone = load_model_backbone(args)
+    tasks = load_tasks(args, backbone, splits_dir)
+    names = [t.name for t in tasks]
+    partition = Partition.parse(args.partition, names) if args.partition else Partition.single(names)
+    model = PromptedCLIP(backbone, {t.name: t.class_names for t in tasks}, cfg, partition)
+    return model, tasks
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    import torch
+
+    from .engine import TrainConfig, evaluate, train, write_json
+    from .model import count_parameters
+
+    tcfg = TrainConfig(
+        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
+        weight_decay=args.weight_decay, seed=args.seed, full_finetune=args.full_finetune,
+        sampling=args.sampling, num_workers=args.workers,
+    )  # fmt: skip
+    out = Path(args.out or f"runs/{args.dataset}-{'full' if args.full_finetune else args.projection}-seed{args.seed}")
+    config = {"run": _run_config(args), "train": asdict(tcfg)}
+    saved = out / "config.json"
+    if saved.is_file() and json.loads(saved.read_text()) != json.loads(json.dumps(config)):
+        raise ValueError(
+            f"--out {out} holds a run with a different configuration ({saved}); resume it with the same "
+            f"options, or give another --out"
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(args.seed)
+    model, tasks = _build(args, splits_dir=out / "splits")
+    write_json(saved, config)
+    trainable_before = count_parameters(model)  # prompts only, before full fine-tuning unfreezes
+    start = time.time()
+    history = train(model, tasks, tcfg, out, resume=True, progress=not args.no_progress)
+    test = evaluate(model, tasks, "test", tcfg.eval_batch_size)
+    trainable, total = count_parameters(model)
+    summary = {
+        "epochs": len(history),
+        "final": history[-1] if history else {},
+        "test": test,
+        "trainable_params": trainable if tcfg.full_finetune else trainable_before[0],
+        "total_params": total,
+        "partition": str(model.partition),
+        "wall_s": time.time() - start,
+        "out": str(out),
+    }
+    write_json(out / "summary.json", summary)
+    _print_accuracy(f"test accuracy (%) after {len(history)} epochs:", test)
+    print(f"run folder: {out}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    import torch
+
+    from .engine import evaluate, load_trainable, write_json
+
+    if args.run:
+        run = Path(args.run)
+        if not (run / "config.json").is_file() or not (run / "checkpoint.pt").is_file():
+            raise ValueError(f"--run {run} is not a finished run folder: it needs config.json and checkpoint.pt")
+        for k, v in json.loads((run / "config.json").read_text())["run"].items():
+            setattr(args, k, v)
+        model, tasks = _build(args, splits_dir=run / "splits")
+        load_trainable(model, torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=False)["trainable"])
+    else:
+        model, tasks = _build(args)
+    acc = evaluate(model, tasks, args.split)
+    _print_accuracy(f"{args.split} accuracy (%):", acc)
+    if args.out:
+        write_json(Path(args.out), acc)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mmap-ray", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -119,6 +269,51 @@ def build_parser() -> argparse.ArgumentParser:
     add_mmap_args(p)
     p.add_argument("--json", action="store_true", help="print JSON for machines")
     p.set_defaults(func=cmd_params)
+
+    from .backbone import TINY_MODEL
+    from .engine import TrainConfig
+
+    d = TrainConfig()
+    p = sub.add_parser(
+        "train",
+        help="train MmAP (or a baseline) on a benchmark; writes metrics, checkpoints and a summary",
+        description="Train prompts on a multi-task benchmark. With no options: MmAP (kron) on the toy "
+        "benchmark with the tiny CLIP pretrained on it (built and cached on first use, ~2 min). Per-epoch "
+        "metrics go to OUT/metrics.jsonl, the final summary to OUT/summary.json; re-running the same "
+        "command resumes from OUT/checkpoint.pt.",
+    )
+    add_data_args(p)
+    add_backbone_args(p, model=TINY_MODEL, pretrained="toy")
+    add_mmap_args(p)
+    p.add_argument("--partition", default=None, help="task groups, e.g. 'Art+Clipart|Product+RealWorld' (default: one group)")
+    g = p.add_argument_group("training")
+    g.add_argument("--epochs", type=int, default=d.epochs, help="(default: %(default)s)")
+    g.add_argument("--batch-size", type=int, default=d.batch_size, help="global batch, shared by tasks (default: %(default)s)")
+    g.add_argument("--lr", type=float, default=d.lr, help="(default: %(default)s)")
+    g.add_argument("--optimizer", default=d.optimizer, choices=["adamw", "sgd"])
+    g.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    g.add_argument("--sampling", default=d.sampling, choices=["equal", "proportional"], help="task share of a batch")
+    g.add_argument("--seed", type=int, default=d.seed)
+    g.add_argument("--full-finetune", action="store_true", help="baseline: train the whole backbone (use --layers none)")
+    g.add_argument("--workers", type=int, default=0, help="data-loading processes (default: %(default)s)")
+    g.add_argument("--out", default=None, help="run folder (default: runs/DATASET-PROJECTION-seedSEED)")
+    g.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser(
+        "eval",
+        help="accuracy of a trained run, or zero-shot accuracy of a backbone",
+        description="With --run: rebuild the run's model, load its checkpoint and evaluate. Without: "
+        "zero-shot CLIP (no prompts unless MmAP options are given) on the chosen benchmark.",
+    )
+    p.add_argument("--run", default=None, help="a run folder written by `mmap-ray train`")
+    p.add_argument("--split", default="test", choices=["train", "val", "test"])
+    p.add_argument("--out", default=None, help="also write the accuracies to this JSON file")
+    add_data_args(p)
+    add_backbone_args(p, model=TINY_MODEL, pretrained="toy")
+    add_mmap_args(p)
+    p.set_defaults(layers="none", partition=None)
+    p.set_defaults(func=cmd_eval)
     return parser
 
 

@@ -1,0 +1,76 @@
+"""The data interface every benchmark produces: per-task class names and train/val/test datasets.
+
+A *task* is one domain (Office-Home's Art, Clipart, ...). Each task's datasets yield `(image, label)`
+with `image` a float tensor (3, H, W) already preprocessed for the backbone and `label` an index into
+that task's `class_names`. `MultiTaskDataset` joins the tasks of one split and adds the task id, which is
+what `PromptedCLIP.forward(images, task_ids)` consumes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class TaskData:
+    """One task: natural-language class names and a dataset per split."""
+
+    name: str
+    class_names: list[str]
+    train: Dataset
+    val: Dataset
+    test: Dataset
+
+    def split(self, name: str) -> Dataset:
+        if name not in SPLITS:
+            raise ValueError(f"split={name!r} is not valid; choose one of {SPLITS}")
+        return getattr(self, name)
+
+
+class ImageListDataset(Dataset):
+    """Images listed as (path, label) pairs, decoded with PIL and passed through `transform`."""
+
+    def __init__(self, items: Sequence[tuple[Path, int]], transform: Callable | None = None):
+        self.items = list(items)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> tuple[Tensor, int]:
+        from PIL import Image
+
+        path, label = self.items[i]
+        with Image.open(path) as im:
+            image = im.convert("RGB")
+        return (self.transform(image) if self.transform else image), label
+
+    @property
+    def labels(self) -> list[int]:
+        return [label for _, label in self.items]
+
+
+class MultiTaskDataset(Dataset):
+    """The tasks of one split joined end to end; yields (image, label, task_id)."""
+
+    def __init__(self, datasets: Sequence[Dataset]):
+        self.datasets = list(datasets)
+        sizes = torch.tensor([len(d) for d in self.datasets])
+        self.offsets = torch.cumsum(sizes, 0) - sizes
+        self.task_of = torch.repeat_interleave(torch.arange(len(sizes)), sizes)  # (N,) task id per index
+
+    def __len__(self) -> int:
+        return len(self.task_of)
+
+    def __getitem__(self, i: int) -> tuple[Tensor, int, int]:
+        t = int(self.task_of[i])
+        image, label = self.datasets[t][i - int(self.offsets[t])]
+        return image, label, t
