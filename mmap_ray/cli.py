@@ -170,7 +170,7 @@ def _print_accuracy(title: str, acc: dict[str, float]) -> None:
 def _run_config(args: argparse.Namespace) -> dict:
     keep = ("dataset", "root", "domains", "shots", "data_seed", "skip_bad_images", "model", "pretrained",
             "partition", "n_tokens", "layers", "text_layers", "vision_layers", "source_dim", "projection",
-            "combine", "no_task_prompts")  # fmt: skip
+            "combine", "no_task_prompts", "seed")  # fmt: skip
     return {k: getattr(args, k) for k in keep}
 
 
@@ -178,7 +178,10 @@ def _build(args: argparse.Namespace, splits_dir: Path | None = None):
     from .grouping import Partition
     from .model import PromptedCLIP
 
+    import torch
+
     cfg = mmap_config_from_args(args)  # validate cheap things before loading anything
+    torch.manual_seed(args.seed)  # random backbone weights (if any) and prompt init follow the run's seed
     backbone = load_model_backbone(args)
     tasks = load_tasks(args, backbone, splits_dir)
     names = [t.name for t in tasks]
@@ -207,7 +210,6 @@ def cmd_train(args: argparse.Namespace) -> int:
             f"options, or give another --out"
         )
     out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(args.seed)
     model, tasks = _build(args, splits_dir=out / "splits")
     write_json(saved, config)
     trainable_before = count_parameters(model)  # prompts only, before full fine-tuning unfreezes
@@ -312,7 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_data_args(p)
     add_backbone_args(p, model=TINY_MODEL, pretrained="toy")
     add_mmap_args(p)
-    p.set_defaults(layers="none", partition=None)
+    p.set_defaults(layers="none", partition=None, seed=0)
     p.set_defaults(func=cmd_eval)
     return parser
 

@@ -112,6 +112,7 @@ def warmup_cosine(warmup: int, total: int) -> Callable[[int], float]:
 
 
 def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     write(tmp)
     os.replace(tmp, path)

@@ -27,7 +27,7 @@ from .data.toy import CLASSES, DOMAINS, MEAN, STD, _seed, render
 from .engine import warmup_cosine
 
 # Bump when the pretraining or rendering code changes what a cached checkpoint would contain.
-CODE_VERSION = 1
+CODE_VERSION = 2
 CAPTIONS = ("a photo of a {}.", "a {}.", "a photo of the {}.", "a picture of a {}.", "an image of a {}.")
 
 

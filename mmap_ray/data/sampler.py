@@ -32,9 +32,14 @@ def task_quotas(sizes: Sequence[int], batch_size: int, mode: str = "equal") -> l
     if mode == "equal":
         return [batch_size // T + (1 if t < batch_size % T else 0) for t in range(T)]
     total = sum(sizes)
-    quotas = [max(1, math.floor(batch_size * s / total)) for s in sizes]
-    for t in sorted(range(T), key=lambda t: -sizes[t])[: batch_size - sum(quotas)]:
-        quotas[t] += 1
+    exact = [batch_size * s / total for s in sizes]
+    quotas = [math.floor(e) for e in exact]
+    for t in sorted(range(T), key=lambda t: quotas[t] - exact[t])[: batch_size - sum(quotas)]:
+        quotas[t] += 1  # largest remainders first
+    for t in range(T):  # at least one sample of every task, taken from the largest quota
+        if quotas[t] == 0:
+            quotas[t] = 1
+            quotas[max(range(T), key=quotas.__getitem__)] -= 1
     return quotas
 
 

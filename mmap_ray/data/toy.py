@@ -93,12 +93,12 @@ def render(classes: Tensor, domain: str, size: int, g: torch.Generator) -> Tenso
             fill = colour.expand(n, 3, size, size)
             line = outline(0.09)
         else:
-            paper = _hsv_to_rgb(u(0, 1, 1), u(0.1, 0.3, 1), u(0.85, 1.0, 1))[..., None, None]
+            paper = _hsv_to_rgb(u(0, 1, 1), u(0.05, 0.25, 1), u(0.92, 1.0, 1))[..., None, None]
             d = u(0, math.pi, 1, 1)
             strokes = torch.sin((gx * torch.cos(d) + gy * torch.sin(d)) * u(10, 18, 1, 1) + u(0, 6.3, 1, 1))
             bg = paper * (0.9 + 0.1 * strokes[:, None])
             fill = colour * (0.8 + 0.2 * torch.sin((gx - gy) * 12 + u(0, 6.3, 1, 1))[:, None])
-            line = outline(0.05)
+            line = outline(0.07)
         img = bg * (1 - inside) + fill * inside
         img = img * (1 - line) + 0.08 * line
     else:  # shaded, photo-like renders
@@ -112,7 +112,7 @@ def render(classes: Tensor, domain: str, size: int, g: torch.Generator) -> Tenso
             noise = 0.015
         else:
             clutter = _smooth_noise(n, size, 4, g)  # (N, 3, S, S)
-            bg = 0.3 + 0.5 * (0.5 * clutter + 0.5 * clutter.mean(1, keepdim=True))
+            bg = 0.45 + 0.45 * (0.5 * clutter + 0.5 * clutter.mean(1, keepdim=True))
             fill = fill * u(0.7, 1.1, 1, 1, 1)
             noise = 0.03
         bg = bg * (1 - 0.35 * shadow)

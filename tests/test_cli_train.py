@@ -1,0 +1,32 @@
+import json
+
+from mmap_ray.cli import main
+
+FAST = ["--pretrained", "none", "--n-tokens", "2", "--epochs", "1", "--batch-size", "32", "--no-progress"]
+
+
+def test_train_writes_run_and_eval_reproduces_it(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", *FAST, "--domains", "Art,Product", "--partition", "Art|Product", "--out", str(out)]) == 0
+    for name in ("config.json", "metrics.jsonl", "checkpoint.pt", "summary.json"):
+        assert (out / name).is_file(), name
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["test"]) == {"Art", "Product", "mean"} and summary["partition"] == "Art|Product"
+    assert summary["trainable_params"] > 0 and summary["epochs"] == 1
+    assert "run folder:" in capsys.readouterr().out
+    assert main(["eval", "--run", str(out), "--out", str(tmp_path / "acc.json")]) == 0
+    assert json.loads((tmp_path / "acc.json").read_text()) == summary["test"]
+    # same command again: resumes (nothing left to train) and gives the same result
+    assert main(["train", *FAST, "--domains", "Art,Product", "--partition", "Art|Product", "--out", str(out)]) == 0
+    assert json.loads((out / "summary.json").read_text())["test"] == summary["test"]
+
+
+def test_train_refuses_bad_input_before_work(tmp_path, capsys):
+    assert main(["train", *FAST, "--dataset", "office-home"]) == 2
+    assert "--root is required with --dataset office-home" in capsys.readouterr().err
+    assert main(["train", *FAST, "--projection", "kron", "--source-dim", "5", "--out", str(tmp_path / "x")]) == 2
+    assert "source_dim=5 does not divide" in capsys.readouterr().err
+    out = tmp_path / "run"
+    assert main(["train", *FAST, "--domains", "Art", "--out", str(out)]) == 0
+    assert main(["train", *FAST, "--domains", "Art", "--lr", "0.5", "--out", str(out)]) == 2
+    assert "holds a run with a different configuration" in capsys.readouterr().err

@@ -1,0 +1,85 @@
+"""The train/eval loop: prompt-only checkpoints, bit-for-bit resume, baselines as configurations."""
+
+import json
+
+import pytest
+import torch
+
+from mmap_ray.data.toy import ToyConfig, load_toy_tasks
+from mmap_ray.engine import TrainConfig, evaluate, train
+from mmap_ray.model import PromptedCLIP
+from mmap_ray.prompts import MmAPConfig
+
+PARTITION = "Art+Clipart|Product+RealWorld"
+
+
+@pytest.fixture(scope="module")
+def toy_tasks():
+    return load_toy_tasks(ToyConfig(train_per_class=3, val_per_class=1, test_per_class=2))
+
+
+def _model(tiny, tasks, seed=0, **mmap):
+    torch.manual_seed(seed)
+    return PromptedCLIP(tiny, {t.name: t.class_names for t in tasks}, MmAPConfig(n_tokens=2, **mmap), PARTITION)
+
+
+def test_resume_matches_uninterrupted_run(tiny, toy_tasks, tmp_path):
+    cfg = TrainConfig(epochs=3, batch_size=16, lr=5e-3, seed=7, warmup_steps=2)
+    full = _model(tiny, toy_tasks)
+    ref = train(full, toy_tasks, cfg, tmp_path / "full", progress=False)
+
+    part = _model(tiny, toy_tasks)
+    first = train(part, toy_tasks, cfg, tmp_path / "split", progress=False, stop_after_epoch=1)
+    assert len(first) == 1
+    resumed = _model(tiny, toy_tasks, seed=123)  # different init: everything must come from the checkpoint
+    hist = train(resumed, toy_tasks, cfg, tmp_path / "split", progress=False)
+    assert hist == ref
+    for (n, a), b in zip(full.bank.state_dict().items(), resumed.bank.state_dict().values()):
+        assert torch.equal(a, b), n
+    lines = (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["epoch"] for x in lines] == [1, 2, 3]  # no duplicated rows after resuming
+    assert evaluate(full, toy_tasks) == evaluate(resumed, toy_tasks)
+
+
+def test_checkpoint_holds_prompts_only(tiny, toy_tasks, tmp_path):
+    model = _model(tiny, toy_tasks)
+    train(model, toy_tasks, TrainConfig(epochs=1, batch_size=16), tmp_path, progress=False)
+    ckpt = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    assert ckpt["trainable"] and all(n.startswith("bank.") for n in ckpt["trainable"])
+    assert (tmp_path / "checkpoint.pt").stat().st_size < 200_000
+    before = {k: v.clone() for k, v in tiny.model.state_dict().items()}
+    train(_model(tiny, toy_tasks), toy_tasks, TrainConfig(epochs=1, batch_size=16, optimizer="sgd"), progress=False)
+    assert all(torch.equal(v, before[k]) for k, v in tiny.model.state_dict().items())
+
+
+def test_training_reduces_loss_and_reports_every_task(tiny, toy_tasks):
+    model = _model(tiny, toy_tasks)
+    hist = train(model, toy_tasks, TrainConfig(epochs=4, batch_size=16, lr=1e-2), progress=False)
+    assert hist[-1]["train_loss"] < hist[0]["train_loss"]
+    assert {f"val/{t.name}" for t in toy_tasks} | {"val/mean"} <= set(hist[-1])
+
+
+def test_full_finetune_trains_the_backbone(toy_tasks):
+    from mmap_ray.backbone import TINY_MODEL, BackboneConfig, load_backbone
+
+    torch.manual_seed(0)
+    own = load_backbone(BackboneConfig(TINY_MODEL))  # not the shared fixture: this one gets unfrozen
+    before = own.model.visual.proj.detach().clone()
+    model = PromptedCLIP(own, {t.name: t.class_names for t in toy_tasks}, MmAPConfig(layers=()), PARTITION)
+    train(model, toy_tasks, TrainConfig(epochs=1, batch_size=16, lr=1e-3, full_finetune=True), progress=False)
+    assert model.clip.training and not torch.equal(own.model.visual.proj, before)
+
+
+@pytest.mark.parametrize(
+    "kwargs, needle",
+    [
+        ({"epochs": -1}, "epochs=-1 must be >= 0"),
+        ({"optimizer": "adam"}, "optimizer='adam' is not valid; choose one of ('adamw', 'sgd')"),
+        ({"sampling": "rand"}, "sampling='rand' is not valid"),
+        ({"grad_clip": 0}, "grad_clip=0 must be > 0 or None"),
+    ],
+)
+def test_train_config_errors(kwargs, needle):
+    with pytest.raises(ValueError) as e:
+        TrainConfig(**kwargs)
+    assert needle in str(e.value)

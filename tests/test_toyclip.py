@@ -1,0 +1,43 @@
+"""The tiny toy CLIP: deterministic, cached by content key, and good enough to show the method's effect."""
+
+import json
+
+import pytest
+import torch
+
+from mmap_ray.cli import main
+from mmap_ray.toyclip import ToyCLIPConfig, pretrain, pretrained_toy_clip
+
+
+def test_pretraining_is_deterministic_and_cached(tmp_path, monkeypatch):
+    cfg = ToyCLIPConfig(steps=3, batch_size=8, warmup=1)
+    a, b = pretrain(cfg, progress=False), pretrain(cfg, progress=False)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    monkeypatch.setenv("MMAP_RAY_CACHE", str(tmp_path))
+    path = pretrained_toy_clip(cfg, progress=False)
+    assert path.parent == tmp_path and cfg.key() in path.name
+    mtime = path.stat().st_mtime_ns
+    assert pretrained_toy_clip(cfg, progress=False) == path and path.stat().st_mtime_ns == mtime  # reused
+    assert ToyCLIPConfig(steps=3, batch_size=8, warmup=1, seed=1).key() != cfg.key()
+    assert not list(tmp_path.glob("*.tmp*"))
+
+
+def test_bad_recipe():
+    with pytest.raises(ValueError, match="domain_mix"):
+        ToyCLIPConfig(domain_mix=(("Sketch", 1.0),))
+
+
+@pytest.mark.slow
+def test_zero_shot_above_chance_and_mmap_beats_it(tmp_path):
+    """The issue's acceptance on the embedded default (builds the cached tiny CLIP on first use)."""
+    assert main(["eval", "--out", str(tmp_path / "zs.json")]) == 0
+    zs = json.loads((tmp_path / "zs.json").read_text())
+    assert zs["mean"] >= 2 / 12  # at least twice chance (12 classes)
+    assert zs["RealWorld"] > zs["Clipart"] and zs["RealWorld"] > zs["Art"]  # weaker off the photo domain
+    again = tmp_path / "zs2.json"
+    assert main(["eval", "--out", str(again)]) == 0 and json.loads(again.read_text()) == zs
+
+    run = tmp_path / "mmap"
+    assert main(["train", "--partition", "Art+Clipart|Product+RealWorld", "--out", str(run), "--no-progress"]) == 0
+    test = json.loads((run / "summary.json").read_text())["test"]
+    assert test["mean"] >= zs["mean"] + 0.10
