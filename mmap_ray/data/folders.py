@@ -1,0 +1,334 @@
+"""Real image datasets on disk as `TaskData`: Office-Home, DomainNet, miniDomainNet and plain folders.
+
+Each domain becomes one task. All domains of a dataset share one class index space: the sorted raw class
+folder names ("Alarm_Clock", ...), shown to CLIP as natural text ("alarm clock"). Layouts without an
+official split get a seeded split, stratified per class; DomainNet keeps its official test list and carves
+val out of its train list. Splits are written to `splits_dir` (one JSON per task, paths relative to
+`root`) and reused when present, so a resumed or repeated run trains and evaluates on the same images.
+
+Bad data fails at load time, not hours into training: every image is opened and verified with PIL, and
+every error names the path or value at fault and what would be valid.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import warnings
+from collections import defaultdict
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from .base import SPLITS, ImageListDataset, TaskData
+
+LAYOUTS = ("office-home", "minidomainnet", "domainnet", "folders")
+DEFAULT_DOMAINS = {
+    "office-home": ("Art", "Clipart", "Product", "Real World"),
+    "domainnet": ("clipart", "infograph", "painting", "quickdraw", "real", "sketch"),
+    "minidomainnet": ("clipart", "painting", "real", "sketch"),
+}
+OFFICIAL_SPLITS = ("domainnet", "minidomainnet")  # layouts that ship train/test lists
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+SHOW = 5  # how many offending paths an error message names
+
+Item = tuple[str, int]  # (image path relative to root, label)
+
+
+def natural_class_name(raw: str) -> str:
+    """A class folder name as CLIP should read it: "Alarm_Clock" -> "alarm clock"."""
+    return " ".join(raw.replace("_", " ").lower().split())
+
+
+@dataclass
+class FolderDataConfig:
+    """Where a dataset lives on disk and how to split it into tasks."""
+
+    layout: str  # one of LAYOUTS
+    root: str | Path  # the dataset folder (holds the domain folders)
+    domains: tuple[str, ...] | None = None  # None: the layout's defaults, or every subfolder for "folders"
+    val_fraction: float = 0.1  # per class; for DomainNet carved out of the official train list
+    test_fraction: float = 0.2  # per class; only for layouts without an official test list
+    shots: int | None = None  # keep at most this many train images per class (val/test untouched)
+    seed: int = 0  # drives the split and the k-shot subsample
+    skip_bad_images: bool = False  # drop unreadable images with a warning instead of failing
+    splits_dir: str | None = None  # write/reuse {splits_dir}/{task}.json here
+
+    def __post_init__(self) -> None:
+        if self.layout not in LAYOUTS:
+            raise ValueError(f"layout={self.layout!r} is not valid; choose one of {LAYOUTS}")
+        self.root = Path(self.root).expanduser()
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"root={str(self.root)!r} is not an existing directory; "
+                                    f"point it at the {self.layout} dataset folder")
+        if self.domains is not None:
+            domains = (self.domains,) if isinstance(self.domains, str) else tuple(self.domains)
+            if not domains or not all(isinstance(d, str) and d for d in domains) or len(set(domains)) < len(domains):
+                raise ValueError(f"domains={self.domains!r} must be None or unique non-empty folder names")
+            self.domains = domains
+        for name in ("val_fraction", "test_fraction"):
+            value = getattr(self, name)
+            if not 0 <= value < 1:
+                raise ValueError(f"{name}={value!r} must be in [0, 1)")
+        if self.val_fraction + self.test_fraction >= 1:
+            raise ValueError(f"val_fraction + test_fraction = {self.val_fraction} + {self.test_fraction} "
+                             f"must be < 1 to leave images for training")
+        if self.shots is not None and (isinstance(self.shots, bool) or not isinstance(self.shots, int)
+                                       or self.shots < 1):
+            raise ValueError(f"shots={self.shots!r} must be None (all images) or an integer >= 1")
+
+
+def load_folder_tasks(cfg: FolderDataConfig, transform_train: Callable | None = None,
+                      transform_eval: Callable | None = None) -> list[TaskData]:
+    """One `TaskData` per domain, in domain order; train uses `transform_train`, val/test `transform_eval`."""
+    root = Path(cfg.root)
+    tasks = _resolve_domains(cfg)
+    if cfg.layout in OFFICIAL_SPLITS:
+        classes, pools, tests = _read_official_lists(cfg, tasks)
+    else:
+        classes, pools = _scan_folders(root, tasks)
+        tests = {task: None for task, _ in tasks}
+
+    meta = {"layout": cfg.layout, "seed": cfg.seed, "val_fraction": cfg.val_fraction,
+            "test_fraction": None if cfg.layout in OFFICIAL_SPLITS else cfg.test_fraction,
+            "shots": cfg.shots, "classes": classes}
+    split_file = {task: Path(cfg.splits_dir) / f"{task}.json" if cfg.splits_dir else None for task, _ in tasks}
+    reused = {task: _read_split_file(f, root, meta) if f and f.is_file() else None for task, f in split_file.items()}
+
+    candidates = set()
+    for task, _ in tasks:
+        listed = [it for s in SPLITS for it in reused[task][s]] if reused[task] else pools[task] + (tests[task] or [])
+        candidates.update(rel for rel, _ in listed)
+    bad = _drop_unreadable(root, sorted(candidates), cfg.skip_bad_images)
+
+    out = []
+    for task, _ in tasks:
+        if reused[task] is not None:
+            split = {s: [it for it in reused[task][s] if it[0] not in bad] for s in SPLITS}
+        else:
+            pool = [it for it in pools[task] if it[0] not in bad]
+            test_fraction = 0.0 if tests[task] is not None else cfg.test_fraction
+            split = _stratified_split(pool, cfg.val_fraction, test_fraction, random.Random(f"split:{cfg.seed}:{task}"))
+            if tests[task] is not None:
+                split["test"] = [it for it in tests[task] if it[0] not in bad]
+            if cfg.shots is not None:
+                split["train"] = _take_shots(split["train"], cfg.shots, random.Random(f"shots:{cfg.seed}:{task}"))
+            if split_file[task] is not None:
+                _write_split_file(split_file[task], meta, split)
+        if not split["train"]:
+            raise ValueError(f"domain {task!r} under {root} has no usable train images")
+        datasets = {s: ImageListDataset([(root / rel, label) for rel, label in split[s]],
+                                        transform_train if s == "train" else transform_eval) for s in SPLITS}
+        out.append(TaskData(task, [natural_class_name(c) for c in classes], **datasets))
+    return out
+
+
+def _resolve_domains(cfg: FolderDataConfig) -> list[tuple[str, str]]:
+    """(task name, folder name) per domain; task names drop spaces ("Real World" -> "RealWorld")."""
+    root = Path(cfg.root)
+    found = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if cfg.domains is not None:
+        wanted = list(cfg.domains)
+    elif cfg.layout in OFFICIAL_SPLITS:
+        defaults = DEFAULT_DOMAINS[cfg.layout]
+        wanted = [d for d in defaults if _list_path(cfg, d, "train").is_file()]
+        if not wanted:
+            raise FileNotFoundError(f"no split lists for layout={cfg.layout!r}: expected e.g. "
+                                    f"{_list_path(cfg, defaults[0], 'train')} for one of the domains {defaults}")
+    else:
+        wanted = list(DEFAULT_DOMAINS.get(cfg.layout, found))
+        if not wanted:
+            raise ValueError(f"no domain folders under {root}; expected {root}/<domain>/<class>/<image>")
+    tasks = []
+    for d in wanted:
+        folder = d if d in found else next((f for f in found if f.replace(" ", "") == d), None)
+        if folder is None:
+            raise FileNotFoundError(f"domain {d!r} has no folder: expected {root / d}; "
+                                    f"domains found under {root}: {found}")
+        tasks.append((folder.replace(" ", ""), folder))
+    names = [t for t, _ in tasks]
+    if len(set(names)) < len(names):
+        raise ValueError(f"domains={wanted} name the same folder twice (task names {names})")
+    return tasks
+
+
+def _scan_folders(root: Path, tasks: list[tuple[str, str]]) -> tuple[list[str], dict[str, list[Item]]]:
+    """Sorted shared class list and every image per task, from root/<domain>/<class>/<image>."""
+    found: dict[str, dict[str, list[str]]] = {}
+    for task, folder in tasks:
+        by_class = {}
+        for cdir in sorted(p for p in (root / folder).iterdir() if p.is_dir() and not p.name.startswith(".")):
+            files = sorted(f.relative_to(root).as_posix() for f in cdir.iterdir()
+                           if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS)
+            if files:
+                by_class[cdir.name] = files
+        if not by_class:
+            raise ValueError(f"domain {folder!r} has no images: expected {root / folder}/<class>/<image> "
+                             f"with an extension in {IMAGE_EXTENSIONS}")
+        found[task] = by_class
+    classes = _same_classes({task: set(by_class) for task, by_class in found.items()}, f"class folders under {root}")
+    index = {c: i for i, c in enumerate(classes)}
+    pools = {task: [(rel, index[c]) for c, files in by_class.items() for rel in files] for task, by_class in found.items()}
+    return classes, pools
+
+
+def _list_path(cfg: FolderDataConfig, domain: str, split: str) -> Path:
+    """Where a domain's official split list lives for this layout."""
+    root = Path(cfg.root)
+    if cfg.layout == "minidomainnet":
+        return root / "splits_mini" / f"{domain}_{split}.txt"
+    plain, nested = root / f"{domain}_{split}.txt", root / "splits" / f"{domain}_{split}.txt"
+    return nested if not plain.is_file() and nested.is_file() else plain  # DomainNet's own layout, or Dassl's
+
+
+def _read_official_lists(cfg: FolderDataConfig, tasks: list[tuple[str, str]]):
+    """Classes, train pool and official test items per task, from the `<domain>/<class>/<file> <label>` lists."""
+    root = Path(cfg.root)
+    rows = {(task, s): _read_list(_list_path(cfg, folder, s), root, folder)
+            for task, folder in tasks for s in ("train", "test")}
+    classes = _same_classes({task: {r[1] for s in ("train", "test") for r in rows[task, s]} for task, _ in tasks},
+                            f"classes in the {cfg.layout} split lists")
+    # The lists' own labels define the class order (real DomainNet / miniDomainNet lists are not
+    # alphabetical); every label must name one class and every class one label, in every list.
+    by_label: dict[int, str] = {}
+    for (task, s), lines in rows.items():
+        for rel, cls, label, n in lines:
+            known = by_label.setdefault(label, cls)
+            if known != cls or sum(c == cls for c in by_label.values()) > 1:
+                raise ValueError(f"{_list_path(cfg, dict(tasks)[task], s)}, line {n}: label {label} for class {cls!r}, "
+                                 f"but the lists use label {label} for {known!r} or another label for {cls!r}")
+    if sorted(by_label) != list(range(len(classes))):
+        raise ValueError(f"the {cfg.layout} split lists use labels {sorted(by_label)[:10]}..., not 0..{len(classes) - 1}")
+    classes = [by_label[i] for i in range(len(classes))]
+    items = {key: [(rel, label) for rel, _, label, _ in lines] for key, lines in rows.items()}
+    return classes, {t: items[t, "train"] for t, _ in tasks}, {t: items[t, "test"] for t, _ in tasks}
+
+
+def _read_list(path: Path, root: Path, folder: str) -> list[tuple[str, str, int, int]]:
+    """(relpath, class, label, line number) per line of one split list; every listed file must exist."""
+    if not path.is_file():
+        raise FileNotFoundError(f"split list {path} is missing for domain {folder!r}")
+    rows = []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        parts = line.rsplit(None, 1)
+        parts_ok = len(parts) == 2 and parts[1].isdigit()
+        pieces = parts[0].split("/") if parts_ok else []
+        if not parts_ok or len(pieces) < 3 or pieces[0] != folder:
+            raise ValueError(f"{path}, line {n}: {line!r} is not '{folder}/<class>/<file> <label>'")
+        if not (root / parts[0]).is_file():
+            raise FileNotFoundError(f"{path}, line {n}: lists {parts[0]!r} but {root / parts[0]} does not exist")
+        rows.append((parts[0], pieces[1], int(parts[1]), n))
+    if not rows:
+        raise ValueError(f"split list {path} lists no images for domain {folder!r}")
+    return rows
+
+
+def _same_classes(classes_by_task: dict[str, set[str]], what: str) -> list[str]:
+    """The sorted class list shared by every task; an error says which classes each task lacks."""
+    union = set().union(*classes_by_task.values())
+    missing = {task: sorted(union - cs) for task, cs in classes_by_task.items() if union - cs}
+    if missing:
+        said = "; ".join(f"{task!r} lacks {len(m)}: {m[:10]}{' ...' if len(m) > 10 else ''}"
+                         for task, m in missing.items())
+        raise ValueError(f"{what} differ across domains: {said}. Every domain must hold the same classes "
+                         f"(select matching domains with `domains`)")
+    return sorted(union)
+
+
+def _drop_unreadable(root: Path, rels: list[str], skip: bool) -> set[str]:
+    """Verify every image with PIL; fail naming the bad ones, or (with `skip`) warn and return them."""
+    from PIL import Image
+
+    def problem(rel: str) -> str | None:
+        try:
+            with Image.open(root / rel) as im:
+                im.verify()
+        except Exception as e:  # PIL raises many types (OSError, SyntaxError, ...) for a bad file
+            return f"{type(e).__name__}: {e}"
+        return None
+
+    with ThreadPoolExecutor(max_workers=min(32, (os.cpu_count() or 1) + 4)) as pool:
+        bad = [(rel, why) for rel, why in zip(rels, pool.map(problem, rels)) if why is not None]
+    if bad and not skip:
+        shown = "\n  ".join(f"{root / rel}: {why}" for rel, why in bad[:SHOW])
+        raise ValueError(f"{len(bad)} of {len(rels)} image files under {root} cannot be read by PIL, e.g.:\n  "
+                         f"{shown}\nRepair or remove them, or set skip_bad_images=True to drop them")
+    if bad:
+        warnings.warn(f"skip_bad_images=True: dropping {len(bad)} unreadable image files under {root}, "
+                      f"e.g. {[rel for rel, _ in bad[:SHOW]]}", stacklevel=3)
+    return {rel for rel, _ in bad}
+
+
+def _stratified_split(items: list[Item], val_fraction: float, test_fraction: float,
+                      rng: random.Random) -> dict[str, list[Item]]:
+    """Shuffle each class's images with `rng` and cut them by the fractions, keeping >= 1 train image."""
+    by_class: dict[int, list[Item]] = defaultdict(list)
+    for item in sorted(items):
+        by_class[item[1]].append(item)
+    split: dict[str, list[Item]] = {s: [] for s in SPLITS}
+    for label in sorted(by_class):
+        group = by_class[label]
+        rng.shuffle(group)
+        n = len(group)
+        n_test = min(round(n * test_fraction), n - 1)  # a tiny class still keeps one train image
+        n_val = min(round(n * val_fraction), n - 1 - n_test)
+        split["test"] += group[:n_test]
+        split["val"] += group[n_test:n_test + n_val]
+        split["train"] += group[n_test + n_val:]
+    return {s: sorted(v) for s, v in split.items()}
+
+
+def _take_shots(train: list[Item], shots: int, rng: random.Random) -> list[Item]:
+    by_class: dict[int, list[Item]] = defaultdict(list)
+    for item in sorted(train):
+        by_class[item[1]].append(item)
+    return sorted(it for label in sorted(by_class) for it in (
+        rng.sample(by_class[label], shots) if len(by_class[label]) > shots else by_class[label]))
+
+
+def _read_split_file(path: Path, root: Path, meta: dict) -> dict[str, list[Item]]:
+    """A split written by an earlier run; it must match this run's settings and name existing files."""
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"split file {path} is not valid JSON ({e}); delete it to re-split") from e
+    if not isinstance(data, dict) or any(not isinstance(data.get(s), list) for s in SPLITS):
+        raise ValueError(f"split file {path} must hold a list for each of {SPLITS}; delete it to re-split")
+    saved = data.get("meta")
+    if saved is not None:
+        for key, value in meta.items():
+            if saved.get(key) != value:
+                raise ValueError(f"split file {path} was made with {key}={_short(saved.get(key))} but this run has "
+                                 f"{key}={_short(value)}; delete the file or choose another splits_dir")
+    split = {}
+    for s in SPLITS:
+        split[s] = []
+        for entry in data[s]:
+            if not (isinstance(entry, list) and len(entry) == 2 and isinstance(entry[1], int)
+                    and 0 <= entry[1] < len(meta["classes"])):
+                raise ValueError(f"split file {path}: {s} entry {entry!r} is not [relpath, label] with label in "
+                                 f"[0, {len(meta['classes'])})")
+            if not (root / entry[0]).is_file():
+                raise FileNotFoundError(f"split file {path} lists {entry[0]!r} in {s} but {root / entry[0]} does "
+                                        f"not exist; restore it, or delete {path} to re-split")
+            split[s].append((entry[0], entry[1]))
+    return split
+
+
+def _write_split_file(path: Path, meta: dict, split: dict[str, list[Item]]) -> None:
+    """Write atomically (temp file, then rename), one [relpath, label] per line so files diff well."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    body = ",\n".join(f'"{s}": [' + ",".join(f"\n  {json.dumps(list(it))}" for it in split[s]) + "\n]"
+                      for s in SPLITS)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text('{"meta": ' + json.dumps(meta) + ",\n" + body + "\n}\n")
+    os.replace(tmp, path)
+
+
+def _short(value: object, limit: int = 120) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + " ..."
