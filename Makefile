@@ -17,7 +17,8 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed
 
 run: install
-	$(VENV)/bin/mmap-ray params --model ViT-B-16 --tasks Art,Clipart,Product,RealWorld --partition "Art+Clipart|Product+RealWorld"
+	$(VENV)/bin/mmap-ray eval
+	$(VENV)/bin/mmap-ray train --partition "Art+Clipart|Product+RealWorld"
 
 test: install
 	$(PY) -m pytest -q

@@ -40,7 +40,7 @@ def cache_dir() -> Path:
 class ToyCLIPConfig:
     """Recipe of the tiny CLIP's contrastive pretraining."""
 
-    steps: int = 600
+    steps: int = 400
     batch_size: int = 128
     lr: float = 2e-3
     weight_decay: float = 0.1
