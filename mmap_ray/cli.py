@@ -171,7 +171,7 @@ def _run_config(args: argparse.Namespace) -> dict:
     keep = ("dataset", "root", "domains", "shots", "data_seed", "skip_bad_images", "model", "pretrained",
             "partition", "n_tokens", "layers", "text_layers", "vision_layers", "source_dim", "projection",
             "combine", "no_task_prompts", "seed")  # fmt: skip
-    return {k: getattr(args, k) for k in keep}
+    return {k: getattr(args, k, None) for k in keep}
 
 
 def _build(args: argparse.Namespace, splits_dir: Path | None = None):
@@ -185,7 +185,11 @@ def _build(args: argparse.Namespace, splits_dir: Path | None = None):
     backbone = load_model_backbone(args)
     tasks = load_tasks(args, backbone, splits_dir)
     names = [t.name for t in tasks]
-    partition = Partition.parse(args.partition, names) if args.partition else Partition.single(names)
+    partition = Partition.single(names)
+    if args.partition and args.partition.endswith(".json") and Path(args.partition).is_file():
+        partition = Partition.parse(json.loads(Path(args.partition).read_text())["partition"], names)  # from `group`
+    elif args.partition:
+        partition = Partition.parse(args.partition, names)
     model = PromptedCLIP(backbone, {t.name: t.class_names for t in tasks}, cfg, partition)
     return model, tasks
 
@@ -255,6 +259,46 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_group(args: argparse.Namespace) -> int:
+    import pandas as pd
+    import torch
+
+    from .affinity import AffinityConfig, task_affinity
+    from .engine import write_json
+    from .grouping import AFFINITY_SCHEMES, best_partition, fixed_partition, partition_score
+
+    acfg = AffinityConfig(
+        method=args.scheme if args.scheme in AFFINITY_SCHEMES else "gradient",
+        warmup_steps=args.warmup_steps, steps=args.steps, batch_size=args.batch_size, seed=args.seed,
+    )  # fmt: skip
+    mmap = mmap_config_from_args(args)
+    torch.manual_seed(args.seed)
+    backbone = load_model_backbone(args)
+    tasks = load_tasks(args, backbone)
+    names = [t.name for t in tasks]
+    if args.k is not None and not 1 <= args.k <= len(names):
+        raise ValueError(f"--k {args.k} is not valid for {len(names)} tasks {names}; choose 1 <= k <= {len(names)}")
+    affinity = None
+    if args.scheme in AFFINITY_SCHEMES:
+        affinity = task_affinity(backbone, tasks, acfg, mmap)
+        partition = best_partition(affinity, names, args.k)
+        table = pd.DataFrame(affinity.numpy(), index=names, columns=names)
+        print(f"task affinity ({args.scheme}; row i, column j: {'cos(g_i, g_j)' if args.scheme == 'gradient' else 'Z[i->j]'})")
+        print(table.round(3).to_string())
+    else:
+        partition = fixed_partition(args.scheme, names, args.k, args.seed)
+    print(f"partition: {partition}")
+    out = Path(args.out or f"runs/group-{args.dataset}-{args.scheme}-seed{args.seed}.json")
+    write_json(out, {
+        "scheme": args.scheme, "k": args.k, "tasks": names, "partition": str(partition),
+        "affinity": affinity.tolist() if affinity is not None else None,
+        "score": partition_score(affinity, partition) if affinity is not None else None,
+        "affinity_config": asdict(acfg), "run": _run_config(args),
+    })  # fmt: skip
+    print(f"written: {out}  (use: mmap-ray train --partition \"{partition}\")")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mmap-ray", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -287,7 +331,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_data_args(p)
     add_backbone_args(p, model=TINY_MODEL, pretrained="toy")
     add_mmap_args(p)
-    p.add_argument("--partition", default=None, help="task groups, e.g. 'Art+Clipart|Product+RealWorld' (default: one group)")
+    p.add_argument(
+        "--partition",
+        default=None,
+        help="task groups, e.g. 'Art+Clipart|Product+RealWorld', or the JSON file `mmap-ray group` wrote "
+        "(default: one group)",
+    )
     g = p.add_argument_group("training")
     g.add_argument("--epochs", type=int, default=d.epochs, help="(default: %(default)s)")
     g.add_argument("--batch-size", type=int, default=d.batch_size, help="global batch, shared by tasks (default: %(default)s)")
@@ -301,6 +350,27 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--out", default=None, help="run folder (default: runs/DATASET-PROJECTION-seedSEED)")
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser(
+        "group",
+        help="task affinity and the chosen partition (gradient, lookahead, or a fixed scheme)",
+        description="Warm up one MmAP shared by all tasks, measure task affinity (gradient: cosine of "
+        "per-task gradients; lookahead: TAG's Z[i->j]), print it as a table and choose the partition with "
+        "the highest mean within-group affinity. Fixed schemes (single, independent, random, or an explicit "
+        "partition) need no training. The partition is written to --out as JSON and printed in the form "
+        "`mmap-ray train --partition` takes.",
+    )
+    p.add_argument("--scheme", default="gradient", help="gradient | lookahead | single | independent | random | A+B|C+D")
+    p.add_argument("--k", type=int, default=None, help="number of groups (default: chosen by within-minus-between affinity)")
+    p.add_argument("--warmup-steps", type=int, default=40, help="shared-MmAP training steps before measuring")
+    p.add_argument("--steps", type=int, default=20, help="batches the affinity is averaged over")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None, help="JSON file (default: runs/group-DATASET-SCHEME-seedSEED.json)")
+    add_data_args(p)
+    add_backbone_args(p, model=TINY_MODEL, pretrained="toy")
+    add_mmap_args(p)
+    p.set_defaults(func=cmd_group)
 
     p = sub.add_parser(
         "eval",

@@ -10,7 +10,11 @@ print equal however they were written.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 GROUP_SEP = "|"
 TASK_SEP = "+"
@@ -60,6 +64,16 @@ class Partition:
         return cls(tuple(tasks), tuple(groups))
 
     @classmethod
+    def from_rgs(cls, tasks: Sequence[str], rgs: Sequence[int]) -> "Partition":
+        """From a restricted growth string: rgs[i] is task i's group (see `set_partitions`)."""
+        if len(rgs) != len(tasks):
+            raise ValueError(f"rgs={list(rgs)} has {len(rgs)} entries for {len(tasks)} tasks")
+        groups: dict[int, list[str]] = {}
+        for t, g in zip(tasks, rgs):
+            groups.setdefault(g, []).append(t)
+        return cls(tuple(tasks), tuple(tuple(g) for g in groups.values()))
+
+    @classmethod
     def single(cls, tasks: Sequence[str]) -> "Partition":
         """One group holding every task."""
         return cls(tuple(tasks), (tuple(tasks),))
@@ -80,3 +94,159 @@ class Partition:
 
     def __str__(self) -> str:
         return GROUP_SEP.join(TASK_SEP.join(g) for g in self.groups)
+
+
+# ---- enumeration and encoding ---------------------------------------------------------------------
+#
+# A partition of n ordered tasks is encoded by its restricted growth string (RGS): a[i] is the group of
+# task i, with a[0] = 0 and a[i] <= 1 + max(a[:i]). Groups numbered this way are exactly the canonical
+# order (by first task), so `Partition.group_index()` *is* the RGS. Enumerating RGSs in lexicographic
+# order lists every partition once; a partition's position in that list is its integer code, which a
+# search (Optuna) can sample as one integer in [0, num_partitions(n)).
+
+
+def _rgs(n: int, k: int | None) -> Iterator[tuple[int, ...]]:
+    def rec(prefix: list[int], used: int) -> Iterator[tuple[int, ...]]:
+        i = len(prefix)
+        if i == n:
+            if k is None or used == k:
+                yield tuple(prefix)
+            return
+        remaining = n - i
+        for g in range(min(used + 1, k if k is not None else n)):
+            new_used = max(used, g + 1)
+            if k is not None and new_used + remaining - 1 < k:
+                continue  # too few tasks left to open the groups still needed
+            yield from rec(prefix + [g], new_used)
+
+    if n == 0:
+        return
+    yield from rec([0], 1)
+
+
+def _check_k(n: int, k: int | None) -> None:
+    if k is not None and not (isinstance(k, int) and 1 <= k <= n):
+        raise ValueError(f"k={k!r} groups is not valid for {n} tasks; choose 1 <= k <= {n}")
+
+
+def set_partitions(tasks: Sequence[str], k: int | None = None) -> Iterator[Partition]:
+    """Every partition of `tasks` (Bell(n) of them), or those with exactly `k` groups (Stirling S(n, k))."""
+    _check_k(len(tasks), k)
+    for rgs in _rgs(len(tasks), k):
+        yield Partition.from_rgs(tasks, rgs)
+
+
+def num_partitions(n: int, k: int | None = None) -> int:
+    """Bell(n), or the Stirling number of the second kind S(n, k)."""
+    _check_k(n, k)
+    # S(i, j) = j * S(i-1, j) + S(i-1, j-1)
+    row = [1]  # S(0, 0)
+    for i in range(1, n + 1):
+        row = [0] + [j * (row[j] if j < len(row) else 0) + row[j - 1] for j in range(1, i + 1)]
+    return row[k] if k is not None else sum(row)
+
+
+def partition_from_index(tasks: Sequence[str], index: int, k: int | None = None) -> Partition:
+    """The `index`-th partition (0-based) in the canonical enumeration of `set_partitions(tasks, k)`."""
+    total = num_partitions(len(tasks), k)
+    if not (isinstance(index, int) and 0 <= index < total):
+        raise ValueError(f"partition index={index!r} is out of range; valid: 0..{total - 1} for {len(tasks)} tasks")
+    for i, p in enumerate(set_partitions(tasks, k)):
+        if i == index:
+            return p
+    raise AssertionError("unreachable")
+
+
+def partition_index(p: Partition, k: int | None = None) -> int:
+    """Inverse of `partition_from_index`."""
+    target = tuple(p.group_index())
+    for i, rgs in enumerate(_rgs(len(p.tasks), k)):
+        if rgs == target:
+            return i
+    raise ValueError(f"partition {p} has {p.num_groups} groups, not k={k}")
+
+
+# ---- choosing a partition from a task-affinity matrix ------------------------------------------------
+
+EXHAUSTIVE_MAX_TASKS = 8  # Bell(8) = 4140 partitions; beyond that, agglomerative merging
+
+
+def partition_score(affinity: "torch.Tensor", p: Partition) -> float:
+    """Mean within-group affinity: the mean of A[i, j] over ordered pairs i != j in the same group.
+
+    A partition of singletons has no such pairs and scores -inf. A may be asymmetric (look-ahead).
+    """
+    idx = p.group_index()
+    pairs = [(i, j) for i in range(len(idx)) for j in range(len(idx)) if i != j and idx[i] == idx[j]]
+    if not pairs:
+        return float("-inf")
+    return float(sum(float(affinity[i, j]) for i, j in pairs) / len(pairs))
+
+
+def separation_score(affinity: "torch.Tensor", p: Partition) -> float:
+    """Mean within-group minus mean between-group affinity: the criterion that picks k when k is free."""
+    idx = p.group_index()
+    n = len(idx)
+    within = [float(affinity[i, j]) for i in range(n) for j in range(n) if i != j and idx[i] == idx[j]]
+    between = [float(affinity[i, j]) for i in range(n) for j in range(n) if idx[i] != idx[j]]
+    if not within or not between:
+        return float("-inf")
+    return sum(within) / len(within) - sum(between) / len(between)
+
+
+def best_partition(affinity: "torch.Tensor", tasks: Sequence[str], k: int | None = None) -> Partition:
+    """The partition with the highest mean within-group affinity among those with exactly k groups.
+
+    k=None chooses k too, by the highest `separation_score` over 2 <= k <= n-1 (one group when n <= 2).
+    Exhaustive up to EXHAUSTIVE_MAX_TASKS tasks; beyond, average-linkage agglomerative merging.
+    """
+    n = len(tasks)
+    if tuple(affinity.shape) != (n, n):
+        raise ValueError(f"affinity has shape {tuple(affinity.shape)}, expected ({n}, {n}) for tasks {list(tasks)}")
+    _check_k(n, k)
+    if k is None:
+        if n <= 2:
+            return Partition.single(tasks)
+        candidates = [best_partition(affinity, tasks, kk) for kk in range(2, n)]
+        return max(candidates, key=lambda p: separation_score(affinity, p))
+    if k == n:
+        return Partition.independent(tasks)
+    if n <= EXHAUSTIVE_MAX_TASKS:
+        return max(set_partitions(tasks, k), key=lambda p: partition_score(affinity, p))
+    groups = [[i] for i in range(n)]
+    sym = (affinity + affinity.T) / 2
+    while len(groups) > k:
+        a, b = max(
+            ((a, b) for a in range(len(groups)) for b in range(a + 1, len(groups))),
+            key=lambda ab: float(sym[groups[ab[0]]][:, groups[ab[1]]].mean()),
+        )
+        groups[a] += groups.pop(b)
+    return Partition(tuple(tasks), tuple(tuple(tasks[i] for i in g) for g in groups))
+
+
+# ---- schemes -----------------------------------------------------------------------------------------
+
+FIXED_SCHEMES = ("single", "independent", "random")
+AFFINITY_SCHEMES = ("gradient", "lookahead")
+
+
+def fixed_partition(scheme: str, tasks: Sequence[str], k: int | None = None, seed: int = 0) -> Partition:
+    """A scheme that needs no training: 'single', 'independent', 'random' (seeded, k groups if given,
+    uniform over partitions) or an explicit partition string such as 'Art+Clipart|Product+RealWorld'."""
+    if scheme == "single":
+        return Partition.single(tasks)
+    if scheme == "independent":
+        return Partition.independent(tasks)
+    if scheme == "random":
+        import random
+
+        _check_k(len(tasks), k)
+        return partition_from_index(tasks, random.Random(seed).randrange(num_partitions(len(tasks), k)), k)
+    if scheme in AFFINITY_SCHEMES:
+        raise ValueError(f"scheme {scheme!r} needs an affinity matrix: use mmap_ray.affinity.task_affinity")
+    if any(t in scheme for t in tasks) or GROUP_SEP in scheme or TASK_SEP in scheme:
+        return Partition.parse(scheme, tasks)
+    raise ValueError(
+        f"scheme={scheme!r} is not valid; choose one of {FIXED_SCHEMES + AFFINITY_SCHEMES} or give a partition "
+        f"of {list(tasks)} such as {TASK_SEP.join(tasks)!r}"
+    )
