@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
-from .prompts import Combine, MmAPConfig, Projection, parse_layers
+from .prompts import Combine, MmAPConfig, Projection
 
 
 DATASETS = ("toy", "office-home", "minidomainnet", "domainnet", "folders")
@@ -67,16 +67,10 @@ def add_mmap_args(p: argparse.ArgumentParser) -> None:
 
 
 def mmap_config_from_args(args: argparse.Namespace) -> MmAPConfig:
-    return MmAPConfig(
-        n_tokens=args.n_tokens,
-        layers=parse_layers(args.layers),
-        text_layers=parse_layers(args.text_layers),
-        vision_layers=parse_layers(args.vision_layers),
-        source_dim=args.source_dim,
-        projection=args.projection,
-        combine=args.combine,
-        task_prompts=not args.no_task_prompts,
-    )
+    from .runspec import mmap_config, spec
+
+    return mmap_config(spec({k: getattr(args, k) for k in ("n_tokens", "layers", "text_layers", "vision_layers",
+                                                          "source_dim", "projection", "combine", "no_task_prompts")}))
 
 
 def cmd_params(args: argparse.Namespace) -> int:
@@ -123,75 +117,21 @@ def cmd_params(args: argparse.Namespace) -> int:
     return 0
 
 
-def load_model_backbone(args: argparse.Namespace):
-    from .backbone import TINY_MODEL, BackboneConfig, load_backbone
-
-    pretrained = args.pretrained
-    if pretrained == "toy":
-        if args.model != TINY_MODEL:
-            raise ValueError(f"--pretrained toy is only for --model {TINY_MODEL}, not {args.model!r}")
-        from .toyclip import pretrained_toy_clip
-
-        pretrained = str(pretrained_toy_clip())
-    elif pretrained in (None, "", "none"):
-        pretrained = None
-    return load_backbone(BackboneConfig(args.model, pretrained))
-
-
-def load_tasks(args: argparse.Namespace, backbone, splits_dir: Path | None = None) -> list:
-    domains = tuple(d.strip() for d in args.domains.split(",")) if args.domains else None
-    if args.dataset == "toy":
-        from .data.toy import DOMAINS, ToyConfig, load_toy_tasks
-
-        if args.root:
-            raise ValueError("--root is not used with --dataset toy (the toy benchmark is rendered)")
-        size = backbone.model.visual.image_size[0]
-        return load_toy_tasks(ToyConfig(image_size=size, seed=args.data_seed, domains=domains or DOMAINS))
-    from .data.folders import FolderDataConfig, load_folder_tasks
-
-    if not args.root:
-        raise ValueError(f"--root is required with --dataset {args.dataset}: the folder that holds the dataset")
-    cfg = FolderDataConfig(
-        layout=args.dataset,
-        root=str(Path(args.root).resolve()),
-        domains=domains,
-        shots=args.shots,
-        seed=args.data_seed,
-        skip_bad_images=args.skip_bad_images,
-        splits_dir=str(splits_dir) if splits_dir else None,
-    )
-    return load_folder_tasks(cfg, backbone.preprocess_train, backbone.preprocess_val)
-
-
 def _print_accuracy(title: str, acc: dict[str, float]) -> None:
     print(title + "  " + "  ".join(f"{k} {100 * v:.1f}" for k, v in acc.items()))
 
 
 def _run_config(args: argparse.Namespace) -> dict:
-    keep = ("dataset", "root", "domains", "shots", "data_seed", "skip_bad_images", "model", "pretrained",
-            "partition", "n_tokens", "layers", "text_layers", "vision_layers", "source_dim", "projection",
-            "combine", "no_task_prompts", "seed")  # fmt: skip
-    return {k: getattr(args, k, None) for k in keep}
+    """The run spec (see `runspec`) named by the command-line options."""
+    from .runspec import DEFAULTS
+
+    return {k: getattr(args, k) for k in DEFAULTS if hasattr(args, k)}
 
 
 def _build(args: argparse.Namespace, splits_dir: Path | None = None):
-    from .grouping import Partition
-    from .model import PromptedCLIP
+    from .runspec import build_run
 
-    import torch
-
-    cfg = mmap_config_from_args(args)  # validate cheap things before loading anything
-    torch.manual_seed(args.seed)  # random backbone weights (if any) and prompt init follow the run's seed
-    backbone = load_model_backbone(args)
-    tasks = load_tasks(args, backbone, splits_dir)
-    names = [t.name for t in tasks]
-    partition = Partition.single(names)
-    if args.partition and args.partition.endswith(".json") and Path(args.partition).is_file():
-        partition = Partition.parse(json.loads(Path(args.partition).read_text())["partition"], names)  # from `group`
-    elif args.partition:
-        partition = Partition.parse(args.partition, names)
-    model = PromptedCLIP(backbone, {t.name: t.class_names for t in tasks}, cfg, partition)
-    return model, tasks
+    return build_run(_run_config(args), splits_dir)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -271,10 +211,13 @@ def cmd_group(args: argparse.Namespace) -> int:
         method=args.scheme if args.scheme in AFFINITY_SCHEMES else "gradient",
         warmup_steps=args.warmup_steps, steps=args.steps, batch_size=args.batch_size, seed=args.seed,
     )  # fmt: skip
+    from .runspec import load_run_backbone, load_run_tasks, spec
+
     mmap = mmap_config_from_args(args)
+    run = spec(_run_config(args))
     torch.manual_seed(args.seed)
-    backbone = load_model_backbone(args)
-    tasks = load_tasks(args, backbone)
+    backbone = load_run_backbone(run)
+    tasks = load_run_tasks(run, backbone)
     names = [t.name for t in tasks]
     if args.k is not None and not 1 <= args.k <= len(names):
         raise ValueError(f"--k {args.k} is not valid for {len(names)} tasks {names}; choose 1 <= k <= {len(names)}")

@@ -23,7 +23,7 @@ def test_train_writes_run_and_eval_reproduces_it(tmp_path, capsys):
 
 def test_train_refuses_bad_input_before_work(tmp_path, capsys):
     assert main(["train", *FAST, "--dataset", "office-home"]) == 2
-    assert "--root is required with --dataset office-home" in capsys.readouterr().err
+    assert "root is required with dataset 'office-home'" in capsys.readouterr().err
     assert main(["train", *FAST, "--projection", "kron", "--source-dim", "5", "--out", str(tmp_path / "x")]) == 2
     assert "source_dim=5 does not divide" in capsys.readouterr().err
     out = tmp_path / "run"
