@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
 from .data.base import MultiTaskDataset, TaskData
@@ -70,29 +70,43 @@ def _autocast(device: torch.device):
 
 
 @torch.no_grad()
-def evaluate(
-    model: PromptedCLIP, tasks: Sequence[TaskData], split: str = "test", batch_size: int = 256
-) -> dict[str, float]:
-    """Accuracy per task and their mean on `split`; class-prompt features are encoded once."""
+def evaluate_counts(
+    model: PromptedCLIP, tasks: Sequence[TaskData], split: str, batch_size: int = 256, rank: int = 0, world_size: int = 1
+) -> torch.Tensor:
+    """(T, 2) [correct, total] per task on this rank's shard (every `world_size`-th sample) of `split`.
+
+    Class-prompt features are encoded once. Sum the counts over ranks to get the whole split's accuracy.
+    """
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     text_feats, where = model.text_features(torch.arange(len(tasks), device=device))  # (R, E), (T, C_max)
-    acc = {}
+    counts = torch.zeros(len(tasks), 2, dtype=torch.float64)
     for t, task in enumerate(tasks):
-        correct = total = 0
-        for images, labels in DataLoader(task.split(split), batch_size=batch_size):
+        data = task.split(split)
+        shard = Subset(data, range(rank, len(data), world_size))
+        for images, labels in DataLoader(shard, batch_size=batch_size):
             images, labels = images.to(device), labels.to(device)
             task_ids = torch.full_like(labels, t)
             with _autocast(device):
                 img = F.normalize(model.encode_image(images, model.bank(task_ids).vision).float(), dim=-1)
             logits = model.logits(img, task_ids, text_feats.float(), where)  # (B, C_max)
-            correct += int((logits.argmax(1) == labels).sum())
-            total += len(labels)
-        acc[task.name] = correct / total
-    acc["mean"] = sum(acc.values()) / len(tasks)
+            counts[t, 0] += int((logits.argmax(1) == labels).sum())
+            counts[t, 1] += len(labels)
     model.train(was_training)
+    return counts
+
+
+def accuracy(names: Sequence[str], counts: torch.Tensor) -> dict[str, float]:
+    """Per-task accuracy and the unweighted mean over tasks, from (T, 2) [correct, total] counts."""
+    acc = {n: float(c / t) for n, (c, t) in zip(names, counts.tolist())}
+    acc["mean"] = sum(acc.values()) / len(names)
     return acc
+
+
+def evaluate(model: PromptedCLIP, tasks: Sequence[TaskData], split: str = "test", batch_size: int = 256) -> dict[str, float]:
+    """Accuracy per task and their mean on `split`."""
+    return accuracy([t.name for t in tasks], evaluate_counts(model, tasks, split, batch_size))
 
 
 def trainable_parameters(model: PromptedCLIP, full_finetune: bool) -> list[torch.nn.Parameter]:
@@ -122,6 +136,62 @@ def write_json(path: Path, obj: object) -> None:
     _atomic_write(path, lambda p: p.write_text(json.dumps(obj, indent=2) + "\n"))
 
 
+def make_optimizer(params: list, cfg: TrainConfig, total_steps: int):
+    """The optimizer over `params` and its warm-up + cosine schedule."""
+    if cfg.optimizer == "adamw":
+        opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    else:
+        opt = torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(cfg.warmup_steps, total_steps))
+
+
+def train_epoch(
+    forward: Callable, loader: DataLoader, opt, sched, params: list, cfg: TrainConfig, device, desc: str = "", progress: bool = False
+) -> float:
+    """One pass over `loader` with `forward(images, task_ids) -> logits` (the model, or its DDP wrapper).
+
+    Returns the mean training loss of this process's batches.
+    """
+    losses = []
+    for images, labels, task_ids in tqdm(loader, desc=desc, disable=not progress, leave=False):
+        images, labels, task_ids = images.to(device), labels.to(device), task_ids.to(device)
+        with _autocast(device):
+            logits = forward(images, task_ids)  # (B, C_max)
+        loss = F.cross_entropy(logits.float(), labels)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        opt.step()
+        sched.step()
+        losses.append(loss.item())
+    return sum(losses) / max(1, len(losses))
+
+
+def checkpoint_state(model: PromptedCLIP, opt, sched, history: list[dict], cfg: TrainConfig) -> dict:
+    """What a checkpoint holds: trainable tensors only (never the frozen backbone), optimizer, schedule."""
+    return {
+        "trainable": {n: p.detach().cpu() for n, p in model.named_parameters() if p.requires_grad},
+        "optimizer": opt.state_dict(),
+        "scheduler": sched.state_dict(),
+        "history": history,
+        "train_config": asdict(cfg),
+    }
+
+
+def restore_state(state: dict, model: PromptedCLIP, opt, sched) -> list[dict]:
+    """Load a `checkpoint_state` into model, optimizer and schedule; returns the metrics history."""
+    load_trainable(model, state["trainable"])
+    opt.load_state_dict(state["optimizer"])
+    sched.load_state_dict(state["scheduler"])
+    return list(state["history"])
+
+
+def epoch_seed(cfg: TrainConfig, epoch: int, rank: int = 0) -> int:
+    """Seed of the global RNG (augmentations) for one epoch on one rank: a function of (seed, epoch, rank)."""
+    return cfg.seed * 100_003 + epoch + 7_919 * rank
+
+
 def train(
     model: PromptedCLIP,
     tasks: Sequence[TaskData],
@@ -131,72 +201,41 @@ def train(
     progress: bool = True,
     stop_after_epoch: int | None = None,
 ) -> list[dict]:
-    """Train `model` on `tasks`; returns one metrics dict per epoch (val accuracy every epoch).
+    """Train `model` on `tasks` in this process; returns one metrics dict per epoch (val accuracy every epoch).
 
-    With `out_dir`, writes checkpoint.pt (trainable tensors, optimizer, schedule, history) and
-    metrics.jsonl after every epoch, atomically, and resumes from checkpoint.pt when `resume` is set.
-    `stop_after_epoch` ends the call early (to test and demonstrate resuming).
+    With `out_dir`, writes checkpoint.pt and metrics.jsonl after every epoch, atomically, and resumes from
+    checkpoint.pt when `resume` is set. `stop_after_epoch` ends the call early (to test resuming).
     """
     device = next(model.parameters()).device
     out = Path(out_dir) if out_dir is not None else None
-    if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
     params = trainable_parameters(model, cfg.full_finetune)
-    dataset = MultiTaskDataset([t.train for t in tasks])
     sampler = MultiTaskBatchSampler([len(t.train) for t in tasks], cfg.batch_size, cfg.sampling, cfg.seed)
-    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=cfg.num_workers)
-    total_steps = cfg.epochs * len(sampler)
-    if cfg.optimizer == "adamw":
-        opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    else:
-        opt = torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(cfg.warmup_steps, total_steps))
-    names = [n for n, p in model.named_parameters() if p.requires_grad]
-    history: list[dict] = []
+    loader = DataLoader(MultiTaskDataset([t.train for t in tasks]), batch_sampler=sampler, num_workers=cfg.num_workers)
+    opt, sched = make_optimizer(params, cfg, cfg.epochs * len(sampler))
     ckpt_path = out / "checkpoint.pt" if out is not None else None
+    history: list[dict] = []
     if resume and ckpt_path is not None and ckpt_path.is_file():
-        ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
-        load_trainable(model, ckpt["trainable"])
-        opt.load_state_dict(ckpt["optimizer"])
-        sched.load_state_dict(ckpt["scheduler"])
-        history = ckpt["history"]
+        history = restore_state(torch.load(ckpt_path, map_location=device, weights_only=False), model, opt, sched)
 
     for epoch in range(len(history), cfg.epochs):
-        torch.manual_seed(cfg.seed * 100_003 + epoch)  # augmentation RNG: a function of (seed, epoch)
+        torch.manual_seed(epoch_seed(cfg, epoch))
         sampler.set_epoch(epoch)
         model.train()
-        losses = []
-        for images, labels, task_ids in tqdm(
-            loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress, leave=False
-        ):
-            images, labels, task_ids = images.to(device), labels.to(device), task_ids.to(device)
-            with _autocast(device):
-                logits = model(images, task_ids)  # (B, C_max)
-            loss = F.cross_entropy(logits.float(), labels)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip is not None:
-                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-            opt.step()
-            sched.step()
-            losses.append(loss.item())
-        val = evaluate(model, tasks, "val", cfg.eval_batch_size)
-        row = {"epoch": epoch + 1, "train_loss": sum(losses) / len(losses), "lr": sched.get_last_lr()[0]}
-        row.update({f"val/{k}": v for k, v in val.items()})
+        loss = train_epoch(model, loader, opt, sched, params, cfg, device, f"epoch {epoch + 1}/{cfg.epochs}", progress)
+        row = {"epoch": epoch + 1, "train_loss": loss, "lr": sched.get_last_lr()[0]}
+        row.update({f"val/{k}": v for k, v in evaluate(model, tasks, "val", cfg.eval_batch_size).items()})
         history.append(row)
         if out is not None:
-            state = {
-                "trainable": {n: p.detach().cpu() for n, p in zip(names, params)},
-                "optimizer": opt.state_dict(),
-                "scheduler": sched.state_dict(),
-                "history": history,
-                "train_config": asdict(cfg),
-            }
-            _atomic_write(ckpt_path, lambda p: torch.save(state, p))
-            _atomic_write(out / "metrics.jsonl", lambda p: p.write_text("".join(json.dumps(r) + "\n" for r in history)))
+            save_run_files(out, checkpoint_state(model, opt, sched, history, cfg))
         if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch:
             break
     return history
+
+
+def save_run_files(out: Path, state: dict) -> None:
+    """checkpoint.pt and metrics.jsonl (the whole history, so a resumed run never duplicates a row)."""
+    _atomic_write(out / "checkpoint.pt", lambda p: torch.save(state, p))
+    _atomic_write(out / "metrics.jsonl", lambda p: p.write_text("".join(json.dumps(r) + "\n" for r in state["history"])))
 
 
 def load_trainable(model: PromptedCLIP, tensors: dict[str, torch.Tensor]) -> None:
