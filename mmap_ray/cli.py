@@ -143,7 +143,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     tcfg = TrainConfig(
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
         weight_decay=args.weight_decay, seed=args.seed, full_finetune=args.full_finetune,
-        sampling=args.sampling, num_workers=args.workers,
+        sampling=args.sampling, num_workers=args.loader_workers,
     )  # fmt: skip
     out = Path(args.out or f"runs/{args.dataset}-{'full' if args.full_finetune else args.projection}-seed{args.seed}")
     config = {"run": _run_config(args), "train": asdict(tcfg)}
@@ -158,8 +158,19 @@ def cmd_train(args: argparse.Namespace) -> int:
     write_json(saved, config)
     trainable_before = count_parameters(model)  # prompts only, before full fine-tuning unfreezes
     start = time.time()
-    history = train(model, tasks, tcfg, out, resume=True, progress=not args.no_progress)
-    test = evaluate(model, tasks, "test", tcfg.eval_batch_size)
+    if args.workers > 0:
+        from .distributed import WorkerSpec, fit_distributed
+        from .engine import load_trainable, save_run_files
+
+        spec = WorkerSpec(args.workers, args.cpus_per_worker, args.gpus_per_worker, args.max_failures)
+        state = fit_distributed(config["run"], tcfg, out, spec)
+        save_run_files(out, state)
+        load_trainable(model, state["trainable"])
+        history = state["history"]
+        test = {k.removeprefix("test/"): v for k, v in history[-1].items() if k.startswith("test/")}
+    else:
+        history = train(model, tasks, tcfg, out, resume=True, progress=not args.no_progress)
+        test = evaluate(model, tasks, "test", tcfg.eval_batch_size)
     trainable, total = count_parameters(model)
     summary = {
         "epochs": len(history),
@@ -289,7 +300,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--sampling", default=d.sampling, choices=["equal", "proportional"], help="task share of a batch")
     g.add_argument("--seed", type=int, default=d.seed)
     g.add_argument("--full-finetune", action="store_true", help="baseline: train the whole backbone (use --layers none)")
-    g.add_argument("--workers", type=int, default=0, help="data-loading processes (default: %(default)s)")
+    g.add_argument("--loader-workers", type=int, default=0, help="data-loading processes per trainer (default: %(default)s)")
+    g = p.add_argument_group("distributed (Ray Train)")
+    g.add_argument("--workers", type=int, default=0, help="Ray Train DDP workers; 0 trains in this process (default: %(default)s)")
+    g.add_argument("--cpus-per-worker", type=float, default=1.0, help="CPUs each worker reserves; fractions allowed")
+    g.add_argument("--gpus-per-worker", type=float, default=0.0, help="GPUs each worker reserves (NCCL when > 0)")
+    g.add_argument("--max-failures", type=int, default=2, help="worker-group restarts from the last checkpoint")
     g.add_argument("--out", default=None, help="run folder (default: runs/DATASET-PROJECTION-seedSEED)")
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_train)

@@ -74,7 +74,8 @@ def load_run_tasks(run: Mapping, backbone: Backbone, splits_dir: Path | None = N
         if run["root"]:
             raise ValueError("root is not used with dataset 'toy' (the toy benchmark is rendered)")
         size = backbone.model.visual.image_size[0]
-        return load_toy_tasks(ToyConfig(image_size=size, seed=run["data_seed"], domains=domains or DOMAINS))
+        shots = {"train_per_class": run["shots"]} if run["shots"] else {}  # k-shot: k rendered images per class
+        return load_toy_tasks(ToyConfig(image_size=size, seed=run["data_seed"], domains=domains or DOMAINS, **shots))
     from .data.folders import FolderDataConfig, load_folder_tasks
 
     if not run["root"]:
