@@ -132,6 +132,7 @@ def train_loop_per_worker(config: dict) -> None:
             history = restore_state(torch.load(Path(d) / "state.pt", map_location=device, weights_only=False), model, opt, sched)
 
     names = [t.name for t in tasks]
+    sizes = {"trainable_params": sum(p.numel() for p in params), "total_params": sum(p.numel() for p in model.parameters())}
     for epoch in range(len(history), cfg.epochs):
         _maybe_fail(config, epoch, rank)
         torch.manual_seed(epoch_seed(cfg, epoch, rank))
@@ -140,7 +141,7 @@ def train_loop_per_worker(config: dict) -> None:
         loss = train_epoch(ddp, loader, opt, sched, params, cfg, device)
         loss = float(_all_reduce(torch.tensor([loss], dtype=torch.float64), world, "mean"))
         val = _all_reduce(evaluate_counts(model, tasks, "val", cfg.eval_batch_size, rank, world), world)
-        row = {"epoch": epoch + 1, "train_loss": loss, "lr": sched.get_last_lr()[0]}
+        row = {"epoch": epoch + 1, "train_loss": loss, "lr": sched.get_last_lr()[0], **sizes}
         row.update({f"val/{k}": v for k, v in accuracy(names, val).items()})
         if epoch + 1 == cfg.epochs:
             test = _all_reduce(evaluate_counts(model, tasks, "test", cfg.eval_batch_size, rank, world), world)
