@@ -17,8 +17,7 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed
 
 run: install
-	$(VENV)/bin/mmap-ray eval
-	$(VENV)/bin/mmap-ray train --partition "Art+Clipart|Product+RealWorld"
+	$(PY) studies/grouping.py
 
 test: install
 	$(PY) -m pytest -q

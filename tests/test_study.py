@@ -1,0 +1,119 @@
+"""The study end to end: job submission to a real Ray head with token auth, Parquet output, resume, bad input."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from mmap_ray.results import load
+from mmap_ray.study import StudyConfig
+
+REPO = Path(__file__).resolve().parent.parent
+VENV_BIN = Path(sys.executable).parent
+STUDY = [sys.executable, str(REPO / "studies" / "grouping.py")]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _env(**extra) -> dict:
+    env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}", "RAY_AUTH_MODE": "token", **extra}
+    env.pop("RAY_ADDRESS", None)
+    return env
+
+
+def _ray(*args, env=None, timeout=120):
+    return subprocess.run([str(VENV_BIN / "ray"), *args], env=env or _env(), capture_output=True, text=True, timeout=timeout)
+
+
+def _check_smoke_results(results: Path, schemes: set[str]) -> pd.DataFrame:
+    df = load(results)
+    assert len(df) == len(schemes) and set(df["scheme"]) == schemes
+    assert df["trial_id"].is_unique and (df["status"] == "TERMINATED").all()
+    for col, kind in (("val_mean_final", "f"), ("test_mean", "f"), ("trainable_params", "i"), ("epochs_run", "i"),
+                      ("device_hours", "f"), ("seed", "i")):  # fmt: skip
+        assert df[col].dtype.kind == kind, col
+    assert isinstance(df["status"].dtype, pd.CategoricalDtype)
+    assert {"partition", "git_commit", "schema_version", "val_Art_final", "test_RealWorld"} <= set(df.columns)
+    assert (df["epochs_run"] == 2).all() and df["val_mean_final"].between(0, 1).all()
+    epochs = load(results, "epochs")
+    assert len(epochs) == len(schemes) * 2 * 5  # trials x epochs x (4 tasks + mean)
+    return df
+
+
+@pytest.mark.slow
+def test_ray_job_submit_smoke_study_with_token_auth(tmp_path):
+    port, dash = _free_port(), _free_port()
+    start = _ray("start", "--head", f"--port={port}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
+                 "--num-cpus=2", "--include-dashboard=true")  # fmt: skip
+    assert start.returncode == 0, start.stderr
+    try:
+        assert (Path.home() / ".ray" / "auth_token").is_file()  # token authentication is on
+        storage = tmp_path / "studies"
+        submit = _ray("job", "submit", "--address", f"http://127.0.0.1:{dash}", "--working-dir", str(REPO), "--",
+                      "python", "studies/grouping.py", "--smoke", "--storage", str(storage), timeout=900)  # fmt: skip
+        assert submit.returncode == 0, submit.stdout[-3000:] + submit.stderr[-3000:]
+        assert "succeeded" in (submit.stdout + submit.stderr).lower()
+        _check_smoke_results(storage / "smoke" / "results", {"single", "gradient"})
+        no_token = _ray("job", "list", "--address", f"http://127.0.0.1:{dash}", env=_env(RAY_AUTH_MODE="disabled"))
+        assert no_token.returncode != 0  # the dashboard refuses a client without the token
+    finally:
+        _ray("stop", "--force")
+
+
+@pytest.mark.slow
+def test_interrupted_study_resumes_with_every_trial_once(tmp_path):
+    storage = tmp_path / "studies"
+    argv = [*STUDY, "--smoke", "--storage", str(storage), "--name", "resume", "--seeds", "0", "1"]
+    env = _env(RAY_AUTH_MODE="disabled")
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    results = storage / "resume" / "results" / "trials"
+    deadline = time.time() + 600
+    while time.time() < deadline and not list(results.glob("*/*.parquet")):
+        time.sleep(2)
+    assert list(results.glob("*/*.parquet")), "no trial finished in time"
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver dies mid-study
+    proc.wait()
+    _ray("stop", "--force", env=env)
+    done_before = len(list(results.glob("*/*.parquet")))
+    assert done_before < 4
+    resumed = subprocess.run([*argv, "--resume"], env=env, capture_output=True, text=True, timeout=900)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    df = load(storage / "resume" / "results")
+    assert len(df) == 4 and df["trial_id"].is_unique  # 2 schemes x 2 seeds, each exactly once
+    assert sorted(zip(df["scheme"].astype(str), df["seed"])) == [("gradient", 0), ("gradient", 1), ("single", 0), ("single", 1)]
+
+
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["--preset", "imagenet"], "--preset 'imagenet' is not valid"),
+        (["--preset", "office-home"], "needs --data-root"),
+        (["--preset", "office-home", "--data-root", "/no/such/data"], "/no/such/data does not exist"),
+        (["--smoke", "--gpus-per-worker", "4"], "but the Ray cluster has"),
+    ],
+)
+def test_bad_study_settings_fail_before_any_trial(argv, needle, tmp_path):
+    out = subprocess.run([*STUDY, *argv, "--storage", str(tmp_path)], env=_env(RAY_AUTH_MODE="disabled"),
+                         capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert needle in out.stderr
+    assert not list(tmp_path.glob("*/tune"))  # no trial was started
+
+
+def test_study_config_errors():
+    with pytest.raises(ValueError, match=r"fields \['schemes'\] are empty"):
+        StudyConfig(schemes=())
+    with pytest.raises(ValueError, match="mode='grid' is not valid"):
+        StudyConfig(mode="grid")
+    with pytest.raises(ValueError, match=r"unknown run settings \['datset'\]"):
+        StudyConfig(run={"datset": "toy"})
