@@ -25,7 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a ch
 from mmap_ray.study import MODES, OBJECTIVES, StudyConfig, run_study, study_from_toml, summary_table  # noqa: E402
 
 PRESETS = {
-    "toy": {},
+    # 0.99 CPU per worker + 0.01 per trial driver: two trials fit a 2-CPU laptop side by side
+    "toy": {"cpus_per_worker": 0.99},
     "office-home": {"run": {"dataset": "office-home", "model": "ViT-B-16", "pretrained": "openai"}, "epochs": 10,
                     "batch_size": 32, "lr": 3.5e-3},
     "mini-domainnet": {"run": {"dataset": "minidomainnet", "model": "ViT-B-16", "pretrained": "openai"}, "epochs": 10,
