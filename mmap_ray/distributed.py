@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -49,6 +49,10 @@ class WorkerSpec:
     cpus_per_worker: float = 1.0
     gpus_per_worker: float = 0.0
     max_failures: int = 2
+    # Custom resources each worker also reserves, e.g. {"A100": 1} to pin a node type.
+    extra_resources: dict[str, float] = field(default_factory=dict)
+    # An autoscaler will add nodes: skip the "cluster too small" check (it would see only today's nodes).
+    autoscale: bool = False
 
     def __post_init__(self) -> None:
         if self.workers < 1:
@@ -62,7 +66,7 @@ class WorkerSpec:
 
     @property
     def resources_per_worker(self) -> dict[str, float]:
-        res = {"CPU": self.cpus_per_worker}
+        res = {"CPU": self.cpus_per_worker, **self.extra_resources}
         if self.gpus_per_worker:
             res["GPU"] = self.gpus_per_worker
         return res
@@ -72,8 +76,12 @@ def check_resources(spec: WorkerSpec, extra_cpus: float = 0.0) -> None:
     """Raise ValueError if the connected cluster could never place the worker group (plus `extra_cpus`)."""
     import ray
 
+    if spec.autoscale:
+        return
     total = ray.cluster_resources()
-    need = {"CPU": spec.workers * spec.cpus_per_worker + extra_cpus, "GPU": spec.workers * spec.gpus_per_worker}
+    need = {k: spec.workers * v for k, v in spec.resources_per_worker.items()}
+    need["CPU"] += extra_cpus
+    need.setdefault("GPU", 0.0)
     short = {k: v for k, v in need.items() if v > total.get(k, 0) + 1e-9}
     if short:
         have = {k: total.get(k, 0) for k in need}

@@ -60,6 +60,8 @@ class StudyConfig:
     workers_per_trial: int = 1
     cpus_per_worker: float = 1.0
     gpus_per_worker: float = 0.0
+    worker_resources: dict = field(default_factory=dict)  # custom resources per worker, e.g. {"A100": 1}
+    autoscale: bool = False  # the cluster grows on demand: skip the up-front size check
     max_concurrent_trials: int | None = None  # None: as many as the cluster can hold
     storage_path: str = "runs/studies"
     # the base run spec (dataset, root, model, pretrained, ...); see mmap_ray.runspec.DEFAULTS
@@ -296,7 +298,10 @@ def run_study(study: StudyConfig, resume: bool = False):
     from .distributed import WorkerSpec, check_resources, ensure_ray
 
     check_schemes(study)
-    worker = WorkerSpec(study.workers_per_trial, study.cpus_per_worker, study.gpus_per_worker, max_failures=1)
+    worker = WorkerSpec(
+        study.workers_per_trial, study.cpus_per_worker, study.gpus_per_worker, max_failures=1,
+        extra_resources=dict(study.worker_resources), autoscale=study.autoscale,
+    )  # fmt: skip
     ensure_ray()
     check_resources(worker, extra_cpus=0.01)  # fail now, not hang later
     folder = Path(study.study_dir) if "://" not in study.study_dir else Path(study.storage_path)

@@ -17,6 +17,7 @@ dataset (`<storage>/<name>/results/`), and a summary table is printed.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -43,6 +44,18 @@ SMOKE = {
 }  # fmt: skip
 
 
+def _json_arg(flag: str, value: str | None) -> dict | None:
+    if value is None:
+        return None
+    try:
+        parsed = json.loads(value)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{flag} {value!r} is not JSON ({e}); use e.g. '{{\"A100\": 1}}'") from None
+    if not isinstance(parsed, dict) or not all(isinstance(v, (int, float)) for v in parsed.values()):
+        raise ValueError(f"{flag} {value!r} must be a JSON object of resource name -> amount")
+    return parsed
+
+
 def build_study(args: argparse.Namespace) -> StudyConfig:
     if args.preset not in PRESETS:
         raise ValueError(f"--preset {args.preset!r} is not valid; choose one of {sorted(PRESETS)}")
@@ -64,6 +77,8 @@ def build_study(args: argparse.Namespace) -> StudyConfig:
         "name": args.name, "mode": args.mode, "objective": args.objective, "num_samples": args.num_samples,
         "workers_per_trial": args.workers, "gpus_per_worker": args.gpus_per_worker, "storage_path": args.storage,
         "epochs": args.epochs, "seeds": tuple(args.seeds) if args.seeds else None,
+        "cpus_per_worker": args.cpus_per_worker, "autoscale": args.autoscale,
+        "worker_resources": _json_arg("--worker-resources", args.worker_resources),
     }  # fmt: skip
     settings.update({k: v for k, v in flat.items() if v is not None})
     if args.study:
@@ -88,6 +103,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pretrained", default=None, help="open_clip tag, local weights file, 'toy' or 'none'")
     p.add_argument("--workers", type=int, default=None, help="Ray Train workers per trial")
     p.add_argument("--gpus-per-worker", type=float, default=None)
+    p.add_argument("--cpus-per-worker", type=float, default=None)
+    p.add_argument("--worker-resources", default=None, help='custom resources per worker as JSON, e.g. \'{"A100": 1}\'')
+    p.add_argument("--autoscale", action="store_true", default=None, help="the cluster autoscales: skip the size check")
     p.add_argument("--storage", default=None, help="storage path: a folder, s3://... or gs://...")
     args = p.parse_args(argv)
     try:
