@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -109,9 +108,9 @@ class SearchSpace:
         trial.suggest_categorical("n_tokens", self.n_tokens)
         if self.depths:
             trial.suggest_categorical("depth", self.depths)
-        projection = trial.suggest_categorical("projection", self.projections)
-        if projection in ("kron", "linear", "independent", "text", "visual") and len(self.combines) > 1:
-            trial.suggest_categorical("combine", self.combines)  # conditional: only when there is a choice
+        trial.suggest_categorical("projection", self.projections)
+        if len(self.combines) > 1:
+            trial.suggest_categorical("combine", self.combines)
         trial.suggest_float("lr", self.lr_range[0], self.lr_range[1], log=True)
         return {"seed": self.seed}
 
@@ -205,9 +204,7 @@ def trial_rows(study: StudyConfig, trial, status: str, error: str = "") -> tuple
     history = _history(study.study_dir, trial.trial_id)
     last = history[-1] if history else {}
     tasks = [k.removeprefix("val/") for k in last if k.startswith("val/") and k != "val/mean"]
-    wall = time.time() - trial.config["base"].get("started", time.time())
-    if trial.last_result and "time_total_s" in trial.last_result:
-        wall = float(trial.last_result["time_total_s"])
+    wall = float((trial.last_result or {}).get("time_total_s", 0.0))
     w = trial.config["base"]["workers"]
     row = {
         "study": study.name,

@@ -117,3 +117,15 @@ def test_study_config_errors():
         StudyConfig(mode="grid")
     with pytest.raises(ValueError, match=r"unknown run settings \['datset'\]"):
         StudyConfig(run={"datset": "toy"})
+
+
+@pytest.mark.slow
+def test_search_mode_pareto_with_optuna_and_asha(tmp_path):
+    argv = [*STUDY, "--smoke", "--mode", "search", "--objective", "pareto", "--num-samples", "3", "--name", "pareto",
+            "--storage", str(tmp_path)]  # fmt: skip
+    out = subprocess.run(argv, env=_env(RAY_AUTH_MODE="disabled"), capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    df = load(tmp_path / "pareto" / "results")
+    assert len(df) == 3 and df["trial_id"].is_unique
+    assert set(df["scheme"].astype(str)) <= {"single", "gradient"} and df["lr"].between(5e-4, 5e-3).all()
+    assert df["trainable_params"].notna().all()  # the second objective was reported
