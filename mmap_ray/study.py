@@ -83,13 +83,15 @@ class StudyConfig:
         if not 0 < self.lr_range[0] <= self.lr_range[1]:
             raise ValueError(f"StudyConfig.lr_range={self.lr_range} must be 0 < low <= high")
         self.run = spec(self.run)  # unknown run settings fail here
+        if "://" in self.storage_path:
+            raise ValueError(
+                f"StudyConfig.storage_path={self.storage_path!r}: object storage (s3://, gs://) is not supported yet; "
+                f"use a local folder or a shared filesystem mounted on every node (NFS, EFS, Filestore)"
+            )
 
     @property
     def study_dir(self) -> str:
-        base = self.storage_path
-        if "://" in base:
-            return f"{base.rstrip('/')}/{self.name}"
-        return str(Path(base).resolve() / self.name)
+        return str(Path(self.storage_path).resolve() / self.name)
 
 
 # ---- search space (module level: OptunaSearch pickles it with its state) ------------------------------
@@ -280,6 +282,8 @@ def max_concurrent(study: StudyConfig) -> int:
     """Trials that fit the cluster at once: each trial's workers reserve their own resources."""
     import ray
 
+    if study.autoscale:  # the cluster grows while trials wait: let Tune queue them all (0 = no limit)
+        return study.max_concurrent_trials or 0
     total = ray.cluster_resources()
     per_trial_cpu = study.workers_per_trial * study.cpus_per_worker + 0.01
     fits = math.floor(total.get("CPU", 0) / per_trial_cpu)
@@ -301,7 +305,7 @@ def run_study(study: StudyConfig, resume: bool = False):
     )  # fmt: skip
     ensure_ray()
     check_resources(worker, extra_cpus=0.01)  # fail now, not hang later
-    folder = Path(study.study_dir) if "://" not in study.study_dir else Path(study.storage_path)
+    folder = Path(study.study_dir)
     folder.mkdir(parents=True, exist_ok=True)
     write_json(folder / "study.json", asdict(study))
     partitions = plan_partitions(study, folder)
