@@ -117,6 +117,8 @@ def test_study_config_errors():
         StudyConfig(mode="grid")
     with pytest.raises(ValueError, match=r"unknown run settings \['datset'\]"):
         StudyConfig(run={"datset": "toy"})
+    with pytest.raises(ValueError, match=r"storage_path='s3://bucket/x': object storage .* is not supported yet"):
+        StudyConfig(storage_path="s3://bucket/x")
 
 
 @pytest.mark.slow
