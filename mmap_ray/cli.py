@@ -135,7 +135,6 @@ def _build(args: argparse.Namespace, splits_dir: Path | None = None):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    import torch
 
     from .engine import TrainConfig, evaluate, train, write_json
     from .model import count_parameters
