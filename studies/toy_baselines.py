@@ -1,20 +1,32 @@
 """The toy benchmark's comparison table: zero-shot, the five prompt kinds' relatives and full fine-tuning.
 
-Runs `mmap-ray train` / `mmap-ray eval` in-process for every method and seed, then prints (and writes)
-a Markdown table of test accuracy, mean ± std over seeds. This is what the README's table comes from:
+Runs `mmap-ray train` / `mmap-ray eval` in-process for every method and seed, then writes the rows three
+ways: `rows.json`, a Parquet table (`OUT/results/baselines/scheme=<method>/seed<N>.parquet`, which
+`mmap-ray report RESULTS --baselines OUT` puts next to a study's own rows) and `table.md`, test accuracy
+mean ± std over seeds. This is what the README's table comes from:
 
     .venv/bin/python studies/toy_baselines.py --seeds 0 1 2 --out runs/toy-baselines
+    .venv/bin/python studies/toy_baselines.py --from-rows --out runs/toy-baselines   # re-write, no training
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 from pathlib import Path
 
+import pandas as pd
+
 from mmap_ray.cli import main as mmap_ray
+from mmap_ray.report import (
+    BASELINES,
+    METHOD_SLUGS,
+    baseline_comparisons,
+    markdown_table,
+    mean_std,
+)
+from mmap_ray.results import SCHEMA_VERSION, load, write_table
 
 PARTITION = "Art+Clipart|Product+RealWorld"
 METHODS = {  # name -> extra `mmap-ray train` options (None: zero-shot evaluation, no training)
@@ -28,41 +40,71 @@ METHODS = {  # name -> extra `mmap-ray train` options (None: zero-shot evaluatio
 }
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--out", default="runs/toy-baselines")
-    args = p.parse_args(argv)
-    out = Path(args.out)
+def measure(out: Path, seeds: list[int], epochs: int) -> list[dict]:
+    """Train (or evaluate) every method for every seed; one row of test accuracies per run."""
     rows = []
     for name, extra in METHODS.items():
-        for seed in args.seeds if extra is not None else args.seeds[:1]:
+        for seed in seeds if extra is not None else seeds[:1]:
             run = out / f"{name.split()[0].lower()}-seed{seed}"
             if extra is None:
                 code = mmap_ray(["eval", "--out", str(run / "test.json")])
                 acc = json.loads((run / "test.json").read_text())
             else:
-                code = mmap_ray(["train", "--partition", PARTITION, "--epochs", str(args.epochs), "--seed", str(seed),
+                code = mmap_ray(["train", "--partition", PARTITION, "--epochs", str(epochs), "--seed", str(seed),
                                  "--out", str(run), "--no-progress", *extra])  # fmt: skip
                 summary = json.loads((run / "summary.json").read_text())
-                acc = summary["test"] | {"trainable": summary["trainable_params"]}
+                acc = summary["test"] | {"trainable": summary["trainable_params"], "total": summary["total_params"]}
             if code:
-                return code
-            rows.append({"method": name, "seed": seed, **acc})
-    lines = ["| method | Art | Clipart | Product | RealWorld | mean | trainable params |", "|---|---|---|---|---|---|---|"]
-    for name in METHODS:
-        rs = [r for r in rows if r["method"] == name]
-        cell = lambda k: (  # noqa: E731
-            f"{100 * statistics.mean(r[k] for r in rs):.1f} ± {100 * statistics.pstdev(r[k] for r in rs):.1f}"
-        )
-        params = f"{rs[0]['trainable']:,}" if "trainable" in rs[0] else "0"
-        lines.append(f"| {name} | " + " | ".join(cell(k) for k in ("Art", "Clipart", "Product", "RealWorld", "mean")) + f" | {params} |")
-    table = "\n".join(lines)
+                raise RuntimeError(f"{name} (seed {seed}) failed with exit status {code}")
+            rows.append({"method": name, "seed": seed, "epochs": 0 if extra is None else epochs, **acc})
+    return rows
+
+
+def parquet_row(row: dict) -> dict:
+    """A rows.json row in the study's column names (test_<task>, test_mean, trainable_params)."""
+    skip = {"method", "seed", "epochs", "mean", "trainable", "total"}
+    return {
+        "method": row["method"], "seed": row["seed"], "epochs": row.get("epochs"),
+        **{f"test_{k}": v for k, v in row.items() if k not in skip}, "test_mean": row["mean"],
+        "trainable_params": row.get("trainable", 0), "total_params": row.get("total"),
+        "schema_version": SCHEMA_VERSION,
+    }  # fmt: skip
+
+
+def write_outputs(rows: list[dict], out: Path) -> str:
+    """rows.json, the Parquet rows and table.md; returns the table."""
     out.mkdir(parents=True, exist_ok=True)
-    (out / "table.md").write_text(table + "\n")
     (out / "rows.json").write_text(json.dumps(rows, indent=2))
-    print(table)
+    for row in rows:
+        write_table(out / "results", BASELINES, METHOD_SLUGS[row["method"]], f"seed{row['seed']}", [parquet_row(row)])
+    table = mean_std(baseline_comparisons(load(out / "results", BASELINES))).drop(columns="source")
+    order = pd.Index([m for m in METHODS if m in table.index], name="method")
+    text = markdown_table(table.loc[order].reset_index())
+    (out / "table.md").write_text(text + "\n")
+    return text
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--out", default="runs/toy-baselines")
+    p.add_argument("--from-rows", action="store_true", help="re-write the table and Parquet rows from OUT/rows.json")
+    args = p.parse_args(argv)
+    out = Path(args.out)
+    if args.from_rows:
+        if not (out / "rows.json").is_file():
+            print(f"toy baselines: error: --from-rows needs {out / 'rows.json'}", file=sys.stderr)
+            return 2
+        rows = json.loads((out / "rows.json").read_text())
+    else:
+        try:
+            rows = measure(out, args.seeds, args.epochs)
+        except RuntimeError as e:
+            print(f"toy baselines: error: {e}", file=sys.stderr)
+            return 1
+    print(write_outputs(rows, out))
+    print(f"rows (Parquet): {out / 'results'}  (use: mmap-ray report RESULTS --baselines {out})")
     return 0
 
 

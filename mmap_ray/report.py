@@ -1,0 +1,676 @@
+"""A study's report: pandas tables and matplotlib figures from its Parquet results, as Markdown and HTML.
+
+Why: a study's rows (`mmap_ray.results`) answer "which grouping and prompt design works best, and at what
+cost" only once they are aggregated over seeds and drawn. This module does it with pandas (`groupby`,
+`pivot_table`) and `mmap_ray.plots`, without Ray, so `mmap-ray report`, `analysis/report.py`, the main
+study and the notebooks share one implementation. Every section degrades to a note when the files or
+columns it needs are missing (a smoke study has one seed, a search has no affinity, a failed trial no
+accuracy), never to a crash.
+
+    from mmap_ray.report import build_report
+    paths = build_report("runs/studies/grouping/results")   # runs/studies/grouping/report/report.{md,html}
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import html
+import json
+import re
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from . import plots
+from .results import EPOCHS, TRIALS, load
+
+BASELINES = "baselines"
+# The paper's comparisons: (slug, label, projection kind of a study row that is this method)
+COMPARISONS = (
+    ("zero-shot", "zero-shot", None),
+    ("text-only", "text-only (CoOp-deep)", "text"),
+    ("visual-only", "visual-only (VPT-deep)", "visual"),
+    ("maple-style", "MaPLe-style (linear)", "linear"),
+    ("ivlp", "independent (IVLP)", "independent"),
+    ("mmap", "MmAP (kron)", "kron"),
+    ("full-ft", "full fine-tuning", None),
+)
+METHOD_SLUGS = {label: slug for slug, label, _ in COMPARISONS}
+PROJECTION_METHODS = {proj: label for _, label, proj in COMPARISONS if proj}
+AFFINITY_LABELS = {"gradient": "gradient: cos(g_i, g_j)", "lookahead": "lookahead: TAG Z[i→j]"}
+CONFIG_KEYS = ("scheme", "projection", "n_tokens", "layers")
+MAX_AFFINITY_PANELS = 9
+NUMERIC = r"(val|test)_.+|trainable_params|total_params|device_hours|wall_s|epochs_run|seed|n_tokens|lr"
+
+
+# ---- loading ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Study:
+    """A study's tables and side files, plus notes on whatever was missing."""
+
+    results: Path
+    trials: pd.DataFrame
+    epochs: pd.DataFrame
+    partitions: dict[str, str]
+    affinity: dict[str, dict]
+    baselines: pd.DataFrame
+    notes: list[str] = field(default_factory=list)
+
+
+def results_folder(path: str | Path) -> Path:
+    """The results folder at `path` (or `path/results` for a study folder); ValueError naming it if not one."""
+    root = Path(path)
+    if not root.exists():
+        raise ValueError(f"results folder {root} does not exist")
+    if not (root / TRIALS).is_dir() and (root / "results" / TRIALS).is_dir():
+        root = root / "results"
+    if not (root / TRIALS).is_dir():
+        raise ValueError(
+            f"{root} is not a study results folder: it has no {TRIALS}/ subfolder (trials/scheme=*/*.parquet)"
+        )
+    return root
+
+
+def load_baselines(path: str | Path) -> pd.DataFrame:
+    """The comparison runs written by studies/toy_baselines.py (its --out folder or its results folder)."""
+    root = Path(path)
+    if not (root / BASELINES).is_dir() and (root / "results" / BASELINES).is_dir():
+        root = root / "results"
+    df = load(root, BASELINES) if (root / BASELINES).is_dir() else pd.DataFrame()
+    if df.empty:
+        raise ValueError(
+            f"--baselines {path} holds no {BASELINES}/scheme=*/*.parquet rows (studies/toy_baselines.py writes them)"
+        )
+    return df
+
+
+def load_study(results: str | Path, baselines: str | Path | None = None) -> Study:
+    """Trials, epochs, partitions.json and optional baselines of one study; ValueError if there is nothing to report."""
+    root = results_folder(results)
+    try:
+        trials, epochs = load(root, TRIALS), load(root, EPOCHS)
+    except (ValueError, OSError) as e:  # a newer schema, a damaged file: say which folder
+        raise ValueError(f"cannot read the results in {root}: {e}") from e
+    if trials.empty:
+        raise ValueError(f"{root} holds no trial rows yet ({TRIALS}/scheme=*/*.parquet): nothing to report")
+    study = Study(root, prepare(trials), epochs, {}, {}, pd.DataFrame())
+    if study.epochs.empty:
+        study.notes.append(f"No per-epoch table ({root / EPOCHS}): learning curves are left out.")
+    side = root.parent / "partitions.json"
+    if side.is_file():
+        saved = json.loads(side.read_text())
+        study.partitions, study.affinity = saved.get("partitions", {}), saved.get("affinity", {})
+    else:
+        study.notes.append(f"No {side}: the task-affinity matrices are left out.")
+    if baselines is not None:
+        study.baselines = load_baselines(baselines)
+    return study
+
+
+def numeric(df: pd.DataFrame) -> pd.DataFrame:
+    """A copy with the metric and count columns numeric (files with all-null columns make them `object`)."""
+    cols = [c for c in df if re.fullmatch(NUMERIC, c)]
+    return df.assign(**{c: pd.to_numeric(df[c], errors="coerce") for c in cols})
+
+
+def prepare(trials: pd.DataFrame) -> pd.DataFrame:
+    """Trial rows with the columns the report derives: outcome, readable layers, trainable %, depth."""
+    df = numeric(trials)
+    status = df["status"].astype(str) if "status" in df else pd.Series("TERMINATED", index=df.index)
+    stopped = df["early_stopped"].fillna(False).astype(bool) if "early_stopped" in df else False
+    df["outcome"] = np.where(status != "TERMINATED", "failed", np.where(stopped, "stopped early", "completed"))
+    if "layers" in df:
+        df["layers"] = df["layers"].astype(str).replace({"None": "default", "nan": "default"})
+        df["depth"] = df["layers"].map(alignment_depth)
+    if {"trainable_params", "total_params"} <= set(df.columns):
+        df["trainable_pct"] = 100 * df["trainable_params"] / df["total_params"]
+    return df
+
+
+def alignment_depth(layers: str) -> float:
+    """Number of alignment layers in '0-3', '0,2,4' or 'none'; NaN for the backbone-dependent default."""
+    if layers in ("default", "", "None"):
+        return float("nan")
+    if layers.lower() == "none":
+        return 0.0
+    count = 0
+    for part in layers.split(","):
+        lo, _, hi = part.partition("-")
+        count += int(hi) - int(lo) + 1 if hi else 1
+    return float(count)
+
+
+def accuracy_columns(trials: pd.DataFrame) -> tuple[str | None, dict[str, str]]:
+    """The mean-accuracy column the report ranks by (test, else final validation) and its per-task columns."""
+    for mean, pattern in (
+        ("test_mean", r"test_(.+)"),
+        ("val_mean_final", r"val_(.+)_final"),
+        ("val_mean_best", r"val_(.+)_best"),
+    ):
+        if mean in trials and trials[mean].notna().any():
+            tasks = {m.group(1): c for c in trials.columns if (m := re.fullmatch(pattern, c)) and m.group(1) != "mean"}
+            return mean, tasks
+    return None, {}
+
+
+METRIC_LABELS = {
+    "test_mean": "test accuracy",
+    "val_mean_final": "final validation accuracy",
+    "val_mean_best": "best validation accuracy",
+}
+
+
+# ---- tables -------------------------------------------------------------------------------------------
+
+
+def completed(trials: pd.DataFrame) -> pd.DataFrame:
+    return trials[trials["outcome"] == "completed"]
+
+
+def config_keys(trials: pd.DataFrame) -> list[str]:
+    return [k for k in CONFIG_KEYS if k in trials]
+
+
+def leaderboard(trials: pd.DataFrame) -> pd.DataFrame:
+    """Completed trials grouped by configuration: mean, std (over seeds) of accuracy (%), params and costs.
+
+    Columns are a MultiIndex (quantity, statistic); rows are sorted by mean accuracy, best first.
+    """
+    metric, tasks = accuracy_columns(trials)
+    done = completed(trials)
+    if metric is None or done.empty:
+        return pd.DataFrame()
+    acc = {col: f"{task} (%)" for task, col in tasks.items()} | {metric: "mean (%)"}
+    extra = {"trainable_params": "trainable params", "trainable_pct": "trainable %", "device_hours": "device-h / trial"}
+    values = done[config_keys(done)].assign(
+        **{name: 100 * done[col] for col, name in acc.items()},
+        **{name: done[col] for col, name in extra.items() if col in done},
+    )
+    grouped = values.groupby(config_keys(done), observed=True, dropna=False)
+    table = grouped.agg(["mean", "std"])
+    table[("seeds", "n")] = grouped.size()
+    return table.sort_values(("mean (%)", "mean"), ascending=False)
+
+
+def _cells(values: pd.Series, fmt: str) -> pd.Series:
+    return values.map(lambda v: "" if pd.isna(v) else fmt.format(v))
+
+
+FORMATS = {"trainable params": "{:,.0f}", "trainable %": "{:.3f}", "device-h / trial": "{:.4f}"}  # else "{:.1f}"
+
+
+def mean_std(table: pd.DataFrame) -> pd.DataFrame:
+    """A (quantity, mean/std) table as readable 'mean ± std' cells; one-seed rows show the mean alone."""
+    out = pd.DataFrame(index=table.index)
+    for name in table.columns.get_level_values(0).unique():
+        part = table.loc[:, [name]].droplevel(0, axis=1)
+        if "mean" not in part:
+            out[name] = part.iloc[:, 0]
+            continue
+        if part["mean"].isna().all():  # a quantity no row has (e.g. total_params of old baseline rows)
+            continue
+        fmt = FORMATS.get(name, "{:.1f}")
+        std = part["std"].where(part["std"] > 0) if name.startswith("trainable") else part["std"]
+        out[name] = _cells(part["mean"], fmt).replace("", "–") + _cells(std, " ± " + fmt)
+    return out
+
+
+def status_table(trials: pd.DataFrame) -> pd.DataFrame:
+    """Trials per scheme and outcome (completed, stopped early, failed)."""
+    table = trials.pivot_table(
+        index="scheme", columns="outcome", values="trial_id", aggfunc="count", fill_value=0, observed=True
+    )
+    table = table.reindex(columns=["completed", "stopped early", "failed"], fill_value=0)
+    table["total"] = table.sum(axis=1)
+    return table
+
+
+def failures(trials: pd.DataFrame) -> pd.DataFrame:
+    cols = [c for c in ("trial_id", "scheme", "seed", "epochs_run", "error") if c in trials]
+    return trials.loc[trials["outcome"] == "failed", cols].reset_index(drop=True)
+
+
+def study_comparisons(trials: pd.DataFrame) -> pd.DataFrame:
+    """Each prompt kind in the study rows as its paper method: its best completed configuration."""
+    board = leaderboard(trials)
+    if board.empty or "projection" not in board.index.names:
+        return pd.DataFrame()
+    best = board.groupby(level="projection", observed=True, sort=False).head(1)
+    config = best.index.to_frame(index=False).astype(str)
+    source = config.drop(columns="projection").apply(
+        lambda r: "study: " + ", ".join(f"{k} {v}" for k, v in r.items()), axis=1
+    )
+    best.index = pd.Index(config["projection"].map(lambda p: PROJECTION_METHODS.get(p, p)), name="method")
+    best[("source", "")] = source.to_numpy()
+    return best
+
+
+def baseline_comparisons(baselines: pd.DataFrame) -> pd.DataFrame:
+    """The baselines' runs per method: mean, std over seeds, in the same layout as `leaderboard`."""
+    baselines = numeric(baselines)
+    metric, tasks = accuracy_columns(baselines)
+    if metric is None:
+        return pd.DataFrame()
+    values = baselines[["method"]].assign(
+        **{f"{task} (%)": 100 * baselines[col] for task, col in tasks.items()},
+        **{"mean (%)": 100 * baselines[metric]},
+        **{"trainable params": baselines["trainable_params"].fillna(0)} if "trainable_params" in baselines else {},
+    )
+    if "total_params" in baselines:
+        values["trainable %"] = 100 * values["trainable params"] / baselines["total_params"]
+    grouped = values.groupby("method", sort=False)
+    table = grouped.agg(["mean", "std"])
+    table[("seeds", "n")] = grouped.size()
+    table[("source", "")] = "baselines"
+    return table
+
+
+def comparisons(study: Study) -> pd.DataFrame:
+    """The paper's comparison table (rows in the paper's order) from the study's rows and the baselines."""
+    frames = [
+        f
+        for f in (
+            baseline_comparisons(study.baselines) if not study.baselines.empty else pd.DataFrame(),
+            study_comparisons(study.trials),
+        )
+        if not f.empty
+    ]
+    if not frames:
+        return pd.DataFrame()
+    table = pd.concat(frames)
+    table = table[[c for c in table.columns if c[0] != "source"] + [("source", "")]]
+    order = {label: i for i, (_, label, _) in enumerate(COMPARISONS)}
+    return table.iloc[sorted(range(len(table)), key=lambda i: order.get(table.index[i], len(order)))]
+
+
+def ablation_table(trials: pd.DataFrame, setting: str) -> pd.DataFrame:
+    """Accuracy (%) of completed trials per value of `setting` and scheme: mean, std, count."""
+    metric, _ = accuracy_columns(trials)
+    done = completed(trials).dropna(subset=[setting]).assign(acc=lambda d: 100 * d[metric])
+    return done.pivot_table(
+        index=setting, columns="scheme", values="acc", aggfunc=["mean", "std", "count"], observed=True
+    )
+
+
+def overview(study: Study) -> pd.DataFrame:
+    t = study.trials
+    metric, tasks = accuracy_columns(t)
+    first = lambda col: ", ".join(sorted(map(str, t[col].dropna().unique()))) if col in t else "–"
+    facts = {
+        "study": first("study"),
+        "dataset": first("dataset"),
+        "model": first("model"),
+        "pretrained": first("pretrained"),
+        "tasks": ", ".join(tasks) or "–",
+        "trials": len(t),
+        "schemes": first("scheme"),
+        "seeds": first("seed"),
+        "ranked by": METRIC_LABELS.get(metric, "–"),
+        "device-hours, all trials": f"{t['device_hours'].sum():.3f}" if "device_hours" in t else "–",
+        "device kind": first("device_kind"),
+        "git commits": first("git_commit"),
+        "schema version": first("schema_version"),
+        "results": str(study.results),
+    }
+    return pd.Series(facts, name="value").to_frame()
+
+
+# ---- figures ------------------------------------------------------------------------------------------
+
+
+def config_labels(index: pd.MultiIndex | pd.Index) -> list[str]:
+    """Short labels for configurations: the scheme plus whichever other settings vary."""
+    frame = index.to_frame(index=False).astype(str)
+    varying = [c for c in frame.columns if c == "scheme" or frame[c].nunique() > 1]
+    return [
+        ", ".join(v if k == "scheme" else f"{k} {v}" for k, v in row.items()) for _, row in frame[varying].iterrows()
+    ]
+
+
+def tradeoff_figure(study: Study):
+    """The accuracy vs trainable-parameters figure (the paper's Figure 1 shape), or None with a reason."""
+    board = leaderboard(study.trials)
+    if board.empty or "trainable params" not in board:
+        return None, "No completed trial with accuracy and trainable_params: the trade-off plot is left out."
+    points = pd.DataFrame(
+        {
+            "kind": "study",
+            "label": config_labels(board.index),
+            "params": board[("trainable params", "mean")].to_numpy(),
+            "acc": board[("mean (%)", "mean")].to_numpy(),
+            "acc_std": board[("mean (%)", "std")].to_numpy(),
+        }
+    )
+    zero_shot = None
+    base = baseline_comparisons(study.baselines) if not study.baselines.empty else pd.DataFrame()
+    if "trainable params" in base:
+        zero = base[("trainable params", "mean")] == 0
+        if zero.any():
+            zero_shot = float(base.loc[zero, ("mean (%)", "mean")].iloc[0])
+        points = pd.concat(
+            [
+                points,
+                pd.DataFrame(
+                    {
+                        "kind": "baseline",
+                        "label": [f"{m} (baseline)" for m in base.index[~zero]],
+                        "params": base.loc[~zero, ("trainable params", "mean")],
+                        "acc": base.loc[~zero, ("mean (%)", "mean")],
+                        "acc_std": base.loc[~zero, ("mean (%)", "std")],
+                    }
+                ),
+            ],
+            ignore_index=True,
+        )
+    t = study.trials
+    frozen = (
+        (t["total_params"] - t["trainable_params"]).median() if {"total_params", "trainable_params"} <= set(t) else None
+    )
+    ylabel = f"{METRIC_LABELS[accuracy_columns(t)[0]]}, mean over tasks (%)"
+    return plots.tradeoff(points, ylabel, zero_shot, frozen if frozen and frozen > 0 else None), None
+
+
+def affinity_panels(study: Study) -> list[dict]:
+    panels = []
+    for key, entry in study.affinity.items():
+        scheme, _, seed = key.partition("/")
+        tasks = list(entry["tasks"])
+        partition = study.partitions.get(key, "")
+        groups = [[t for t in g.split("+") if t in tasks] for g in partition.split("|")] if partition else []
+        order = [t for g in groups for t in g]
+        order += [t for t in tasks if t not in order]
+        matrix = pd.DataFrame(entry["matrix"], index=tasks, columns=tasks).loc[order, order]
+        title = f"{scheme}, seed {seed}\n{partition or 'no partition recorded'}"
+        panels.append({"title": title, "scheme": scheme, "tasks": order, "matrix": matrix, "groups": groups})
+    return panels
+
+
+def curve_panels(study: Study) -> list[dict]:
+    """Per scheme: the best trial's per-task validation curves (%) and its other trials' mean curves."""
+    e, t = study.epochs, study.trials.set_index("trial_id")
+    if e.empty or not {"trial_id", "epoch", "task", "val_acc"} <= set(e.columns):
+        return []
+    curves = 100 * e.pivot_table(index=["trial_id", "epoch"], columns="task", values="val_acc", observed=True)
+    rank = next((c for c in ("val_mean_best", "val_mean_final", "test_mean") if c in t), None)
+    panels = []
+    for scheme, ids in (
+        t[t.index.isin(curves.index.get_level_values(0))].groupby("scheme", observed=True).groups.items()
+    ):
+        scores = t.loc[ids, rank].astype(float).fillna(-1) if rank else pd.Series(0.0, index=ids)
+        best = scores.idxmax()
+        others = [
+            {
+                "curve": curves.loc[i]["mean"] if "mean" in curves else curves.loc[i].mean(axis=1),
+                "outcome": t.loc[i, "outcome"],
+            }
+            for i in ids
+            if i != best
+        ]
+        stopped = " (stopped early)" if t.loc[best, "outcome"] == "stopped early" else ""
+        panels.append(
+            {
+                "title": f"{scheme}: best of {len(ids)} trials, {best}{stopped}",
+                "best": curves.loc[best].dropna(axis=1, how="all"),
+                "others": others,
+            }
+        )
+    return panels
+
+
+ABLATIONS = {  # setting column -> (x label, title, preset that varies it)
+    "n_tokens": ("prompt length (tokens per layer)", "Accuracy vs prompt length", "ablation-prompt-length"),
+    "depth": ("alignment depth (number of layers with prompts)", "Accuracy vs alignment depth", "ablation-layers"),
+}
+
+
+def ablation_figure(study: Study, setting: str):
+    """Accuracy against one setting, or None with a reason when the study does not vary it."""
+    xlabel, title, preset = ABLATIONS[setting]
+    metric, _ = accuracy_columns(study.trials)
+    t = study.trials
+    if metric is None or setting not in t:
+        return None, f"No {setting} or accuracy column in the rows: '{title}' is left out."
+    values = completed(t)[setting].dropna().unique()
+    if len(values) < 2:
+        shown = f"{setting} {', '.join(map(str, values))}" if len(values) else "the default alignment layers"
+        return None, f"'{title}': every completed trial has {shown}; run the study with `--preset {preset}` to vary it."
+    ylabel = f"{METRIC_LABELS[metric]}, mean over tasks (%)"
+    return plots.ablation(ablation_table(t, setting), xlabel, ylabel, title), None
+
+
+# ---- the report ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class Section:
+    title: str
+    text: str = ""
+    tables: list[pd.DataFrame] = field(default_factory=list)
+    figure: str | None = None  # file name under figures/
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ReportPaths:
+    markdown: Path
+    html: Path
+    figures: list[Path]
+
+
+def _save(fig, folder: Path, name: str, figures: list[Path]) -> str:
+    folder.mkdir(parents=True, exist_ok=True)
+    fig.savefig(folder / f"{name}.png", dpi=110, bbox_inches="tight")
+    figures.append(folder / f"{name}.png")
+    return f"{name}.png"
+
+
+def _figure_section(title: str, text: str, made, folder: Path, name: str, figures: list[Path]) -> Section:
+    fig, reason = made
+    if fig is None:
+        return Section(title, notes=[reason])
+    return Section(title, text, figure=_save(fig, folder, name, figures))
+
+
+def sections(study: Study, figures_dir: Path, figures: list[Path]) -> list[Section]:
+    t = study.trials
+    metric, _ = accuracy_columns(t)
+    what = METRIC_LABELS.get(metric, "accuracy")
+    out = [Section("Study", tables=[overview(study).reset_index(names="")], notes=list(study.notes))]
+    s = Section(
+        "Trials",
+        "Trials per grouping scheme and outcome. Stopped early: ASHA ended the trial before its "
+        "last epoch; its accuracy is left out of the tables below.",
+        [status_table(t).reset_index()],
+    )
+    if (t["outcome"] == "failed").any():
+        s.tables.append(failures(t))
+    out.append(s)
+
+    board = leaderboard(t)
+    s = Section(
+        "Leaderboard",
+        f"Completed trials by grouping scheme and prompt settings, best first: {what} in %, "
+        "mean ± std over seeds (std left out for one seed), trainable parameters and their share of the "
+        "model, device-hours per trial.",
+    )
+    s.tables.append(mean_std(board).reset_index()) if not board.empty else s.notes.append(
+        "No completed trial with an accuracy: no leaderboard."
+    )
+    if metric and metric != "test_mean":
+        s.notes.append(f"The rows have no test accuracy: the tables use the {what}.")
+    out.append(s)
+
+    s = Section(
+        "Comparisons",
+        f"The paper's comparisons, {what} in %, mean ± std over seeds. Study rows: the best "
+        "completed configuration of each prompt kind (text → text-only, visual → visual-only, linear → "
+        "MaPLe-style, independent → IVLP, kron → MmAP).",
+    )
+    table = comparisons(study)
+    if not table.empty:
+        s.tables.append(mean_std(table).reset_index())
+    present = set(table.index)
+    missing = [label for _, label, _ in COMPARISONS if label not in present]
+    if missing:
+        s.notes.append(
+            f"Not in these results: {', '.join(missing)}. `studies/toy_baselines.py` measures them; pass its "
+            "output with `--baselines runs/toy-baselines`."
+        )
+    out.append(s)
+
+    out.append(
+        _figure_section(
+            "Accuracy vs trainable parameters",
+            "Each point is a configuration (mean over seeds; bars: std). Circled "
+            "points are on the Pareto front: no other point is as accurate with as few trainable parameters.",
+            tradeoff_figure(study),
+            figures_dir,
+            "tradeoff",
+            figures,
+        )
+    )
+    panels = affinity_panels(study)[:MAX_AFFINITY_PANELS]
+    if panels:
+        s = Section(
+            "Task affinity",
+            "Affinity between tasks measured on a warmed-up shared MmAP; the tasks are ordered by "
+            "the chosen partition and its groups boxed.",
+            figure=_save(plots.affinity_heatmaps(panels, AFFINITY_LABELS), figures_dir, "affinity", figures),
+        )
+        if len(study.affinity) > MAX_AFFINITY_PANELS:
+            s.notes.append(
+                f"Showing {MAX_AFFINITY_PANELS} of {len(study.affinity)} matrices; all are in partitions.json."
+            )
+    else:
+        s = Section(
+            "Task affinity",
+            notes=["No affinity matrix in the study (no gradient or lookahead scheme, or no partitions.json)."],
+        )
+    out.append(s)
+    curves = curve_panels(study)
+    out.append(
+        Section(
+            "Learning curves",
+            "Validation accuracy per task of each scheme's best trial (by best validation "
+            "mean); gray: the scheme's other trials, ending in X where ASHA stopped them early.",
+            figure=_save(plots.learning_curves(curves), figures_dir, "curves", figures),
+        )
+        if curves
+        else Section("Learning curves", notes=["No per-epoch rows: no learning curves."])
+    )
+    for setting, name in (("n_tokens", "ablation-prompt-length"), ("depth", "ablation-depth")):
+        title = ABLATIONS[setting][1]
+        out.append(
+            _figure_section(
+                title,
+                f"{what.capitalize()} (mean ± std over completed trials) per grouping scheme.",
+                ablation_figure(study, setting),
+                figures_dir,
+                name,
+                figures,
+            )
+        )
+    return out
+
+
+def markdown_table(df: pd.DataFrame) -> str:
+    """GitHub Markdown via pandas (needs `tabulate`); without it, pandas' plain text in a code block."""
+    try:
+        return df.to_markdown(index=False)
+    except ImportError:
+        return "```\n" + df.to_string(index=False) + "\n```"
+
+
+def render_markdown(title: str, parts: list[Section]) -> str:
+    lines = [f"# {title}", ""]
+    for s in parts:
+        lines += [f"## {s.title}", ""]
+        lines += [s.text, ""] if s.text else []
+        for table in s.tables:
+            lines += [markdown_table(table), ""]
+        lines += [f"![{s.title}](figures/{s.figure})", ""] if s.figure else []
+        lines += [f"> Note: {n}" + "\n" for n in s.notes]
+    return "\n".join(lines)
+
+
+def _inline(text: str) -> str:
+    return re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(text))
+
+
+CSS = """body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#111}
+table{border-collapse:collapse;margin:1em 0;font-size:90%}th,td{border:1px solid #999;padding:3px 8px;text-align:right}
+th{background:#eee}.note{border-left:4px solid #888;background:#f6f6f6;padding:4px 10px}img{max-width:100%}"""
+
+
+def render_html(title: str, parts: list[Section], figures_dir: Path) -> str:
+    body = [f"<h1>{html.escape(title)}</h1>"]
+    for s in parts:
+        body.append(f"<h2>{html.escape(s.title)}</h2>")
+        body += [f"<p>{_inline(s.text)}</p>"] if s.text else []
+        body += [t.to_html(index=False, border=0, na_rep="–") for t in s.tables]
+        if s.figure:
+            data = base64.b64encode((figures_dir / s.figure).read_bytes()).decode("ascii")
+            body.append(f'<p><img alt="{html.escape(s.title)}" src="data:image/png;base64,{data}"></p>')
+        body += [f'<p class="note">Note: {_inline(n)}</p>' for n in s.notes]
+    return (
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+        f"<style>{CSS}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n"
+    )
+
+
+def build_report(
+    results: str | Path, out: str | Path | None = None, baselines: str | Path | None = None
+) -> ReportPaths:
+    """Write report.md, report.html (self-contained) and figures/*.png for a study; default out: <study>/report."""
+    study = load_study(results, baselines)
+    folder = Path(out) if out is not None else study.results.parent / "report"
+    figures_dir = folder / "figures"
+    if figures_dir.is_dir():
+        for old in figures_dir.glob("*.png"):  # a figure no longer produced must not linger
+            old.unlink()
+    figures: list[Path] = []
+    parts = sections(study, figures_dir, figures)
+    name = ", ".join(sorted(map(str, study.trials["study"].dropna().unique()))) if "study" in study.trials else ""
+    title = f"Study report: {name or study.results.parent.name}"
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = ReportPaths(folder / "report.md", folder / "report.html", figures)
+    paths.markdown.write_text(render_markdown(title, parts))
+    paths.html.write_text(render_html(title, parts, figures_dir))
+    return paths
+
+
+# ---- command line -------------------------------------------------------------------------------------
+
+
+def add_report_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("results", help="a study's results folder (or the study folder holding results/)")
+    p.add_argument("--out", default=None, help="report folder (default: RESULTS/../report)")
+    p.add_argument(
+        "--baselines", default=None, help="the output folder of studies/toy_baselines.py, for the comparisons"
+    )
+
+
+def run_report(args: argparse.Namespace) -> int:
+    paths = build_report(args.results, args.out, args.baselines)
+    print(f"report (Markdown): {paths.markdown}")
+    print(f"report (HTML, self-contained): {paths.html}")
+    print(f"figures: {len(paths.figures)} in {paths.markdown.parent / 'figures'}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="report", description="Write a study's Markdown and HTML report with figures.")
+    add_report_args(p)
+    args = p.parse_args(argv)
+    try:
+        return run_report(args)
+    except ValueError as e:
+        print(f"report: error: {e}", file=sys.stderr)
+        return 2
