@@ -36,6 +36,7 @@ from .engine import (
     train_epoch,
     trainable_parameters,
 )
+from .storage import Location, location
 
 RUN_NAME = "ray-train"  # Ray's folder inside the run folder: fixed, so re-running resumes
 FAIL_ENV = "MMAP_RAY_TEST_FAIL_AT_EPOCH"  # test-only: rank 1 exits once at the start of this epoch
@@ -172,22 +173,26 @@ def _maybe_fail(config: dict, epoch: int, rank: int) -> None:
     os._exit(1)
 
 
-def fit_distributed(run: dict, cfg: TrainConfig, out: Path, spec: WorkerSpec, callbacks: list | None = None) -> dict:
-    """Train the run with Ray Train in `out`; returns the final checkpoint state (history with test metrics).
+def fit_distributed(
+    run: dict, cfg: TrainConfig, out: str | Path | Location, spec: WorkerSpec, callbacks: list | None = None
+) -> dict:
+    """Train the run with Ray Train in `out` (a folder or object-storage URI); returns the final checkpoint state.
+
+    The state holds the metrics history, with test metrics in its last row.
 
     Starts a local Ray instance when none is connected; checks resources first.
     """
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    out = Path(out).resolve()  # workers chdir into their own folders: absolute paths only
+    out = location(out, "out")  # absolute: workers chdir into their own folders
     run = dict(run)
     if run.get("root"):
         run["root"] = str(Path(run["root"]).resolve())
     ensure_ray()
     check_resources(spec)
     config = {"run": run, "train": asdict(cfg)}
-    if os.environ.get(FAIL_ENV):
+    if os.environ.get(FAIL_ENV) and out.is_local:
         config.update(fail_at_epoch=int(os.environ[FAIL_ENV]), fail_marker=str(out / ".test-failed-once"))
     trainer = TorchTrainer(
         train_loop_per_worker,
@@ -197,7 +202,7 @@ def fit_distributed(run: dict, cfg: TrainConfig, out: Path, spec: WorkerSpec, ca
         ),
         run_config=ray.train.RunConfig(
             name=RUN_NAME,
-            storage_path=str(out),
+            **out.ray_storage(),
             failure_config=ray.train.FailureConfig(max_failures=spec.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
             callbacks=callbacks or [],

@@ -20,9 +20,11 @@ import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .engine import TrainConfig, write_json
+from .engine import TrainConfig
 from .grouping import AFFINITY_SCHEMES, FIXED_SCHEMES
+from .results import _safe
 from .runspec import spec
+from .storage import Location, check_reachable, location
 
 SCHEMES = ("single", "independent", "gradient", "lookahead", "random")
 MODES = ("compare", "search")
@@ -83,15 +85,14 @@ class StudyConfig:
         if not 0 < self.lr_range[0] <= self.lr_range[1]:
             raise ValueError(f"StudyConfig.lr_range={self.lr_range} must be 0 < low <= high")
         self.run = spec(self.run)  # unknown run settings fail here
-        if "://" in self.storage_path:
-            raise ValueError(
-                f"StudyConfig.storage_path={self.storage_path!r}: object storage (s3://, gs://) is not supported yet; "
-                f"use a local folder or a shared filesystem mounted on every node (NFS, EFS, Filestore)"
-            )
+        if not self.name or _safe(self.name) != self.name:
+            raise ValueError(f"StudyConfig.name={self.name!r}: use letters, digits, '-', '_' or '.' (it names a folder)")
+        location(self.storage_path, "StudyConfig.storage_path")  # a bad path or URI fails here
 
     @property
     def study_dir(self) -> str:
-        return str(Path(self.storage_path).resolve() / self.name)
+        """The study's folder: a local path or an object-storage URI."""
+        return (location(self.storage_path) / self.name).uri
 
 
 # ---- search space (module level: OptunaSearch pickles it with its state) ------------------------------
@@ -120,14 +121,14 @@ class SearchSpace:
 # ---- partitions ---------------------------------------------------------------------------------------
 
 
-def plan_partitions(cfg: StudyConfig, folder: Path) -> dict[str, str]:
+def plan_partitions(cfg: StudyConfig, folder: Location) -> dict[str, str]:
     """The partition of every (scheme, seed), computed once and kept in folder/partitions.json."""
     from .affinity import AffinityConfig, task_affinity
     from .grouping import best_partition, fixed_partition
     from .runspec import load_run_backbone, load_run_tasks
 
     path = folder / "partitions.json"
-    saved = json.loads(path.read_text()) if path.is_file() else {"partitions": {}, "affinity": {}}
+    saved = json.loads(path.read_text()) if path.exists() else {"partitions": {}, "affinity": {}}
     needed = [(s, seed) for s in cfg.schemes for seed in cfg.seeds if f"{s}/{seed}" not in saved["partitions"]]
     if needed:
         backbone = load_run_backbone(cfg.run)
@@ -142,7 +143,7 @@ def plan_partitions(cfg: StudyConfig, folder: Path) -> dict[str, str]:
             else:
                 partition = fixed_partition(scheme, names, cfg.k, seed)
             saved["partitions"][f"{scheme}/{seed}"] = str(partition)
-        write_json(path, saved)
+        path.write_text(json.dumps(saved, indent=2) + "\n")
     return saved["partitions"]
 
 
@@ -182,7 +183,7 @@ def trial_driver(config: dict) -> None:
 
     run, cfg = trial_run(config)
     w = config["base"]["workers"]
-    folder = Path(config["base"]["study_dir"]) / "train" / tune.get_context().get_trial_id()
+    folder = location(config["base"]["study_dir"]) / "train" / tune.get_context().get_trial_id()
     fit_distributed(run, cfg, folder, WorkerSpec(**w), callbacks=[TuneReportCallback()])
 
 
@@ -190,12 +191,18 @@ def trial_driver(config: dict) -> None:
 
 
 def _history(study_dir: str, trial_id: str) -> list[dict]:
+    """The metrics history in the trial's newest Ray Train checkpoint ([] before its first epoch)."""
+    import io
+
     import torch
 
-    ckpts = sorted(p for p in (Path(study_dir) / "train" / trial_id / "ray-train").glob("checkpoint_*") if p.is_dir())
+    from .distributed import RUN_NAME
+
+    ckpts = (location(study_dir) / "train" / trial_id / RUN_NAME).dirs("checkpoint_*")
     if not ckpts:
         return []
-    return torch.load(ckpts[-1] / "state.pt", map_location="cpu", weights_only=False)["history"]
+    state = torch.load(io.BytesIO((ckpts[-1] / "state.pt").read_bytes()), map_location="cpu", weights_only=False)
+    return state["history"]
 
 
 def trial_rows(study: StudyConfig, trial, status: str, error: str = "") -> tuple[dict, list[dict]]:
@@ -261,7 +268,7 @@ def _parquet_callback(study: StudyConfig):
 
         def _write(self, trial, status: str, error: str = "") -> None:
             row, epochs = trial_rows(study, trial, status, error)
-            root = Path(study.study_dir) / "results"
+            root = location(study.study_dir) / "results"
             write_table(root, TRIALS, row["scheme"], trial.trial_id, [row])
             if epochs:
                 write_table(root, EPOCHS, row["scheme"], trial.trial_id, epochs)
@@ -292,8 +299,8 @@ def max_concurrent(study: StudyConfig) -> int:
     return max(1, min(fits, study.max_concurrent_trials or fits))
 
 
-def run_study(study: StudyConfig, resume: bool = False):
-    """Run (or resume) the study; returns the path of its results folder."""
+def run_study(study: StudyConfig, resume: bool = False) -> str:
+    """Run (or resume) the study; returns its results folder (a local path or a URI)."""
     from ray import tune
 
     from .distributed import WorkerSpec, check_resources, ensure_ray
@@ -303,11 +310,11 @@ def run_study(study: StudyConfig, resume: bool = False):
         study.workers_per_trial, study.cpus_per_worker, study.gpus_per_worker, max_failures=1,
         extra_resources=dict(study.worker_resources), autoscale=study.autoscale,
     )  # fmt: skip
+    folder = location(study.study_dir)
+    check_reachable(folder, "StudyConfig.storage_path")
     ensure_ray()
     check_resources(worker, extra_cpus=0.01)  # fail now, not hang later
-    folder = Path(study.study_dir)
-    folder.mkdir(parents=True, exist_ok=True)
-    write_json(folder / "study.json", asdict(study))
+    (folder / "study.json").write_text(json.dumps(asdict(study), indent=2) + "\n")
     partitions = plan_partitions(study, folder)
     base = {
         "run": study.run,
@@ -317,17 +324,17 @@ def run_study(study: StudyConfig, resume: bool = False):
         "study_dir": study.study_dir,
     }
     trainable = tune.with_resources(trial_driver, {"cpu": 0.01})
-    tune_dir = Path(study.study_dir) / "tune"
-    storage = str(Path(study.study_dir))
+    tune_dir = folder / "tune"
     if resume and (tune_dir / "tuner.pkl").exists():
-        tuner = tune.Tuner.restore(str(tune_dir), trainable, resume_unfinished=True, resume_errored=True)
+        fs = tune_dir.ray_storage().get("storage_filesystem")
+        tuner = tune.Tuner.restore(tune_dir.path, trainable, resume_unfinished=True, resume_errored=True, storage_filesystem=fs)
     else:
         tuner = tune.Tuner(trainable, **_tuner_args(study, base), run_config=tune.RunConfig(
-            name="tune", storage_path=storage, callbacks=[_parquet_callback(study)],
+            name="tune", **folder.ray_storage(), callbacks=[_parquet_callback(study)],
             failure_config=tune.FailureConfig(max_failures=0), verbose=1,
         ))  # fmt: skip
     tuner.fit()
-    return Path(study.study_dir) / "results"
+    return (folder / "results").uri
 
 
 def _tuner_args(study: StudyConfig, base: dict) -> dict:
@@ -370,7 +377,7 @@ def _tuner_args(study: StudyConfig, base: dict) -> dict:
     }
 
 
-def summary_table(results: str | Path) -> "object":
+def summary_table(results: str | Path) -> object:
     """Mean ± std over seeds of the final validation and test accuracy per scheme (a pandas DataFrame)."""
     from .results import load
 

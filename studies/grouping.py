@@ -8,7 +8,7 @@ dataset (`<storage>/<name>/results/`), and a summary table is printed.
     python studies/grouping.py                                   # compare schemes on the toy benchmark
     python studies/grouping.py --smoke                           # seconds-scale check of the pipeline
     python studies/grouping.py --preset office-home --data-root /data/OfficeHomeDataset \\
-        --model ViT-B-16 --pretrained openai --gpus-per-worker 1 --storage /shared/studies
+        --model ViT-B-16 --pretrained openai --gpus-per-worker 1 --storage s3://my-bucket/studies
     python studies/grouping.py --mode search --num-samples 32    # Optuna TPE + ASHA
     python studies/grouping.py --study my-study.toml             # every setting from one file
     python studies/grouping.py --resume                          # continue an interrupted study
@@ -106,7 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cpus-per-worker", type=float, default=None)
     p.add_argument("--worker-resources", default=None, help='custom resources per worker as JSON, e.g. \'{"A100": 1}\'')
     p.add_argument("--autoscale", action="store_true", default=None, help="the cluster autoscales: skip the size check")
-    p.add_argument("--storage", default=None, help="storage folder (local, or a shared filesystem on a cluster); object storage is not supported yet")
+    p.add_argument("--storage", default=None, help="where studies live: a local folder, a shared filesystem on a cluster, "
+                   "or s3://BUCKET/PREFIX, gs://BUCKET/PREFIX (an S3-compatible server: add ?endpoint_override=HOST:PORT&scheme=http)")
     args = p.parse_args(argv)
     try:
         study = build_study(args)

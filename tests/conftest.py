@@ -36,3 +36,37 @@ def images_for(backbone: Backbone, batch: int, seed: int = 0) -> torch.Tensor:
     size = backbone.model.visual.image_size
     g = torch.Generator().manual_seed(seed)
     return torch.randn(batch, 3, *size, generator=g)
+
+
+@pytest.fixture(scope="module")
+def s3():
+    """A real S3-protocol server (moto, server mode) on loopback with one bucket.
+
+    Yields (base URI of the bucket, environment with its dummy credentials); the credentials are also
+    set in this process, so pyarrow and boto3 here reach it too.
+    """
+    import os
+    import socket
+
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1",
+           "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}  # fmt: skip
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}").create_bucket(Bucket="mmap-test")
+        yield f"s3://mmap-test/{{prefix}}?endpoint_override=127.0.0.1:{port}&scheme=http", env
+    finally:
+        server.stop()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

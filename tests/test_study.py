@@ -93,6 +93,28 @@ def test_interrupted_study_resumes_with_every_trial_once(tmp_path):
     assert sorted(zip(df["scheme"].astype(str), df["seed"])) == [("gradient", 0), ("gradient", 1), ("single", 0), ("single", 1)]
 
 
+@pytest.mark.slow
+def test_study_on_an_s3_server_end_to_end(s3):
+    """storage_path on a real S3-protocol server: Tune state, Train checkpoints and our Parquet all land there."""
+    import boto3
+
+    base, creds = s3
+    storage = base.format(prefix="studies")
+    argv = [*STUDY, "--smoke", "--storage", storage, "--name", "s3"]
+    out = subprocess.run(argv, env=_env(RAY_AUTH_MODE="disabled", **creds), capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    results = storage.replace("/studies?", "/studies/s3/results?")
+    assert results in out.stdout
+    _check_smoke_results(results, {"single", "gradient"})
+    endpoint = "http://" + storage.split("endpoint_override=")[1].split("&")[0]
+    keys = [o["Key"] for o in boto3.client("s3", endpoint_url=endpoint).list_objects_v2(Bucket="mmap-test",
+            Prefix="studies/s3/")["Contents"]]  # fmt: skip
+    assert {"studies/s3/study.json", "studies/s3/partitions.json"} <= set(keys)
+    assert any(k.startswith("studies/s3/tune/") for k in keys)  # Tune's experiment state, for --resume
+    assert sum(k.endswith("/state.pt") and "/ray-train/checkpoint_" in k for k in keys) >= 2  # Train checkpoints
+    assert not [k for k in keys if ".tmp" in k]
+
+
 @pytest.mark.parametrize(
     "argv, needle",
     [
@@ -117,8 +139,11 @@ def test_study_config_errors():
         StudyConfig(mode="grid")
     with pytest.raises(ValueError, match=r"unknown run settings \['datset'\]"):
         StudyConfig(run={"datset": "toy"})
-    with pytest.raises(ValueError, match=r"storage_path='s3://bucket/x': object storage .* is not supported yet"):
-        StudyConfig(storage_path="s3://bucket/x")
+    with pytest.raises(ValueError, match=r"StudyConfig.storage_path='hdfs://nn/x': unsupported scheme 'hdfs'"):
+        StudyConfig(storage_path="hdfs://nn/x")
+    with pytest.raises(ValueError, match=r"StudyConfig.name='a/b': use letters"):
+        StudyConfig(name="a/b")
+    assert StudyConfig(storage_path="s3://bucket/x/", name="g").study_dir == "s3://bucket/x/g"
 
 
 @pytest.mark.slow

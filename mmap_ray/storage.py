@@ -1,0 +1,164 @@
+"""Where a study keeps its files: a local folder or object storage (`s3://`, `gs://`), one interface for both.
+
+A `Location` is a path or URI as the user wrote it, for example `runs/studies`, `/shared/studies`,
+`s3://bucket/studies` or, for an S3-protocol server such as MinIO or moto,
+`s3://bucket/studies?endpoint_override=127.0.0.1:9000&scheme=http`. pyarrow.fs does the I/O, so the same
+code path serves our own files (study.json, partitions.json, the Parquet results, checkpoint reads) and
+Ray's (`storage_path` + `storage_filesystem`, as Ray wants it for custom endpoints).
+
+Writes are atomic for readers: a local file is written to a hidden temporary name and renamed into place;
+an object-store PUT only becomes visible once the whole object is uploaded, so it is written directly.
+Credentials never go in the URI (it is saved in study.json): they come from the environment, as for any
+AWS or GCS client.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import posixpath
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+import pyarrow.fs as pafs
+
+OBJECT_SCHEMES = ("s3", "gs")
+_SECRET_KEYS = ("access_key", "secret_key", "session_token")
+
+
+@dataclass(frozen=True)
+class Location:
+    """A file or folder, local or in object storage. Build with `location()`."""
+
+    scheme: str  # "" for local
+    path: str  # scheme-less: an absolute local path, or "bucket/key/prefix"
+    query: str = ""  # filesystem options of a URI (endpoint_override, scheme, region, ...)
+
+    @property
+    def is_local(self) -> bool:
+        return not self.scheme
+
+    @property
+    def uri(self) -> str:
+        if self.is_local:
+            return self.path
+        return f"{self.scheme}://{self.path}" + (f"?{self.query}" if self.query else "")
+
+    def __str__(self) -> str:
+        return self.uri
+
+    def __truediv__(self, part: str) -> Location:
+        return Location(self.scheme, posixpath.join(self.path, str(part)), self.query)
+
+    @property
+    def name(self) -> str:
+        return posixpath.basename(self.path.rstrip("/"))
+
+    @property
+    def parent(self) -> Location:
+        return Location(self.scheme, posixpath.dirname(self.path.rstrip("/")), self.query)
+
+    def filesystem(self) -> pafs.FileSystem:
+        """The pyarrow filesystem (picklable: Ray ships it to the Train workers)."""
+        if self.is_local:
+            return pafs.LocalFileSystem()
+        fs, _ = pafs.FileSystem.from_uri(self.uri)
+        return fs
+
+    def ray_storage(self) -> dict:
+        """`storage_path` and `storage_filesystem` for a Ray Tune / Ray Train `RunConfig`."""
+        if self.is_local:
+            return {"storage_path": self.path}
+        return {"storage_path": self.path, "storage_filesystem": self.filesystem()}
+
+    # ---- I/O ----
+
+    def exists(self) -> bool:
+        return self.filesystem().get_file_info(self.path).type != pafs.FileType.NotFound
+
+    def is_dir(self) -> bool:
+        return self.filesystem().get_file_info(self.path).type == pafs.FileType.Directory
+
+    def read_bytes(self) -> bytes:
+        with self.filesystem().open_input_stream(self.path) as f:
+            return f.read()
+
+    def read_text(self) -> str:
+        return self.read_bytes().decode()
+
+    def write_bytes(self, data: bytes) -> None:
+        """Write the whole file; readers see the old file or the new one, never a part."""
+        if self.is_local:
+            path = Path(self.path)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+            tmp.write_bytes(data)
+            os.replace(tmp, path)
+            return
+        fs = self.filesystem()
+        with fs.open_output_stream(self.path) as f:  # one PUT (or a multipart upload completed at close)
+            f.write(data)
+
+    def write_text(self, text: str) -> None:
+        self.write_bytes(text.encode())
+
+    def glob(self, pattern: str) -> list[Location]:
+        """Files below this folder whose relative path matches `pattern` (fnmatch, `/` separated), sorted."""
+        fs = self.filesystem()
+        if fs.get_file_info(self.path).type != pafs.FileType.Directory:
+            return []
+        infos = fs.get_file_info(pafs.FileSelector(self.path, recursive=True))
+        root = self.path.rstrip("/") + "/"
+        rel = sorted(i.path[len(root) :] for i in infos if i.path.startswith(root) and i.type == pafs.FileType.File)
+        return [self / r for r in rel if fnmatch.fnmatchcase(r, pattern) and not posixpath.basename(r).startswith(".")]
+
+    def dirs(self, pattern: str = "*") -> list[Location]:
+        """Direct sub-folders whose name matches `pattern`, sorted."""
+        fs = self.filesystem()
+        if fs.get_file_info(self.path).type != pafs.FileType.Directory:
+            return []
+        infos = fs.get_file_info(pafs.FileSelector(self.path))
+        return sorted(
+            (self / posixpath.basename(i.path) for i in infos if i.type == pafs.FileType.Directory
+             and fnmatch.fnmatchcase(posixpath.basename(i.path), pattern)),
+            key=lambda loc: loc.path,
+        )  # fmt: skip
+
+
+def location(where: str | os.PathLike | Location, field: str = "storage_path") -> Location:
+    """Parse a local path or a `s3://` / `gs://` URI; a bad one fails with a message naming `field`."""
+    if isinstance(where, Location):
+        return where
+    text = str(where)
+    if "://" not in text:
+        return Location("", str(Path(text).expanduser().resolve()))
+    parts = urlsplit(text)
+    if parts.scheme not in OBJECT_SCHEMES:
+        raise ValueError(
+            f"{field}={text!r}: unsupported scheme {parts.scheme!r}; use a local folder, a shared filesystem "
+            f"mounted on every node, or one of {[s + '://' for s in OBJECT_SCHEMES]}"
+        )
+    if not parts.netloc:
+        raise ValueError(f"{field}={text!r} names no bucket; write {parts.scheme}://BUCKET/PREFIX")
+    secrets = sorted(set(parse_qs(parts.query)) & set(_SECRET_KEYS))
+    if secrets:
+        raise ValueError(
+            f"{field}={text!r} carries credentials ({secrets}); the URI is saved with the study, so pass them "
+            f"through the environment (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, a profile, or GOOGLE_APPLICATION_CREDENTIALS)"
+        )
+    path = (parts.netloc + parts.path).rstrip("/")
+    return Location(parts.scheme, path, parts.query)
+
+
+def check_reachable(loc: Location, field: str = "storage_path") -> None:
+    """Fail now, with the reason, if the bucket cannot be listed (wrong endpoint, bucket or credentials)."""
+    if loc.is_local:
+        return
+    bucket = loc.path.split("/", 1)[0]
+    try:
+        info = loc.filesystem().get_file_info(bucket)
+    except (OSError, ValueError) as e:  # pyarrow: ArrowInvalid (a ValueError) for bad options, OSError for I/O
+        raise ValueError(f"{field}={loc.uri!r}: cannot reach the object store: {e}") from None
+    if info.type == pafs.FileType.NotFound:
+        raise ValueError(f"{field}={loc.uri!r}: bucket {bucket!r} does not exist (create it first)")

@@ -1,0 +1,79 @@
+"""Storage locations (local and a real S3-protocol server) and the versioned Parquet results on them."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from mmap_ray.results import SCHEMA_KEY, SCHEMA_VERSION, load, write_table
+from mmap_ray.storage import check_reachable, location
+
+ROWS = [{"trial_id": "t1", "status": "TERMINATED", "val_mean_final": 0.5, "seed": 0, "schema_version": SCHEMA_VERSION}]
+
+
+def test_local_location_is_absolute_and_writes_atomically(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    loc = location("runs/studies") / "s" / "study.json"
+    assert loc.is_local and loc.path == str(tmp_path / "runs" / "studies" / "s" / "study.json")
+    loc.write_text("one")
+    loc.write_text("two")
+    assert loc.read_text() == "two"
+    assert sorted(p.name for p in (tmp_path / "runs" / "studies" / "s").iterdir()) == ["study.json"]  # no temp files
+
+
+@pytest.mark.parametrize(
+    "uri, needle",
+    [
+        ("ftp://host/x", "unsupported scheme 'ftp'"),
+        ("s3:///x", "names no bucket"),
+        ("s3://b/x?access_key=AK&secret_key=SK", "carries credentials (['access_key', 'secret_key'])"),
+    ],
+)
+def test_bad_storage_uris_name_the_field(uri, needle):
+    with pytest.raises(ValueError, match="storage_path=") as e:
+        location(uri)
+    assert needle in str(e.value)
+
+
+def test_s3_read_write_glob_and_results_roundtrip(s3):
+    base, _ = s3
+    root = location(base.format(prefix="unit"))
+    check_reachable(root)
+    (root / "a" / "x.json").write_text("{}")
+    assert (root / "a" / "x.json").read_text() == "{}" and (root / "a").is_dir() and not (root / "b").exists()
+    write_table(root / "results", "trials", "gradient", "t1", ROWS)
+    write_table(root / "results", "trials", "single", "t2", [{**ROWS[0], "trial_id": "t2"}])
+    write_table(root / "results", "trials", "single", "t2", [{**ROWS[0], "trial_id": "t2", "val_mean_final": 0.75}])
+    df = load(root / "results")  # the URI string works as well as the Location
+    assert sorted(df["trial_id"]) == ["t1", "t2"] and set(df["scheme"]) == {"gradient", "single"}
+    assert df.set_index("trial_id").loc["t2", "val_mean_final"] == 0.75  # rewritten, not duplicated
+    assert [d.name for d in (root / "results" / "trials").dirs()] == ["scheme=gradient", "scheme=single"]
+
+
+def test_missing_bucket_and_unreachable_endpoint_fail_clearly(s3):
+    base, _ = s3
+    with pytest.raises(ValueError, match="bucket 'no-such-bucket' does not exist"):
+        check_reachable(location(base.format(prefix="x").replace("mmap-test", "no-such-bucket")))
+    with pytest.raises(ValueError, match="cannot reach the object store: .*connect_timeout"):
+        check_reachable(location(base.format(prefix="x") + "&connect_timeout=1"))  # not an option pyarrow knows
+    with pytest.raises(ValueError, match="cannot reach the object store"):
+        check_reachable(location("s3://mmap-test/x?endpoint_override=127.0.0.1:9&scheme=http&region=us-east-1"))
+
+
+def test_newer_schema_is_refused_with_the_version(tmp_path):
+    path = write_table(tmp_path, "trials", "single", "t1", ROWS)
+    meta = pq.read_table(path.path).schema.metadata
+    assert meta[SCHEMA_KEY] == str(SCHEMA_VERSION).encode()
+    newer = pa.Table.from_pylist([{**ROWS[0], "schema_version": SCHEMA_VERSION + 1}])
+    pq.write_table(newer.replace_schema_metadata({SCHEMA_KEY: str(SCHEMA_VERSION + 1).encode()}), path.path)
+    with pytest.raises(ValueError, match=rf"schema v{SCHEMA_VERSION + 1}, written by a newer mmap-ray; this one reads up to v1"):
+        load(tmp_path)
+
+
+def test_files_without_the_metadata_key_read_as_version_1(tmp_path):
+    (tmp_path / "epochs" / "scheme=single").mkdir(parents=True)
+    pq.write_table(pa.Table.from_pylist([{"trial_id": "t1", "epoch": 1, "task": "Art", "val_acc": 0.5}]),
+                   tmp_path / "epochs" / "scheme=single" / "t1.parquet")  # fmt: skip
+    df = load(tmp_path, "epochs")
+    assert list(df["trial_id"]) == ["t1"] and list(df["scheme"]) == ["single"]
