@@ -1,8 +1,9 @@
 """The study: Ray Tune trials, each a driver that launches a Ray Train `TorchTrainer`, results in Parquet.
 
 Two modes:
-- compare (default): every grouping scheme x every seed, one trial each, all other settings fixed: the
-  side-by-side answer to "which grouping works best", with a seed spread.
+- compare (default): a grid, one trial per grouping scheme x prompt length x alignment depth x seed,
+  everything else fixed: the side-by-side answer to "which grouping works best", with a seed spread.
+  The paper's ablations (prompt length, alignment layers) are compare studies over one axis.
 - search: Optuna (TPE; or multi-objective accuracy vs trainable parameters, giving a Pareto front) over
   the grouping scheme, prompt length, alignment depth, projection, combine mode and learning rate, with
   ASHA stopping weak trials on per-epoch validation accuracy.
@@ -44,8 +45,8 @@ class StudyConfig:
     # search mode
     num_samples: int = 16
     objective: str = "accuracy"
-    n_tokens: tuple[int, ...] = (8,)  # first value is used in compare mode
-    depths: tuple[int, ...] = ()  # alignment depths (layers 0..d-1) to search; () = the default layers
+    n_tokens: tuple[int, ...] = (8,)  # prompt lengths (a grid axis in compare mode)
+    depths: tuple[int, ...] = ()  # alignment depths (layers 0..d-1; a grid axis in compare mode); () = default layers
     projections: tuple[str, ...] = ("kron",)
     combines: tuple[str, ...] = ("concat",)
     lr_range: tuple[float, float] = (5e-4, 5e-3)
@@ -82,6 +83,10 @@ class StudyConfig:
         for name in ("epochs", "batch_size", "num_samples", "workers_per_trial"):
             if getattr(self, name) < 1:
                 raise ValueError(f"StudyConfig.{name}={getattr(self, name)} must be >= 1")
+        for name in ("n_tokens", "depths"):
+            bad = [v for v in getattr(self, name) if not isinstance(v, int) or v < 1]
+            if bad:
+                raise ValueError(f"StudyConfig.{name} has {bad}: every value must be an integer >= 1")
         if not 0 < self.lr_range[0] <= self.lr_range[1]:
             raise ValueError(f"StudyConfig.lr_range={self.lr_range} must be 0 < low <= high")
         self.run = spec(self.run)  # unknown run settings fail here
@@ -347,9 +352,11 @@ def _tuner_args(study: StudyConfig, base: dict) -> dict:
             "base": base,
             "scheme": tune.grid_search(list(study.schemes)),
             "seed": tune.grid_search(list(study.seeds)),
-            "n_tokens": study.n_tokens[0],
+            "n_tokens": tune.grid_search(list(study.n_tokens)),
             "lr": study.lr,
         }
+        if study.depths:
+            space["depth"] = tune.grid_search(list(study.depths))
         return {"param_space": space, "tune_config": tune.TuneConfig(num_samples=1, max_concurrent_trials=concurrency)}
 
     import optuna

@@ -32,10 +32,9 @@ PRESETS = {
                     "batch_size": 32, "lr": 3.5e-3},
     "mini-domainnet": {"run": {"dataset": "minidomainnet", "model": "ViT-B-16", "pretrained": "openai"}, "epochs": 10,
                        "batch_size": 32, "lr": 3.5e-3},
-    # the paper's ablations, as searches over one axis with the grouping fixed to the gradient scheme
-    "ablation-prompt-length": {"mode": "search", "schemes": ("gradient",), "n_tokens": (1, 2, 4, 8, 16), "num_samples": 10,
-                               "asha": False},
-    "ablation-layers": {"mode": "search", "schemes": ("gradient",), "depths": (1, 2, 3, 4), "num_samples": 8, "asha": False},
+    # the paper's ablations: a grid over one axis (x seeds), grouping fixed to the gradient scheme, all else fixed
+    "ablation-prompt-length": {"schemes": ("gradient",), "n_tokens": (1, 2, 4, 8, 16), "cpus_per_worker": 0.99},
+    "ablation-layers": {"schemes": ("gradient",), "depths": (1, 2, 3, 4), "cpus_per_worker": 0.99},
 }  # fmt: skip
 SMOKE = {
     "name": "smoke", "schemes": ("single", "gradient"), "seeds": (0,), "epochs": 2, "batch_size": 16,
