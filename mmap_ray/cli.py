@@ -5,6 +5,7 @@
     mmap-ray eval --run runs/NAME       # a trained run's test accuracy
     mmap-ray params --model ViT-B-16 --tasks Art,Clipart,Product,RealWorld \\
         --partition "Art+Clipart|Product+RealWorld"
+    mmap-ray report runs/studies/grouping/results   # tables and figures of a study
 
 Every subcommand validates its whole configuration before doing any work, and reports a bad value as
 one line naming the option, the value and what would be valid (exit status 2).
@@ -344,6 +345,18 @@ def build_parser() -> argparse.ArgumentParser:
     add_mmap_args(p)
     p.set_defaults(layers="none", partition=None, seed=0)
     p.set_defaults(func=cmd_eval)
+
+    from .report import add_report_args, run_report
+
+    p = sub.add_parser(
+        "report",
+        help="a study's Markdown and self-contained HTML report with figures, from its Parquet results",
+        description="Read a study's results (trials, epochs, partitions.json) and write report.md, report.html "
+        "and figures/*.png: the leaderboard (mean ± std over seeds), the paper's comparisons, accuracy vs "
+        "trainable parameters with the Pareto front, task affinity, learning curves and ablations.",
+    )
+    add_report_args(p)
+    p.set_defaults(func=run_report)
     return parser
 
 

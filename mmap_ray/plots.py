@@ -103,6 +103,7 @@ def tradeoff(
             handles.append(Line2D([], [], color="gray", linestyle=":"))
             labels.append(f"zero-shot, 0 params ({zero_shot:.1f}%)")
         ax.set_xscale("log")
+        ax.margins(x=0.1, y=0.08)  # room for the point numbers
         ax.set_xlabel("trainable parameters (count, log scale)")
         ax.set_ylabel(ylabel)
         ax.set_title("Accuracy vs trainable parameters")
@@ -209,7 +210,7 @@ def learning_curves(panels: list[dict]) -> Figure:
     return fig
 
 
-def ablation(table: pd.DataFrame, xlabel: str, ylabel: str, title: str) -> Figure:
+def ablation(table: pd.DataFrame, xlabel: str, ylabel: str, title: str, log2: bool = False) -> Figure:
     """One line per scheme: accuracy (mean ± std over trials) against an ablated setting.
 
     `table`: index = the setting's values, columns = MultiIndex (stat in mean/std, scheme).
@@ -227,7 +228,10 @@ def ablation(table: pd.DataFrame, xlabel: str, ylabel: str, title: str) -> Figur
                 label=str(scheme),
                 **style,
             )
-        ax.set_xticks(list(table.index))
+        if log2:  # prompt lengths 1, 2, 4, 8, 16 spread evenly
+            ax.set_xscale("log", base=2)
+        ax.set_xticks(list(table.index), [f"{v:g}" for v in table.index])
+        ax.minorticks_off()
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
         ax.set_title(title)

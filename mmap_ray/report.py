@@ -66,6 +66,8 @@ class Study:
 
 def results_folder(path: str | Path) -> Path:
     """The results folder at `path` (or `path/results` for a study folder); ValueError naming it if not one."""
+    if "://" in str(path):
+        raise ValueError(f"{path}: reports read a local results folder; copy it here first (e.g. aws s3 sync)")
     root = Path(path)
     if not root.exists():
         raise ValueError(f"results folder {root} does not exist")
@@ -425,7 +427,7 @@ def curve_panels(study: Study) -> list[dict]:
 
 
 ABLATIONS = {  # setting column -> (x label, title, preset that varies it)
-    "n_tokens": ("prompt length (tokens per layer)", "Accuracy vs prompt length", "ablation-prompt-length"),
+    "n_tokens": ("prompt length (tokens per layer, log scale)", "Accuracy vs prompt length", "ablation-prompt-length"),
     "depth": ("alignment depth (number of layers with prompts)", "Accuracy vs alignment depth", "ablation-layers"),
 }
 
@@ -442,7 +444,7 @@ def ablation_figure(study: Study, setting: str):
         shown = f"{setting} {', '.join(map(str, values))}" if len(values) else "the default alignment layers"
         return None, f"'{title}': every completed trial has {shown}; run the study with `--preset {preset}` to vary it."
     ylabel = f"{METRIC_LABELS[metric]}, mean over tasks (%)"
-    return plots.ablation(ablation_table(t, setting), xlabel, ylabel, title), None
+    return plots.ablation(ablation_table(t, setting), xlabel, ylabel, title, log2=setting == "n_tokens"), None
 
 
 # ---- the report ---------------------------------------------------------------------------------------
@@ -490,6 +492,7 @@ def sections(study: Study, figures_dir: Path, figures: list[Path]) -> list[Secti
         [status_table(t).reset_index()],
     )
     if (t["outcome"] == "failed").any():
+        s.text += " The failed trials follow, with their error files."
         s.tables.append(failures(t))
     out.append(s)
 
@@ -503,6 +506,10 @@ def sections(study: Study, figures_dir: Path, figures: list[Path]) -> list[Secti
     s.tables.append(mean_std(board).reset_index()) if not board.empty else s.notes.append(
         "No completed trial with an accuracy: no leaderboard."
     )
+    if not board.empty and board[("seeds", "n")].max() == 1:
+        s.notes.append(
+            "One seed per configuration: no spread to judge a difference by; run more seeds (`--seeds 0 1 2`)."
+        )
     if metric and metric != "test_mean":
         s.notes.append(f"The rows have no test accuracy: the tables use the {what}.")
     out.append(s)

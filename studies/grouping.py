@@ -119,6 +119,14 @@ def main(argv: list[str] | None = None) -> int:
     with pd.option_context("display.width", 200, "display.max_columns", 20):
         print(summary_table(results))
     print(f"results (Parquet): {results}")
+    from mmap_ray.report import build_report
+
+    try:
+        report = build_report(results)
+    except ValueError as e:  # the study ran; a report that cannot be built is not its failure
+        print(f"report: not written: {e}", file=sys.stderr)
+        return 0
+    print(f"report: {report.html} (Markdown: {report.markdown})")
     return 0
 
 

@@ -1,0 +1,17 @@
+"""Write a study's report: Markdown, self-contained HTML and PNG figures from its Parquet results.
+
+    python analysis/report.py runs/studies/grouping/results                  # -> runs/studies/grouping/report/
+    python analysis/report.py RESULTS --out /tmp/report --baselines runs/toy-baselines
+
+The same as `mmap-ray report`; the work is done by `mmap_ray.report` (pandas + matplotlib, no Ray).
+"""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
+
+from mmap_ray.report import main
+
+if __name__ == "__main__":
+    sys.exit(main())
