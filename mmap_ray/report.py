@@ -28,6 +28,7 @@ import pandas as pd
 
 from . import plots
 from .results import EPOCHS, TRIALS, load
+from .storage import Location, location
 
 BASELINES = "baselines"
 # The paper's comparisons: (slug, label, projection kind of a study row that is this method)
@@ -55,7 +56,7 @@ NUMERIC = r"(val|test)_.+|trainable_params|total_params|device_hours|wall_s|epoc
 class Study:
     """A study's tables and side files, plus notes on whatever was missing."""
 
-    results: Path
+    results: Location
     trials: pd.DataFrame
     epochs: pd.DataFrame
     partitions: dict[str, str]
@@ -64,15 +65,22 @@ class Study:
     notes: list[str] = field(default_factory=list)
 
 
-def results_folder(path: str | Path) -> Path:
-    """The results folder at `path` (or `path/results` for a study folder); ValueError naming it if not one."""
-    if "://" in str(path):
-        raise ValueError(f"{path}: reports read a local results folder; copy it here first (e.g. aws s3 sync)")
-    root = Path(path)
-    if not root.exists():
-        raise ValueError(f"results folder {root} does not exist")
-    if not (root / TRIALS).is_dir() and (root / "results" / TRIALS).is_dir():
+def _folder(path: str | Path | Location, table: str, field: str) -> Location:
+    """`path`, or `path/results` when that holds `table` (a study folder rather than its results folder)."""
+    root = location(path, field)
+    if not (root / table).is_dir() and (root / "results" / table).is_dir():
         root = root / "results"
+    return root
+
+
+def results_folder(path: str | Path | Location) -> Location:
+    """The results folder at `path` (local or s3:// / gs://); ValueError naming it when it is not one."""
+    try:
+        root = _folder(path, TRIALS, "RESULTS")
+        if not root.exists():
+            raise ValueError(f"results folder {root} does not exist")
+    except OSError as e:  # an unreachable object store
+        raise ValueError(f"cannot reach {path}: {e}") from None
     if not (root / TRIALS).is_dir():
         raise ValueError(
             f"{root} is not a study results folder: it has no {TRIALS}/ subfolder (trials/scheme=*/*.parquet)"
@@ -80,11 +88,9 @@ def results_folder(path: str | Path) -> Path:
     return root
 
 
-def load_baselines(path: str | Path) -> pd.DataFrame:
+def load_baselines(path: str | Path | Location) -> pd.DataFrame:
     """The comparison runs written by studies/toy_baselines.py (its --out folder or its results folder)."""
-    root = Path(path)
-    if not (root / BASELINES).is_dir() and (root / "results" / BASELINES).is_dir():
-        root = root / "results"
+    root = _folder(path, BASELINES, "--baselines")
     df = load(root, BASELINES) if (root / BASELINES).is_dir() else pd.DataFrame()
     if df.empty:
         raise ValueError(
@@ -93,7 +99,7 @@ def load_baselines(path: str | Path) -> pd.DataFrame:
     return df
 
 
-def load_study(results: str | Path, baselines: str | Path | None = None) -> Study:
+def load_study(results: str | Path | Location, baselines: str | Path | Location | None = None) -> Study:
     """Trials, epochs, partitions.json and optional baselines of one study; ValueError if there is nothing to report."""
     root = results_folder(results)
     try:
@@ -106,7 +112,7 @@ def load_study(results: str | Path, baselines: str | Path | None = None) -> Stud
     if study.epochs.empty:
         study.notes.append(f"No per-epoch table ({root / EPOCHS}): learning curves are left out.")
     side = root.parent / "partitions.json"
-    if side.is_file():
+    if side.exists():
         saved = json.loads(side.read_text())
         study.partitions, study.affinity = saved.get("partitions", {}), saved.get("affinity", {})
     else:
@@ -114,6 +120,13 @@ def load_study(results: str | Path, baselines: str | Path | None = None) -> Stud
     if baselines is not None:
         study.baselines = load_baselines(baselines)
     return study
+
+
+def default_out(results: Location) -> Path:
+    """RESULTS/../report for local results; for object storage, `<study>-report` in the current folder."""
+    if results.is_local:
+        return Path(results.parent.path) / "report"
+    return Path.cwd() / f"{results.parent.name}-report"
 
 
 def numeric(df: pd.DataFrame) -> pd.DataFrame:
@@ -637,7 +650,7 @@ def build_report(
 ) -> ReportPaths:
     """Write report.md, report.html (self-contained) and figures/*.png for a study; default out: <study>/report."""
     study = load_study(results, baselines)
-    folder = Path(out) if out is not None else study.results.parent / "report"
+    folder = Path(out) if out is not None else default_out(study.results)
     figures_dir = folder / "figures"
     if figures_dir.is_dir():
         for old in figures_dir.glob("*.png"):  # a figure no longer produced must not linger
@@ -657,8 +670,12 @@ def build_report(
 
 
 def add_report_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("results", help="a study's results folder (or the study folder holding results/)")
-    p.add_argument("--out", default=None, help="report folder (default: RESULTS/../report)")
+    p.add_argument("results", help="a study's results folder or URI (or the study folder holding results/)")
+    p.add_argument(
+        "--out",
+        default=None,
+        help="local report folder (default: RESULTS/../report; for s3:// or gs:// results, ./STUDY-report)",
+    )
     p.add_argument(
         "--baselines", default=None, help="the output folder of studies/toy_baselines.py, for the comparisons"
     )

@@ -27,6 +27,7 @@ from mmap_ray.report import (
     status_table,
 )
 from mmap_ray.results import EPOCHS, TRIALS, write_table
+from mmap_ray.storage import Location, location
 
 REPO = Path(__file__).resolve().parent.parent
 TASKS = ("Art", "Clipart", "Product", "RealWorld")
@@ -74,8 +75,12 @@ def _epochs(row: dict) -> list[dict]:
     ]
 
 
-def fabricate(root: Path, *, epochs: bool = True, partitions: bool = True, drop: tuple[str, ...] = ()) -> Path:
-    """A study folder with results/: 2 schemes x 3 seeds x 2 prompt lengths x 2 depths, 1 failed, 2 ASHA-stopped."""
+def fabricate(
+    where: Path | str, *, epochs: bool = True, partitions: bool = True, drop: tuple[str, ...] = ()
+) -> Location:
+    """A study folder (local or a URI) with results/: 2 schemes x 3 seeds x 2 prompt lengths x 2 depths, 1 failed,
+    2 ASHA-stopped."""
+    root = location(where)
     results = root / "results"
     rows, n = [], 0
     for scheme, base in (("single", 0.70), ("gradient", 0.74)):
@@ -175,6 +180,16 @@ def test_missing_optional_files_and_columns_degrade_to_notes(tmp_path):
     assert sorted(p.name for p in paths.figures) == ["ablation-prompt-length.png", "tradeoff.png"]
     _check_pngs(paths.figures)
     assert "trainable %" not in md  # no total_params: no percentage column
+
+
+def test_report_from_object_storage(s3, tmp_path, monkeypatch):
+    base, _ = s3
+    results = fabricate(base.format(prefix="studies/fab"))
+    monkeypatch.chdir(tmp_path)
+    paths = build_report(base.format(prefix="studies/fab"))  # the study folder's URI; the report is written here
+    assert paths.html == tmp_path / "fab-report" / "report.html"
+    assert len(paths.figures) == 5 and "No per-epoch table" not in paths.markdown.read_text()
+    assert str(results) in paths.markdown.read_text()
 
 
 def test_only_failed_trials_still_report(tmp_path):
