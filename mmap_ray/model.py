@@ -76,6 +76,10 @@ def _run_block(transformer: Transformer, blk: nn.Module, x: Tensor, attn_mask: T
 class PromptedCLIP(nn.Module):
     """Frozen CLIP + a prompt bank; `forward(images, task_ids)` gives per-task logits (B, C_max)."""
 
+    # Benchmark switch: True runs the blocks below a tower's first alignment layer with autograd enabled
+    # too (studies/benchmark.py measures what the no-grad default saves). Gradients are the same.
+    grad_below_first_layer: bool = False
+
     def __init__(
         self,
         backbone: Backbone,
@@ -130,7 +134,7 @@ class PromptedCLIP(nn.Module):
     def partition(self) -> Partition:
         return self.bank.partition
 
-    def train(self, mode: bool = True) -> "PromptedCLIP":
+    def train(self, mode: bool = True) -> PromptedCLIP:
         """Train the prompts; the backbone stays in eval mode unless it is itself trainable."""
         super().train(mode)
         if not self.backbone_trainable:
@@ -147,7 +151,7 @@ class PromptedCLIP(nn.Module):
         """Image features (B, E) like `clip.encode_image`; prompts: (B, L_vis, m, d_vis) or None."""
         visual = self.clip.visual
         first = min(self.vision_layers, default=None) if prompts is not None else None
-        frozen = not self.backbone_trainable
+        frozen = not (self.backbone_trainable or self.grad_below_first_layer)
         with torch.set_grad_enabled(torch.is_grad_enabled() and not frozen):
             x = visual._embeds(images)  # (B, 1 + patches, d_vis)
         n_tokens = x.shape[1]
@@ -170,7 +174,7 @@ class PromptedCLIP(nn.Module):
         clip = self.clip
         L = tokens.shape[1]
         first = min(self.text_layers, default=None) if prompts is not None else None
-        frozen = not self.backbone_trainable
+        frozen = not (self.backbone_trainable or self.grad_below_first_layer)
         cast = clip.transformer.get_cast_dtype()
         with torch.set_grad_enabled(torch.is_grad_enabled() and not frozen):
             x = clip.token_embedding(tokens).to(cast)  # (R, L, d_text)

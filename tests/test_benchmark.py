@@ -1,0 +1,106 @@
+"""The benchmark's correctness checks: compared variants compute the same thing; --quick writes its table.
+
+Speed is never asserted here: only that truncation, no-grad below the first alignment layer and fused
+multi-task batching change nothing but the cost, that DDP all-reduces exactly the trainable bytes, and
+that `studies/benchmark.py --quick` writes the Parquet rows and the Markdown table it promises.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from mmap_ray import bench
+from mmap_ray.backbone import TINY_MODEL
+
+STUDY = Path(__file__).resolve().parents[1] / "studies" / "benchmark.py"
+
+
+def _study():
+    spec = importlib.util.spec_from_file_location("benchmark_study", STUDY)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _model(backbone, **kw):
+    setup = bench.Setup(batch_size=8, **kw)
+    model = bench.prompted(backbone, setup)
+    return model, bench.make_batch(model, setup.batch_size)
+
+
+def test_truncated_context_gives_the_same_logits(tiny):
+    truncated, batch = _model(tiny)
+    full, _ = _model(tiny, truncate_context=False)
+    assert truncated.text_tokens.shape[1] < full.text_tokens.shape[1] == tiny.info.context_length
+    assert bench.check_truncation(truncated, full, batch) <= 1e-5
+
+
+@pytest.mark.parametrize("layers", [None, "2"])
+def test_no_grad_below_first_layer_gives_the_same_prompt_gradients(tiny, layers):
+    model, batch = _model(tiny, layers=layers)
+    default = bench.prompt_grads(model, batch)
+    with bench.grad_below_first_layer(model):
+        every = bench.prompt_grads(model, batch)
+    assert not model.grad_below_first_layer  # the switch is restored
+    assert all(g.abs().sum() > 0 for g in default)
+    assert bench.grads_diff(default, every) <= 1e-6
+
+
+def test_fused_multitask_forward_equals_a_loop_over_tasks(tiny):
+    model, batch = _model(tiny)
+    shuffled = bench.Batch(*(t[torch.randperm(len(t), generator=torch.Generator().manual_seed(1))] for t in batch))
+    assert bench.check_fused(model, shuffled) <= 1e-5
+
+
+def test_full_finetune_switch_restores_the_frozen_backbone(tiny):
+    model, _ = _model(tiny)
+    with bench.backbone_trainable(model):
+        assert bench.trainable_bytes(model) == sum(p.numel() * 4 for p in model.parameters())
+    assert bench.trainable_bytes(model) == sum(p.numel() * 4 for p in model.bank.parameters())
+
+
+@pytest.mark.parametrize("full_finetune", [False, True])
+def test_ddp_all_reduces_exactly_the_trainable_bytes(tmp_path, full_finetune):
+    ranks = bench.ddp_bucket_bytes(bench.Setup(model=TINY_MODEL), full_finetune, tmp_path)
+    assert len(ranks) == 2
+    for r in ranks:
+        assert r["bytes"] == r["trainable_bytes"] > 0
+    if not full_finetune:
+        assert ranks[0]["bytes"] < 100_000  # prompts only: tens of KB, not the backbone's MBs
+
+
+def test_quick_writes_parquet_and_markdown(tmp_path):
+    study = _study()
+    assert study.main(["--quick", "--skip-ray", "--repeats", "1", "--out", str(tmp_path)]) == 0
+    files = sorted((tmp_path / "results" / study.TABLE).glob("scheme=*/*.parquet"))
+    df = pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
+    expected = {
+        "MmAP step / frozen forward", "full FT step / frozen forward", "forward with autograd / frozen forward",
+        "MmAP step, all blocks with grad / no-grad below first layer", "text tower step, 77 tokens / truncated",
+        "text logits max |truncated - 77 tokens|", "MmAP step, loop over tasks / fused",
+        "MmAP peak memory / full FT peak memory", "all-reduced bytes per step, MmAP / full FT",
+        "MmAP: DDP hook bytes / trainable-parameter bytes", "full FT: DDP hook bytes / trainable-parameter bytes",
+    }  # fmt: skip
+    assert expected <= set(df["figure"])
+    assert (df["model"] == TINY_MODEL).all() and (df["device"] == "cpu").all()
+    hook = df[df["figure"].str.contains("DDP hook bytes")]
+    assert (hook["ratio_median"] == 1.0).all()
+    checks = df[df["max_abs_diff"].notna()]
+    assert len(checks) >= 3 and (checks["max_abs_diff"] <= 1e-5).all()
+    assert df["flop_ratio"].notna().any() and {"git_commit", "cpu_model", "load_before"} <= set(df.columns)
+    md = (tmp_path / "BENCHMARKS.md").read_text()
+    assert study.BEGIN in md and study.END in md and "python studies/benchmark.py --quick" in md
+    assert all(f in md for f in expected)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message given when CUDA is missing")
+def test_cuda_mode_without_cuda_fails_clearly(capsys):
+    assert _study().main(["--device", "cuda", "--skip-ray"]) == 2
+    assert "torch.cuda.is_available() is False" in capsys.readouterr().err
