@@ -199,9 +199,10 @@ def learning_curves(panels: list[dict]) -> Figure:
         for ax in list(axes.flat)[len(panels) :]:
             ax.set_visible(False)
         handles, labels = axes[0, 0].get_legend_handles_labels()
-        handles.append(Line2D([], [], color="0.65"))
-        labels.append("other trials of the scheme (mean over tasks)")
         present = {o["outcome"] for p in panels for o in p["others"]}
+        if present:
+            handles.append(Line2D([], [], color="0.65"))
+            labels.append("other trials of the scheme (mean over tasks)")
         for marker, text in (ends[k] for k in ends if k in present):
             handles.append(Line2D([], [], marker=marker, color="0.25", linestyle="none", markersize=8))
             labels.append(text)

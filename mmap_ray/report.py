@@ -431,7 +431,7 @@ def curve_panels(study: Study) -> list[dict]:
         stopped = " (stopped early)" if t.loc[best, "outcome"] == "stopped early" else ""
         panels.append(
             {
-                "title": f"{scheme}: best of {len(ids)} trials, {best}{stopped}",
+                "title": f"{scheme}: best of {len(ids)} trial{'s' * (len(ids) > 1)}, {best}{stopped}",
                 "best": curves.loc[best].dropna(axis=1, how="all"),
                 "others": others,
             }
