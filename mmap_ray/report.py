@@ -210,7 +210,7 @@ def leaderboard(trials: pd.DataFrame) -> pd.DataFrame:
     )
     grouped = values.groupby(config_keys(done), observed=True, dropna=False)
     table = grouped.agg(["mean", "std"])
-    table[("seeds", "n")] = grouped.size()
+    table[("trials", "n")] = grouped.size()
     return table.sort_values(("mean (%)", "mean"), ascending=False)
 
 
@@ -244,7 +244,7 @@ def status_table(trials: pd.DataFrame) -> pd.DataFrame:
     )
     table = table.reindex(columns=["completed", "stopped early", "failed"], fill_value=0)
     table["total"] = table.sum(axis=1)
-    return table
+    return table.rename_axis(columns=None)
 
 
 def failures(trials: pd.DataFrame) -> pd.DataFrame:
@@ -282,7 +282,7 @@ def baseline_comparisons(baselines: pd.DataFrame) -> pd.DataFrame:
         values["trainable %"] = 100 * values["trainable params"] / baselines["total_params"]
     grouped = values.groupby("method", sort=False)
     table = grouped.agg(["mean", "std"])
-    table[("seeds", "n")] = grouped.size()
+    table[("trials", "n")] = grouped.size()
     table[("source", "")] = "baselines"
     return table
 
@@ -302,7 +302,7 @@ def comparisons(study: Study) -> pd.DataFrame:
     table = pd.concat(frames)
     table = table[[c for c in table.columns if c[0] != "source"] + [("source", "")]]
     order = {label: i for i, (_, label, _) in enumerate(COMPARISONS)}
-    return table.iloc[sorted(range(len(table)), key=lambda i: order.get(table.index[i], len(order)))]
+    return table.sort_index(key=lambda methods: methods.map(lambda m: order.get(m, len(order))), kind="stable")
 
 
 def ablation_table(trials: pd.DataFrame, setting: str) -> pd.DataFrame:
@@ -519,7 +519,7 @@ def sections(study: Study, figures_dir: Path, figures: list[Path]) -> list[Secti
     s.tables.append(mean_std(board).reset_index()) if not board.empty else s.notes.append(
         "No completed trial with an accuracy: no leaderboard."
     )
-    if not board.empty and board[("seeds", "n")].max() == 1:
+    if not board.empty and board[("trials", "n")].max() == 1:
         s.notes.append(
             "One seed per configuration: no spread to judge a difference by; run more seeds (`--seeds 0 1 2`)."
         )

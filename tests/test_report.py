@@ -140,7 +140,7 @@ def test_tables_count_outcomes_and_average_completed_trials(tmp_path):
     status = status_table(study.trials)
     assert status.loc["gradient"].tolist() == [6, 1, 1, 8] and status.loc["single"].tolist() == [6, 1, 0, 7]
     board = leaderboard(study.trials)
-    assert len(board) == 4 and (board[("seeds", "n")] == 3).all()  # failed and ASHA-stopped trials left out
+    assert len(board) == 4 and (board[("trials", "n")] == 3).all()  # failed and ASHA-stopped trials left out
     best = board.iloc[0]
     assert board.index[0] == ("gradient", "kron", 8, "0-3")
     assert best[("mean (%)", "mean")] == pytest.approx(100 * (0.76 + 0.77 + 0.78) / 3)
@@ -270,7 +270,7 @@ def test_smoke_study_ends_with_its_report(smoke):
     _check_pngs(figures)
     assert "every completed trial has n_tokens 2" in md  # the smoke study varies no prompt length
     board = leaderboard(load_study(results).trials)
-    assert len(board) == 2 and (board[("seeds", "n")] == 1).all()
+    assert len(board) == 2 and (board[("trials", "n")] == 1).all()
 
 
 @pytest.mark.slow
