@@ -39,7 +39,10 @@ from .engine import (
 from .storage import Location, location
 
 RUN_NAME = "ray-train"  # Ray's folder inside the run folder: fixed, so re-running resumes
-FAIL_ENV = "MMAP_RAY_TEST_FAIL_AT_EPOCH"  # test-only: rank 1 exits once at the start of this epoch
+# Test-only fault injection (tests/faults): a rank exits once at the start of an epoch; a seed diverges.
+FAIL_ENV = "MMAP_RAY_TEST_FAIL_AT_EPOCH"  # the epoch (0-based) at whose start the rank exits, once
+FAIL_RANK_ENV = "MMAP_RAY_TEST_FAIL_RANK"  # which rank exits (default 1)
+NAN_ENV = "MMAP_RAY_TEST_NAN_SEED"  # runs with this seed produce NaN logits from their second epoch on
 
 
 @dataclass(frozen=True)
@@ -138,7 +141,7 @@ def train_loop_per_worker(config: dict) -> None:
     checkpoint = ray.train.get_checkpoint()  # Ray Train: resume after a failure or a re-run
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
-            history = restore_state(torch.load(Path(d) / "state.pt", map_location=device, weights_only=False), model, opt, sched)
+            history = restore_state(torch.load(Path(d) / "state.pt", map_location=device, weights_only=True), model, opt, sched)
 
     names = [t.name for t in tasks]
     sizes = {"trainable_params": sum(p.numel() for p in params), "total_params": sum(p.numel() for p in model.parameters())}
@@ -147,7 +150,10 @@ def train_loop_per_worker(config: dict) -> None:
         torch.manual_seed(epoch_seed(cfg, epoch, rank))
         sampler.set_epoch(epoch)
         model.train()
-        loss = train_epoch(ddp, loader, opt, sched, params, cfg, device)
+        forward = ddp
+        if config.get("nan_seed") == cfg.seed and epoch > 0:  # test-only: this run diverges
+            forward = lambda images, task_ids: ddp(images, task_ids) * float("nan")  # noqa: E731
+        loss = train_epoch(forward, loader, opt, sched, params, cfg, device)
         loss = float(_all_reduce(torch.tensor([loss], dtype=torch.float64), world, "mean"))
         val = _all_reduce(evaluate_counts(model, tasks, "val", cfg.eval_batch_size, rank, world), world)
         row = {"epoch": epoch + 1, "train_loss": loss, "lr": sched.get_last_lr()[0], **sizes}
@@ -165,9 +171,9 @@ def train_loop_per_worker(config: dict) -> None:
 
 
 def _maybe_fail(config: dict, epoch: int, rank: int) -> None:
-    """Test-only fault injection: rank 1 dies once at the start of `fail_at_epoch` (a marker file says once)."""
+    """Test-only fault injection: `fail_rank` dies once at the start of `fail_at_epoch` (a marker file says once)."""
     fail_at, marker = config.get("fail_at_epoch"), config.get("fail_marker")
-    if fail_at is None or rank != 1 or epoch != fail_at or marker is None or Path(marker).exists():
+    if fail_at is None or rank != config.get("fail_rank", 1) or epoch != fail_at or marker is None or Path(marker).exists():
         return
     Path(marker).write_text("failed once\n")
     os._exit(1)
@@ -193,7 +199,10 @@ def fit_distributed(
     check_resources(spec)
     config = {"run": run, "train": asdict(cfg)}
     if os.environ.get(FAIL_ENV) and out.is_local:
-        config.update(fail_at_epoch=int(os.environ[FAIL_ENV]), fail_marker=str(out / ".test-failed-once"))
+        config.update(fail_at_epoch=int(os.environ[FAIL_ENV]), fail_marker=str(out / ".test-failed-once"),
+                      fail_rank=int(os.environ.get(FAIL_RANK_ENV, "1")))  # fmt: skip
+    if os.environ.get(NAN_ENV):
+        config["nan_seed"] = int(os.environ[NAN_ENV])
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=config,
@@ -212,4 +221,4 @@ def fit_distributed(
     if result.checkpoint is None:
         raise RuntimeError(f"Ray Train run in {out / RUN_NAME} ended without a checkpoint: {result.error}")
     with result.checkpoint.as_directory() as d:
-        return torch.load(Path(d) / "state.pt", map_location="cpu", weights_only=False)
+        return torch.load(Path(d) / "state.pt", map_location="cpu", weights_only=True)

@@ -153,11 +153,16 @@ def train_epoch(
     Returns the mean training loss of this process's batches.
     """
     losses = []
-    for images, labels, task_ids in tqdm(loader, desc=desc, disable=not progress, leave=False):
+    for step, (images, labels, task_ids) in enumerate(tqdm(loader, desc=desc, disable=not progress, leave=False)):
         images, labels, task_ids = images.to(device), labels.to(device), task_ids.to(device)
         with _autocast(device):
             logits = forward(images, task_ids)  # (B, C_max)
         loss = F.cross_entropy(logits.float(), labels)
+        if not math.isfinite(loss.item()):  # stop before a non-finite update reaches the prompts or a report
+            raise FloatingPointError(
+                f"training loss is {loss.item()} at step {step} of the epoch (lr {sched.get_last_lr()[0]:.3g}): "
+                f"the run diverged; lower the learning rate or set grad_clip"
+            )
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip is not None:

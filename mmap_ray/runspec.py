@@ -28,13 +28,21 @@ DEFAULTS: dict[str, object] = {
 }  # fmt: skip
 
 
+def did_you_mean(unknown: list[str], valid) -> str:
+    """' (did you mean 'epochs'?)' for the closest valid name of each unknown one, or ''."""
+    import difflib
+
+    hints = [f"{u!r} -> {m[0]!r}" for u in unknown if (m := difflib.get_close_matches(u, list(valid), n=1, cutoff=0.6))]
+    return f" (did you mean {', '.join(hints)}?)" if hints else ""
+
+
 def spec(run: Mapping | None = None, **overrides) -> dict:
     """A complete run spec: DEFAULTS, then `run`, then `overrides`; unknown keys are an error."""
     out = dict(DEFAULTS)
     for source in (run or {}, overrides):
         unknown = sorted(set(source) - set(DEFAULTS))
         if unknown:
-            raise ValueError(f"unknown run settings {unknown}; valid: {sorted(DEFAULTS)}")
+            raise ValueError(f"unknown run settings {unknown}{did_you_mean(unknown, DEFAULTS)}; valid: {sorted(DEFAULTS)}")
         out.update(source)
     return out
 

@@ -27,6 +27,10 @@ OBJECT_SCHEMES = ("s3", "gs")
 _SECRET_KEYS = ("access_key", "secret_key", "session_token")
 
 
+class StorageError(OSError):
+    """A study file could not be written; the message names the file and the cause."""
+
+
 @dataclass(frozen=True)
 class Location:
     """A file or folder, local or in object storage. Build with `location()`."""
@@ -88,17 +92,29 @@ class Location:
         return self.read_bytes().decode()
 
     def write_bytes(self, data: bytes) -> None:
-        """Write the whole file; readers see the old file or the new one, never a part."""
-        if self.is_local:
-            path = Path(self.path)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+        """Write the whole file; readers see the old file or the new one, never a part.
+
+        A failed write (read-only folder, full disk, lost connection) raises `StorageError` naming the
+        file and leaves any earlier version of it, and every other file, as it was.
+        """
+        try:
+            if self.is_local:
+                self._write_local(data)
+            else:
+                with self.filesystem().open_output_stream(self.path) as f:  # one PUT, or a multipart upload
+                    f.write(data)  # completed at close: an object appears whole or not at all
+        except OSError as e:
+            raise StorageError(f"cannot write {self.uri}: {e.strerror or e}; any earlier version of it is intact") from e
+
+    def _write_local(self, data: bytes) -> None:
+        path = Path(self.path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+        try:
             tmp.write_bytes(data)
             os.replace(tmp, path)
-            return
-        fs = self.filesystem()
-        with fs.open_output_stream(self.path) as f:  # one PUT (or a multipart upload completed at close)
-            f.write(data)
+        finally:
+            tmp.unlink(missing_ok=True)
 
     def write_text(self, text: str) -> None:
         self.write_bytes(text.encode())

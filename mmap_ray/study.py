@@ -24,7 +24,7 @@ from pathlib import Path
 from .engine import TrainConfig
 from .grouping import AFFINITY_SCHEMES, FIXED_SCHEMES
 from .results import _safe
-from .runspec import spec
+from .runspec import did_you_mean, mmap_config, spec
 from .storage import Location, check_reachable, location
 
 SCHEMES = ("single", "independent", "gradient", "lookahead", "random")
@@ -70,6 +70,7 @@ class StudyConfig:
     run: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        _check_types(self)
         for name, value, valid in (("mode", self.mode, MODES), ("objective", self.objective, OBJECTIVES)):
             if value not in valid:
                 raise ValueError(f"StudyConfig.{name}={value!r} is not valid; choose one of {valid}")
@@ -90,6 +91,20 @@ class StudyConfig:
         if not 0 < self.lr_range[0] <= self.lr_range[1]:
             raise ValueError(f"StudyConfig.lr_range={self.lr_range} must be 0 < low <= high")
         self.run = spec(self.run)  # unknown run settings fail here
+        if self.k < 1 or self.grace_period < 1 or self.affinity_steps < 1 or self.affinity_warmup_steps < 0:
+            raise ValueError(
+                f"StudyConfig: k={self.k}, grace_period={self.grace_period} and affinity_steps={self.affinity_steps} "
+                f"must be >= 1, affinity_warmup_steps={self.affinity_warmup_steps} >= 0"
+            )
+        if self.cpus_per_worker <= 0 or self.gpus_per_worker < 0 or not self.lr > 0:
+            raise ValueError(
+                f"StudyConfig: cpus_per_worker={self.cpus_per_worker} and lr={self.lr} must be > 0, "
+                f"gpus_per_worker={self.gpus_per_worker} >= 0"
+            )
+        try:
+            mmap_config(self.run)  # prompt settings (n_tokens, layers, projection, combine) fail now, not in a trial
+        except ValueError as e:
+            raise ValueError(f"StudyConfig.run: {e}") from None
         if not self.name or _safe(self.name) != self.name:
             raise ValueError(f"StudyConfig.name={self.name!r}: use letters, digits, '-', '_' or '.' (it names a folder)")
         location(self.storage_path, "StudyConfig.storage_path")  # a bad path or URI fails here
@@ -98,6 +113,30 @@ class StudyConfig:
     def study_dir(self) -> str:
         """The study's folder: a local path or an object-storage URI."""
         return (location(self.storage_path) / self.name).uri
+
+
+_TYPES = {  # annotation -> (check, what a valid value looks like)
+    "str": (lambda v: isinstance(v, str), "a string"),
+    "int": (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
+    "float": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool), "a number"),
+    "bool": (lambda v: isinstance(v, bool), "true or false"),
+    "dict": (lambda v: isinstance(v, dict), "a table"),
+    "int | None": (lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool)), "an integer"),
+    "tuple[str, ...]": (lambda v: isinstance(v, (list, tuple)) and all(isinstance(x, str) for x in v), "a list of strings"),
+    "tuple[int, ...]": (lambda v: isinstance(v, (list, tuple)) and all(isinstance(x, int) and not isinstance(x, bool) for x in v),
+                        "a list of integers"),
+    "tuple[float, float]": (lambda v: isinstance(v, (list, tuple)) and len(v) == 2 and all(isinstance(x, (int, float)) for x in v),
+                            "a list of two numbers [low, high]"),
+}  # fmt: skip
+
+
+def _check_types(cfg: StudyConfig) -> None:
+    """Every field has the type its annotation says (study files and CLI flags arrive untyped)."""
+    for name, f in cfg.__dataclass_fields__.items():
+        check, valid = _TYPES[f.type]
+        value = getattr(cfg, name)
+        if not check(value):
+            raise ValueError(f"StudyConfig.{name}={value!r} is not valid: it must be {valid}")
 
 
 # ---- search space (module level: OptunaSearch pickles it with its state) ------------------------------
@@ -206,7 +245,7 @@ def _history(study_dir: str, trial_id: str) -> list[dict]:
     ckpts = (location(study_dir) / "train" / trial_id / RUN_NAME).dirs("checkpoint_*")
     if not ckpts:
         return []
-    state = torch.load(io.BytesIO((ckpts[-1] / "state.pt").read_bytes()), map_location="cpu", weights_only=False)
+    state = torch.load(io.BytesIO((ckpts[-1] / "state.pt").read_bytes()), map_location="cpu", weights_only=True)
     return state["history"]
 
 
@@ -263,6 +302,16 @@ def trial_rows(study: StudyConfig, trial, status: str, error: str = "") -> tuple
     return row, epochs
 
 
+def error_message(trial) -> str:
+    """The causes in a failed trial's trace, innermost last ("TrainingFailedError: ... <- FloatingPointError: ...")."""
+    import re
+
+    path = Path(trial.error_file) if trial.error_file else None  # the driver's copy: written before the callback
+    text = path.read_text(errors="replace") if path and path.is_file() else str(trial.get_error() or "")
+    causes = list(dict.fromkeys(m.strip() for m in re.findall(r"^\s*(?:[\w.]+\.)?\w*(?:Error|Exception): .+$", text, re.M)))
+    return " <- ".join(causes)[-2000:] or text[-2000:] or "unknown error (see the trial's error file)"
+
+
 def _parquet_callback(study: StudyConfig):
     from ray.tune import Callback
 
@@ -282,7 +331,7 @@ def _parquet_callback(study: StudyConfig):
             self._write(trial, "TERMINATED")
 
         def on_trial_error(self, iteration, trials, trial, **info):
-            self._write(trial, "ERROR", str(getattr(trial, "error_file", "") or "error"))
+            self._write(trial, "ERROR", error_message(trial))
 
     return ParquetWriter()
 
@@ -397,16 +446,33 @@ def summary_table(results: str | Path) -> object:
     return table.round(4)
 
 
-def study_from_toml(path: str | Path, **overrides) -> StudyConfig:
-    """A StudyConfig from a TOML study file (top-level keys are StudyConfig fields, [run] the run spec)."""
+def read_study_file(path: str | Path) -> dict:
+    """The settings of a TOML study file (top-level keys are StudyConfig fields, [run] the run spec), checked."""
     import tomllib
 
     p = Path(path)
     if not p.is_file():
         raise ValueError(f"study file {p} does not exist")
-    data = tomllib.loads(p.read_text())
-    unknown = sorted(set(data) - set(StudyConfig.__dataclass_fields__))
+    try:
+        data = tomllib.loads(p.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise ValueError(f"study file {p} is not valid TOML: {e}") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"study file {p} is not a UTF-8 text file") from None
+    fields = StudyConfig.__dataclass_fields__
+    unknown = sorted(set(data) - set(fields))
     if unknown:
-        raise ValueError(f"study file {p} has unknown settings {unknown}; valid: {sorted(StudyConfig.__dataclass_fields__)}")
+        raise ValueError(f"study file {p} has unknown settings {unknown}{did_you_mean(unknown, fields)}; valid: {sorted(fields)}")
+    if not isinstance(data.get("run", {}), dict):
+        raise ValueError(f"study file {p}: `run` must be a [run] table of run settings")
+    return data
+
+
+def study_from_toml(path: str | Path, **overrides) -> StudyConfig:
+    """A StudyConfig from a TOML study file, with `overrides` (None values ignored) on top."""
+    data = read_study_file(path)
     data.update({k: v for k, v in overrides.items() if v is not None})
-    return StudyConfig(**data)
+    try:
+        return StudyConfig(**data)
+    except ValueError as e:
+        raise ValueError(f"study file {path}: {e}") from None

@@ -23,7 +23,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout or a job working dir
 
-from mmap_ray.study import MODES, OBJECTIVES, StudyConfig, run_study, study_from_toml, summary_table  # noqa: E402
+from mmap_ray.results import load  # noqa: E402
+from mmap_ray.storage import StorageError  # noqa: E402
+from mmap_ray.study import MODES, OBJECTIVES, StudyConfig, read_study_file, run_study, summary_table  # noqa: E402
 
 PRESETS = {
     # 0.99 CPU per worker + 0.01 per trial driver: two trials fit a 2-CPU laptop side by side
@@ -55,13 +57,19 @@ def _json_arg(flag: str, value: str | None) -> dict | None:
     return parsed
 
 
+def _merge(settings: dict, layer: dict) -> None:
+    """Lay `layer` over `settings`; the run spec merges key by key."""
+    settings.update({k: v for k, v in layer.items() if k != "run"})
+    settings.setdefault("run", {}).update(layer.get("run", {}))
+
+
 def build_study(args: argparse.Namespace) -> StudyConfig:
+    """The study from, in rising precedence: the preset, --smoke, the --study file, the other flags."""
     if args.preset not in PRESETS:
         raise ValueError(f"--preset {args.preset!r} is not valid; choose one of {sorted(PRESETS)}")
     settings: dict = {}
-    for layer in (PRESETS[args.preset], SMOKE if args.smoke else {}):
-        settings.update({k: v for k, v in layer.items() if k != "run"})
-        settings.setdefault("run", {}).update(layer.get("run", {}))
+    for layer in (PRESETS[args.preset], SMOKE if args.smoke else {}, read_study_file(args.study) if args.study else {}):
+        _merge(settings, layer)
     if args.data_root:
         root = Path(args.data_root).resolve()
         if not root.is_dir():
@@ -80,9 +88,10 @@ def build_study(args: argparse.Namespace) -> StudyConfig:
         "worker_resources": _json_arg("--worker-resources", args.worker_resources),
     }  # fmt: skip
     settings.update({k: v for k, v in flat.items() if v is not None})
-    if args.study:
-        return study_from_toml(args.study, **settings)
-    return StudyConfig(**settings)
+    try:
+        return StudyConfig(**settings)
+    except ValueError as e:
+        raise ValueError(f"study file {args.study}: {e}" if args.study else str(e)) from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -114,10 +123,17 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         print(f"grouping study: error: {e}", file=sys.stderr)
         return 2
+    except StorageError as e:  # results could not be written: nothing finished is lost, --resume goes on
+        print(f"grouping study: error: {e}; fix it and rerun with --resume", file=sys.stderr)
+        return 1
     import pandas as pd
 
     with pd.option_context("display.width", 200, "display.max_columns", 20):
         print(summary_table(results))
+    errored = load(results).query("status == 'ERROR'")
+    if len(errored):
+        print(f"{len(errored)} trials errored (their rows have status ERROR and the reason in `error`):")
+        print(errored[["trial_id", "scheme", "seed", "error"]].to_string(index=False, max_colwidth=160))
     print(f"results (Parquet): {results}")
     from mmap_ray.report import build_report
 

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -13,6 +17,18 @@ TASKS = {
     "Product": ["candles", "chair"],
     "RealWorld": ["alarm clock", "bike", "chair", "desk lamp", "bucket"],
 }
+
+
+REPO = Path(__file__).resolve().parent.parent
+VENV_BIN = Path(sys.executable).parent
+STUDY = [sys.executable, str(REPO / "studies" / "grouping.py")]  # the main study, as a user runs it
+
+
+def study_env(**extra) -> dict:
+    """The environment of a study or `ray` CLI subprocess: this venv first, token auth on, no inherited cluster."""
+    env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}", "RAY_AUTH_MODE": "token", **extra}
+    env.pop("RAY_ADDRESS", None)
+    return env
 
 
 def _load(name: str) -> Backbone:
@@ -36,6 +52,16 @@ def images_for(backbone: Backbone, batch: int, seed: int = 0) -> torch.Tensor:
     size = backbone.model.visual.image_size
     g = torch.Generator().manual_seed(seed)
     return torch.randn(batch, 3, *size, generator=g)
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    """A real local Ray instance with 2 CPUs for the module's tests."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
 
 
 @pytest.fixture(scope="module")

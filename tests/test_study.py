@@ -1,11 +1,7 @@
 """The study end to end: job submission to a real Ray head with token auth, Parquet output, resume, bad input."""
 
-import os
-import signal
 import socket
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -14,21 +10,13 @@ import pytest
 from mmap_ray.results import load
 from mmap_ray.study import StudyConfig
 
-REPO = Path(__file__).resolve().parent.parent
-VENV_BIN = Path(sys.executable).parent
-STUDY = [sys.executable, str(REPO / "studies" / "grouping.py")]
+from conftest import REPO, STUDY, VENV_BIN, study_env as _env
 
 
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def _env(**extra) -> dict:
-    env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}", "RAY_AUTH_MODE": "token", **extra}
-    env.pop("RAY_ADDRESS", None)
-    return env
 
 
 def _ray(*args, env=None, timeout=120):
@@ -68,29 +56,6 @@ def test_ray_job_submit_smoke_study_with_token_auth(tmp_path):
         assert no_token.returncode != 0  # the dashboard refuses a client without the token
     finally:
         _ray("stop", "--force")
-
-
-@pytest.mark.slow
-def test_interrupted_study_resumes_with_every_trial_once(tmp_path):
-    storage = tmp_path / "studies"
-    argv = [*STUDY, "--smoke", "--storage", str(storage), "--name", "resume", "--seeds", "0", "1"]
-    env = _env(RAY_AUTH_MODE="disabled")
-    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    results = storage / "resume" / "results" / "trials"
-    deadline = time.time() + 600
-    while time.time() < deadline and not list(results.glob("*/*.parquet")):
-        time.sleep(2)
-    assert list(results.glob("*/*.parquet")), "no trial finished in time"
-    os.killpg(proc.pid, signal.SIGKILL)  # the driver dies mid-study
-    proc.wait()
-    _ray("stop", "--force", env=env)
-    done_before = len(list(results.glob("*/*.parquet")))
-    assert done_before < 4
-    resumed = subprocess.run([*argv, "--resume"], env=env, capture_output=True, text=True, timeout=900)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    df = load(storage / "resume" / "results")
-    assert len(df) == 4 and df["trial_id"].is_unique  # 2 schemes x 2 seeds, each exactly once
-    assert sorted(zip(df["scheme"].astype(str), df["seed"])) == [("gradient", 0), ("gradient", 1), ("single", 0), ("single", 1)]
 
 
 @pytest.mark.slow
