@@ -24,6 +24,7 @@ from torch import nn
 MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
 open_clip.add_model_config(MODEL_CONFIG_DIR)
 TINY_MODEL = "mmap-ViT-Tiny-8"
+WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors")
 
 SUPPORTED = (
     "open_clip CLIP models with a ViT image tower (open_clip.transformer.VisionTransformer, no attentional "
@@ -53,13 +54,14 @@ class BackboneConfig:
                 f"valid names come from open_clip.list_models(), e.g. {', '.join(vit)}"
             )
         if self.pretrained is not None and self.pretrained != "":
-            looks_like_path = os.sep in self.pretrained or self.pretrained.endswith((".pt", ".bin", ".safetensors"))
-            if looks_like_path and not Path(self.pretrained).is_file():
+            tags = open_clip.list_pretrained_tags_by_model(self.model)
+            if self.pretrained not in tags and not Path(self.pretrained).is_file():
+                looks_like_path = os.sep in self.pretrained or self.pretrained.endswith(WEIGHT_SUFFIXES)
                 raise ValueError(
-                    f"BackboneConfig.pretrained={self.pretrained!r} looks like a file path but no such file "
-                    f"exists; give an existing checkpoint file, an open_clip pretrained tag "
-                    f"({', '.join(open_clip.list_pretrained_tags_by_model(self.model)) or 'none for this model'}), "
-                    f"or None for random weights"
+                    f"BackboneConfig.pretrained={self.pretrained!r}: no such file"
+                    f"{'' if looks_like_path else f' and not a pretrained tag of {self.model}'}; "
+                    f"give a weights file ({', '.join(WEIGHT_SUFFIXES)}), an open_clip pretrained tag of "
+                    f"{self.model} ({', '.join(tags) or 'none for this model'}), or None for random weights"
                 )
 
 
@@ -133,11 +135,12 @@ class Backbone:
 def load_backbone(cfg: BackboneConfig, device: str | torch.device = "cpu") -> Backbone:
     """Create the open_clip model named by `cfg`, load its weights, check it can be prompted, freeze it."""
     pretrained = cfg.pretrained or None
-    if pretrained is not None and Path(pretrained).is_file():
-        pretrained = str(Path(pretrained).resolve())
+    local = pretrained is not None and Path(pretrained).is_file()  # else a tag open_clip downloads or caches
     model, preprocess_train, preprocess_val = open_clip.create_model_and_transforms(
-        cfg.model, pretrained=pretrained, device=device
+        cfg.model, pretrained=None if local else pretrained, device=device
     )
+    if local:
+        load_weights_file(model, Path(pretrained), cfg.model)
     tokenizer = open_clip.get_tokenizer(cfg.model)
     check_promptable(model, tokenizer, cfg.model)
     freeze(model)
@@ -148,3 +151,42 @@ def load_backbone(cfg: BackboneConfig, device: str | torch.device = "cpu") -> Ba
         preprocess_train=preprocess_train,
         preprocess_val=preprocess_val,
     )
+
+
+def load_weights_file(model: CLIP, path: Path, name: str) -> None:
+    """Load a local weights file into `model` without running code from it; mismatches are named.
+
+    Accepts what open_clip's own loader accepts for a CLIP: a state dict, or a dict holding one under
+    "state_dict", keys optionally prefixed "module." (DDP), positional embeddings of another resolution.
+    """
+    from open_clip.model import resize_pos_embed, resize_text_pos_embed
+
+    from .safeload import load_tensor_file
+
+    what = f"pretrained weights file for {name}"
+    state = load_tensor_file(path, what)
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not (isinstance(state, dict) and state and all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                                      for k, v in state.items())):
+        held = f"a {type(state).__name__}" + (f" with keys {list(state)[:5]}" if isinstance(state, dict) else "")
+        raise ValueError(f"{what} {path} holds {held}, not a state dict (parameter name -> tensor) of an open_clip "
+                         f"model; save one with torch.save(model.state_dict(), path)")
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    own = model.state_dict()
+    if "logit_scale" in state and state["logit_scale"].ndim != own["logit_scale"].ndim:
+        state["logit_scale"] = state["logit_scale"].reshape(own["logit_scale"].shape)
+    for key, resize in (("visual.positional_embedding", resize_pos_embed), ("positional_embedding", resize_text_pos_embed)):
+        if key in state and key in own and state[key].shape[-1] == own[key].shape[-1]:  # same width: other length
+            resize(state, model)
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
+              if k in state and state[k].shape != v.shape]
+    if missing or unexpected or shapes:
+        said = [f"{len(items)} {kind}: {items[:3]}{' ...' if len(items) > 3 else ''}" for kind, items in
+                (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches (file vs model)", shapes))
+                if items]
+        raise ValueError(f"{what} {path} does not match the architecture {name!r}: {'; '.join(said)}. Give the "
+                         f"weights of {name}, or the --model these weights were saved from")
+    model.load_state_dict(state, strict=True)

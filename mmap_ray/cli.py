@@ -145,6 +145,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         weight_decay=args.weight_decay, seed=args.seed, full_finetune=args.full_finetune,
         sampling=args.sampling, num_workers=args.loader_workers,
     )  # fmt: skip
+    if args.workers < 0:
+        raise ValueError(f"--workers {args.workers} is not valid; give 0 (train in this process) or >= 1 Ray workers")
+    mmap_config_from_args(args)  # validate the prompt options before anything is written
     out = Path(args.out or f"runs/{args.dataset}-{'full' if args.full_finetune else args.projection}-seed{args.seed}")
     config = {"run": _run_config(args), "train": asdict(tcfg)}
     saved = out / "config.json"
@@ -189,9 +192,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    import torch
-
-    from .engine import evaluate, load_trainable, write_json
+    from .engine import evaluate, load_checkpoint, load_trainable, write_json
 
     if args.run:
         run = Path(args.run)
@@ -200,7 +201,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         for k, v in json.loads((run / "config.json").read_text())["run"].items():
             setattr(args, k, v)
         model, tasks = _build(args, splits_dir=run / "splits")
-        load_trainable(model, torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=False)["trainable"])
+        load_trainable(model, load_checkpoint(run / "checkpoint.pt")["trainable"])
     else:
         model, tasks = _build(args)
     acc = evaluate(model, tasks, args.split)
@@ -360,11 +361,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Bad input: a wrong value, a missing or unreadable file. Reported as one line, no traceback.
+INPUT_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except ValueError as e:
+    except INPUT_ERRORS as e:
         print(f"mmap-ray {args.command}: error: {e}", file=sys.stderr)
         return 2
 

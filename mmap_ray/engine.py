@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from .data.base import MultiTaskDataset, TaskData
 from .data.sampler import MODES, MultiTaskBatchSampler
 from .model import PromptedCLIP
+from .safeload import load_tensor_file
 
 OPTIMIZERS = ("adamw", "sgd")
 
@@ -49,10 +50,10 @@ class TrainConfig:
         checks = [
             ("epochs", self.epochs >= 0, ">= 0"),
             ("batch_size", self.batch_size >= 1, ">= 1"),
-            ("lr", self.lr > 0, "> 0"),
-            ("weight_decay", self.weight_decay >= 0, ">= 0"),
+            ("lr", 0 < self.lr < math.inf, "> 0 and finite"),
+            ("weight_decay", 0 <= self.weight_decay < math.inf, ">= 0 and finite"),
             ("warmup_steps", self.warmup_steps >= 0, ">= 0"),
-            ("grad_clip", self.grad_clip is None or self.grad_clip > 0, "> 0 or None"),
+            ("grad_clip", self.grad_clip is None or 0 < self.grad_clip < math.inf, "> 0 and finite, or None"),
             ("eval_batch_size", self.eval_batch_size >= 1, ">= 1"),
             ("num_workers", self.num_workers >= 0, ">= 0"),
         ]
@@ -184,6 +185,19 @@ def checkpoint_state(model: PromptedCLIP, opt, sched, history: list[dict], cfg: 
     }
 
 
+CHECKPOINT_KEYS = ("trainable", "optimizer", "scheduler", "history", "train_config")
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
+    """A `checkpoint_state` read from `path` with weights_only=True (no code runs); ValueError if it is not one."""
+    state = load_tensor_file(path, "checkpoint", map_location)
+    lacks = [k for k in CHECKPOINT_KEYS if k not in state] if isinstance(state, dict) else list(CHECKPOINT_KEYS)
+    if lacks:
+        raise ValueError(f"checkpoint {path} is not an mmap-ray run checkpoint: it lacks {lacks}; delete it to "
+                         f"start the run afresh, or point at the run folder that wrote it")
+    return state
+
+
 def restore_state(state: dict, model: PromptedCLIP, opt, sched) -> list[dict]:
     """Load a `checkpoint_state` into model, optimizer and schedule; returns the metrics history."""
     load_trainable(model, state["trainable"])
@@ -220,7 +234,7 @@ def train(
     ckpt_path = out / "checkpoint.pt" if out is not None else None
     history: list[dict] = []
     if resume and ckpt_path is not None and ckpt_path.is_file():
-        history = restore_state(torch.load(ckpt_path, map_location=device, weights_only=False), model, opt, sched)
+        history = restore_state(load_checkpoint(ckpt_path, device), model, opt, sched)
 
     for epoch in range(len(history), cfg.epochs):
         torch.manual_seed(epoch_seed(cfg, epoch))

@@ -76,6 +76,9 @@ def load_run_backbone(run: Mapping) -> Backbone:
 
 def load_run_tasks(run: Mapping, backbone: Backbone, splits_dir: Path | None = None) -> list[TaskData]:
     domains = tuple(d.strip() for d in run["domains"].split(",")) if run["domains"] else None
+    shots = run["shots"]
+    if shots is not None and (isinstance(shots, bool) or not isinstance(shots, int) or shots < 1):
+        raise ValueError(f"shots={shots!r} must be None (all images) or an integer >= 1")
     if run["dataset"] == "toy":
         from .data.toy import DOMAINS, ToyConfig, load_toy_tasks
 

@@ -6,12 +6,14 @@ official split get a seeded split, stratified per class; DomainNet keeps its off
 val out of its train list. Splits are written to `splits_dir` (one JSON per task, paths relative to
 `root`) and reused when present, so a resumed or repeated run trains and evaluates on the same images.
 
-Bad data fails at load time, not hours into training: every image is opened and verified with PIL, and
-every error names the path or value at fault and what would be valid.
+Bad data fails at load time, not hours into training: every image is opened and verified with PIL (a JPEG
+cut short is caught too), every listed or found path must stay inside `root` (no `..` or symlink that
+leaves it), and every error names the path or value at fault and what would be valid.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import random
@@ -33,6 +35,7 @@ DEFAULT_DOMAINS = {
 OFFICIAL_SPLITS = ("domainnet", "minidomainnet")  # layouts that ship train/test lists
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 SHOW = 5  # how many offending paths an error message names
+JPEG_END = b"\xff\xd9"  # EOI marker: a JPEG cut short lacks it (one with trailing bytes gets a full decode)
 
 Item = tuple[str, int]  # (image path relative to root, label)
 
@@ -157,18 +160,29 @@ def _resolve_domains(cfg: FolderDataConfig) -> list[tuple[str, str]]:
 def _scan_folders(root: Path, tasks: list[tuple[str, str]]) -> tuple[list[str], dict[str, list[Item]]]:
     """Sorted shared class list and every image per task, from root/<domain>/<class>/<image>."""
     found: dict[str, dict[str, list[str]]] = {}
+    empty: list[str] = []  # class folders without images: named if the class sets then differ
     for task, folder in tasks:
         by_class = {}
         for cdir in sorted(p for p in (root / folder).iterdir() if p.is_dir() and not p.name.startswith(".")):
             files = sorted(f.relative_to(root).as_posix() for f in cdir.iterdir()
                            if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS)
+            for rel in files:
+                _check_inside(root, rel, f"image {rel!r}")
             if files:
                 by_class[cdir.name] = files
+            else:
+                empty.append(str(cdir))
         if not by_class:
             raise ValueError(f"domain {folder!r} has no images: expected {root / folder}/<class>/<image> "
                              f"with an extension in {IMAGE_EXTENSIONS}")
         found[task] = by_class
-    classes = _same_classes({task: set(by_class) for task, by_class in found.items()}, f"class folders under {root}")
+    try:
+        classes = _same_classes({task: set(by_class) for task, by_class in found.items()}, f"class folders under {root}")
+    except ValueError as e:
+        if not empty:
+            raise
+        raise ValueError(f"{e}. These class folders hold no images (extensions {IMAGE_EXTENSIONS}): "
+                         f"{empty[:SHOW]}{' ...' if len(empty) > SHOW else ''}") from None
     index = {c: i for i, c in enumerate(classes)}
     pools = {task: [(rel, index[c]) for c, files in by_class.items() for rel in files] for task, by_class in found.items()}
     return classes, pools
@@ -219,6 +233,7 @@ def _read_list(path: Path, root: Path, folder: str) -> list[tuple[str, str, int,
         pieces = parts[0].split("/") if parts_ok else []
         if not parts_ok or len(pieces) < 3 or pieces[0] != folder:
             raise ValueError(f"{path}, line {n}: {line!r} is not '{folder}/<class>/<file> <label>'")
+        _check_inside(root, parts[0], f"{path}, line {n}: {parts[0]!r}")
         if not (root / parts[0]).is_file():
             raise FileNotFoundError(f"{path}, line {n}: lists {parts[0]!r} but {root / parts[0]} does not exist")
         rows.append((parts[0], pieces[1], int(parts[1]), n))
@@ -246,8 +261,12 @@ def _drop_unreadable(root: Path, rels: list[str], skip: bool) -> set[str]:
     def problem(rel: str) -> str | None:
         try:
             with Image.open(root / rel) as im:
-                im.verify()
-        except Exception as e:  # PIL raises many types (OSError, SyntaxError, ...) for a bad file
+                fmt = im.format
+                im.verify()  # PNG: every chunk and checksum; other formats: little beyond the header
+            if fmt != "PNG" and not (fmt == "JPEG" and _ends_with(root / rel, JPEG_END)):
+                with Image.open(root / rel) as im:  # a truncated file only shows when decoded
+                    im.load()
+        except Exception as e:  # noqa: BLE001 - PIL raises many types (OSError, SyntaxError, ...) for a bad file
             return f"{type(e).__name__}: {e}"
         return None
 
@@ -261,6 +280,29 @@ def _drop_unreadable(root: Path, rels: list[str], skip: bool) -> set[str]:
         warnings.warn(f"skip_bad_images=True: dropping {len(bad)} unreadable image files under {root}, "
                       f"e.g. {[rel for rel, _ in bad[:SHOW]]}", stacklevel=3)
     return {rel for rel, _ in bad}
+
+
+def _ends_with(path: Path, tail: bytes) -> bool:
+    with open(path, "rb") as f:
+        f.seek(0, os.SEEK_END)
+        if f.tell() < len(tail):
+            return False
+        f.seek(-len(tail), os.SEEK_END)
+        return f.read() == tail
+
+
+@functools.lru_cache(maxsize=8)
+def _real(root: Path) -> Path:
+    return root.resolve()
+
+
+def _check_inside(root: Path, rel: str, where: str) -> None:
+    """Refuse a listed or found path that leaves the data root (through `..`, an absolute path or a symlink)."""
+    real_root = _real(root)
+    target = (root / rel).resolve()
+    if not target.is_relative_to(real_root):
+        raise ValueError(f"{where} resolves to {target}, outside the data root {real_root}; every image must "
+                         f"lie under the root (no '..', absolute paths or symlinks that leave it)")
 
 
 def _stratified_split(items: list[Item], val_fraction: float, test_fraction: float,
@@ -312,6 +354,7 @@ def _read_split_file(path: Path, root: Path, meta: dict) -> dict[str, list[Item]
                     and 0 <= entry[1] < len(meta["classes"])):
                 raise ValueError(f"split file {path}: {s} entry {entry!r} is not [relpath, label] with label in "
                                  f"[0, {len(meta['classes'])})")
+            _check_inside(root, entry[0], f"split file {path}: {s} entry {entry[0]!r}")
             if not (root / entry[0]).is_file():
                 raise FileNotFoundError(f"split file {path} lists {entry[0]!r} in {s} but {root / entry[0]} does "
                                         f"not exist; restore it, or delete {path} to re-split")

@@ -1,0 +1,347 @@
+"""Hostile and broken inputs: each is refused with a message that names the value or path at fault and
+what would be valid, and the `mmap-ray` command reports it as one line (exit status 2, no traceback).
+
+Covers weights files (not a checkpoint, another architecture, a pickle that would run code), run
+checkpoints, image files (truncated, not an image, empty), paths that leave the data root (`..` in split
+lists and split files, symlinks), split-list labels, dataset folders, and out-of-range training options.
+Everything is tiny: the 4-block toy CLIP with random weights and 8x8 JPEG trees.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+from pathlib import Path
+
+import open_clip
+import pytest
+import torch
+from PIL import Image
+from test_data_folders import jpeg, make_domainnet, make_tree
+
+from mmap_ray.backbone import TINY_MODEL, BackboneConfig, load_backbone
+from mmap_ray.cli import main
+from mmap_ray.data.base import ImageListDataset
+from mmap_ray.data.folders import FolderDataConfig, load_folder_tasks
+from mmap_ray.engine import load_checkpoint
+
+pytestmark = pytest.mark.faults
+
+TINY = ["--model", TINY_MODEL, "--pretrained", "none"]
+FAST = [*TINY, "--n-tokens", "2", "--epochs", "1", "--batch-size", "8", "--no-progress", "--domains", "Art"]
+
+
+def run_cli(capsys, *argv: str) -> str:
+    """Run `mmap-ray ARGV`, expect exit status 2 with one error line and no traceback; return stderr."""
+    code = main(list(argv))
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.startswith(f"mmap-ray {argv[0]}: error: ") and "Traceback" not in err, err
+    return err
+
+
+class WritesMarker:
+    """Unpickling this calls open(marker, "w"): the file appears only if the pickle's code ran."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return open, (str(self.marker), "w")
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> Path:
+    """A folder-per-domain dataset: two domains, two classes, three 8x8 JPEGs each."""
+    return make_tree(tmp_path / "data", domains=("Art", "Clip"), classes=("ant", "bee"), n=3)
+
+
+def folders(root: Path, **kw) -> FolderDataConfig:
+    return FolderDataConfig("folders", root, val_fraction=0.0, test_fraction=0.3, **kw)
+
+
+# ---- pretrained weights files ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("content, said", [
+    (os.urandom(4096), "is not a PyTorch checkpoint"),
+    (b"model weights: see README\n", "is not a PyTorch checkpoint"),
+    (b"", "is an empty file (0 bytes)"),
+])  # fmt: skip
+def test_weights_file_that_is_not_a_checkpoint(tmp_path, capsys, content, said):
+    path = tmp_path / "weights.pt"
+    path.write_bytes(content)
+    err = run_cli(capsys, "params", "--tasks", "A,B", "--model", TINY_MODEL, "--pretrained", str(path))
+    assert f"pretrained weights file for {TINY_MODEL} {path} {said}" in err
+    assert "torch.save(model.state_dict(), path)" in err  # what a valid file is
+
+
+def test_weights_file_of_another_architecture_names_the_mismatch(tmp_path):
+    other = open_clip.create_model(TINY_MODEL).state_dict()
+    other["visual.proj"] = torch.zeros(8, 64)  # another vision width
+    del other["ln_final.weight"]
+    other["head.weight"] = torch.zeros(3)
+    torch.save(other, tmp_path / "other.pt")
+    with pytest.raises(ValueError) as e:
+        load_backbone(BackboneConfig(TINY_MODEL, str(tmp_path / "other.pt")))
+    msg = str(e.value)
+    assert f"does not match the architecture {TINY_MODEL!r}" in msg
+    assert "1 missing keys: ['ln_final.weight']" in msg and "1 unexpected keys: ['head.weight']" in msg
+    assert "1 shape mismatches (file vs model): ['visual.proj (8, 64) vs (96, 64)']" in msg
+    assert "the --model these weights were saved from" in msg
+
+
+def test_weights_file_that_holds_no_state_dict(tmp_path):
+    torch.save([torch.zeros(3)], tmp_path / "list.pt")
+    with pytest.raises(ValueError, match=r"list.pt holds a list, not a state dict \(parameter name -> tensor\)"):
+        load_backbone(BackboneConfig(TINY_MODEL, str(tmp_path / "list.pt")))
+
+
+def test_weights_wrapped_in_state_dict_with_ddp_prefix_still_load(tmp_path, tiny):
+    torch.manual_seed(5)
+    src = open_clip.create_model(TINY_MODEL).state_dict()
+    torch.save({"epoch": 3, "state_dict": {f"module.{k}": v for k, v in src.items()}}, tmp_path / "ddp.pt")
+    loaded = load_backbone(BackboneConfig(TINY_MODEL, str(tmp_path / "ddp.pt")))
+    assert all(torch.equal(v, loaded.model.state_dict()[k]) for k, v in src.items())
+
+
+def test_weights_safetensors_load_and_a_bad_one_is_named(tmp_path):
+    from safetensors.torch import save_file
+
+    src = open_clip.create_model(TINY_MODEL).state_dict()
+    save_file({k: v.contiguous() for k, v in src.items()}, tmp_path / "w.safetensors")
+    loaded = load_backbone(BackboneConfig(TINY_MODEL, str(tmp_path / "w.safetensors")))
+    assert torch.equal(loaded.model.visual.proj, src["visual.proj"])
+    (tmp_path / "bad.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}")
+    with pytest.raises(ValueError, match=r"bad.safetensors is not a valid .safetensors file"):
+        load_backbone(BackboneConfig(TINY_MODEL, str(tmp_path / "bad.safetensors")))
+
+
+@pytest.mark.parametrize("value, said", [
+    ("/no/such/weights.pt", "pretrained='/no/such/weights.pt': no such file;"),
+    ("laion9b", f"pretrained='laion9b': no such file and not a pretrained tag of {TINY_MODEL};"),
+])  # fmt: skip
+def test_weights_path_or_tag_that_does_not_exist(capsys, value, said):
+    err = run_cli(capsys, "params", "--tasks", "A", "--model", TINY_MODEL, "--pretrained", value)
+    assert said in err and "or None for random weights" in err
+
+
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")  # torch's note on the plain pickle
+@pytest.mark.parametrize("save", ["torch", "pickle"])
+def test_weights_pickle_that_would_run_code_is_refused_unrun(tmp_path, capsys, save):
+    marker, path = tmp_path / "PWNED", tmp_path / "evil.pt"
+    payload = {"visual.proj": torch.zeros(1), "x": WritesMarker(marker)}
+    if save == "torch":
+        torch.save(payload, path)
+    else:
+        path.write_bytes(pickle.dumps(payload))
+    err = run_cli(capsys, "params", "--tasks", "A", "--model", TINY_MODEL, "--pretrained", str(path))
+    assert not marker.exists()  # the payload never ran
+    if save == "torch":
+        assert "holds a pickled Python object (io.open)" in err and "refused, since loading it could run code" in err
+    else:  # a plain pickle is not torch's format: refused before any object is built
+        assert f"{path} is not a PyTorch checkpoint" in err
+
+
+# ---- run checkpoints ---------------------------------------------------------------------------------
+
+
+def _run_folder(tmp_path: Path, data: Path, checkpoint: object) -> Path:
+    run = tmp_path / "run"
+    run.mkdir()
+    config = {"run": {"dataset": "folders", "root": str(data), "pretrained": "none", "n_tokens": 2}}
+    (run / "config.json").write_text(json.dumps(config))
+    torch.save(checkpoint, run / "checkpoint.pt")
+    return run
+
+
+def test_run_checkpoint_that_would_run_code_is_refused_unrun(tree, tmp_path, capsys):
+    marker = tmp_path / "PWNED"
+    run = _run_folder(tmp_path, tree, {"trainable": {}, "history": [WritesMarker(marker)]})
+    err = run_cli(capsys, "eval", "--run", str(run))
+    assert not marker.exists()
+    assert f"checkpoint {run / 'checkpoint.pt'} holds a pickled Python object (io.open)" in err
+
+
+def test_run_checkpoint_of_another_kind_is_named(tree, tmp_path, capsys):
+    run = _run_folder(tmp_path, tree, {"visual.proj": torch.zeros(2)})  # a weights file, not a run checkpoint
+    err = run_cli(capsys, "eval", "--run", str(run))
+    assert "is not an mmap-ray run checkpoint: it lacks ['trainable', 'optimizer'" in err
+    with pytest.raises(ValueError, match="not an mmap-ray run checkpoint"):
+        load_checkpoint(run / "checkpoint.pt")
+
+
+# ---- image files ---------------------------------------------------------------------------------------
+
+
+def _truncate(path: Path) -> Path:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    return path
+
+
+def test_truncated_jpeg_named_at_load_time(tmp_path, capsys):
+    root = make_tree(tmp_path / "data", domains=("Art",), classes=("ant", "bee"), n=3)
+    Image.effect_noise((64, 64), 60).convert("RGB").save(root / "Art" / "bee" / "cut.jpg", "JPEG")
+    cut = _truncate(root / "Art" / "bee" / "cut.jpg")
+    with Image.open(cut) as im:
+        im.verify()  # the header is intact: only decoding sees the missing half
+    err = run_cli(capsys, "train", *FAST, "--dataset", "folders", "--root", str(root), "--out", str(tmp_path / "o"))
+    assert "1 of 7 image files" in err and f"{cut}: OSError: image file is truncated" in err
+    assert "skip_bad_images=True" in err  # what to do about it
+
+
+@pytest.mark.parametrize("name, content, said", [
+    ("notes.jpg", b"these are notes, not pixels\n", "cannot identify image file"),
+    ("empty.jpg", b"", "cannot identify image file"),
+])  # fmt: skip
+def test_file_that_is_not_an_image_is_named(tree, name, content, said):
+    bad = tree / "Clip" / "ant" / name
+    bad.write_bytes(content)
+    with pytest.raises(ValueError) as e:
+        load_folder_tasks(folders(tree))
+    assert str(e.value).startswith("1 of 13 image files") and f"{bad}: UnidentifiedImageError: {said}" in str(e.value)
+
+
+def test_image_broken_after_loading_is_named_at_first_read(tmp_path):
+    path = tmp_path / "x.jpg"
+    Image.effect_noise((64, 64), 60).convert("RGB").save(path, "JPEG")
+    data = ImageListDataset([(path, 0)])
+    _truncate(path)  # damaged after the load-time check, or never checked (a hand-built list)
+    with pytest.raises(ValueError, match=rf"image {path} cannot be decoded \(OSError: image file is truncated"):
+        data[0]
+
+
+# ---- paths that leave the data root --------------------------------------------------------------------
+
+
+def test_split_list_line_escaping_root_with_dotdot(tmp_path, capsys):
+    root = make_domainnet(tmp_path / "dn", ("real",), ("ant", "bee"), 2, 1, tmp_path / "dn")
+    jpeg(tmp_path / "secret" / "key.jpg")  # exists, outside the root
+    with (root / "real_train.txt").open("a") as f:
+        f.write("real/../../secret/key.jpg 0\n")
+    err = run_cli(capsys, "train", *TINY, "--dataset", "domainnet", "--root", str(root), "--domains", "real",
+                  "--out", str(tmp_path / "o"))  # fmt: skip
+    assert (f"real_train.txt, line 5: 'real/../../secret/key.jpg' resolves to {(tmp_path / 'secret' / 'key.jpg').resolve()}, "
+            f"outside the data root {root.resolve()}") in err
+
+
+def test_symlinked_image_pointing_outside_root(tree, tmp_path):
+    outside = jpeg(tmp_path / "elsewhere" / "x.jpg")
+    (tree / "Art" / "ant" / "link.jpg").symlink_to(outside)
+    with pytest.raises(ValueError, match=r"image 'Art/ant/link.jpg' resolves to .*elsewhere/x.jpg, outside the data root"):
+        load_folder_tasks(folders(tree))
+
+
+def test_symlinked_class_folder_pointing_outside_root(tree, tmp_path):
+    make_tree(tmp_path / "other", domains=("X",), classes=("cow",), n=2)
+    (tree / "Art" / "cow").symlink_to(tmp_path / "other" / "X" / "cow", target_is_directory=True)
+    (tree / "Clip" / "cow").mkdir()
+    jpeg(tree / "Clip" / "cow" / "c.jpg")
+    with pytest.raises(ValueError, match=r"image 'Art/cow/cow_000.jpg' resolves to .*other/X/cow/cow_000.jpg, outside"):
+        load_folder_tasks(folders(tree))
+
+
+def test_symlink_inside_root_is_fine(tree):
+    (tree / "Art" / "ant" / "again.jpg").symlink_to(tree / "Clip" / "ant" / "ant_000.jpg")
+    tasks = load_folder_tasks(folders(tree))
+    assert len(tasks[0].train) + len(tasks[0].test) == 7
+
+
+def test_split_file_entry_escaping_root(tree, tmp_path):
+    splits = tmp_path / "splits"
+    load_folder_tasks(folders(tree, splits_dir=str(splits)))
+    saved = json.loads((splits / "Art.json").read_text())
+    saved["train"][0][0] = "/etc/passwd"  # absolute: root / "/etc/passwd" is /etc/passwd
+    (splits / "Art.json").write_text(json.dumps(saved))
+    with pytest.raises(ValueError, match=r"Art.json: train entry '/etc/passwd' resolves to /etc/passwd, outside the data root"):
+        load_folder_tasks(folders(tree, splits_dir=str(splits)))
+
+
+# ---- split-list labels and dataset folders ---------------------------------------------------------
+
+
+def test_split_list_label_not_an_integer(tmp_path):
+    root = make_domainnet(tmp_path, ("real",), ("ant", "bee"), 2, 1, tmp_path)
+    (root / "real_test.txt").write_text("real/ant/real_000_000002.jpg zero\n")
+    with pytest.raises(ValueError, match=r"real_test.txt, line 1: 'real/ant/real_000_000002.jpg zero' is not "
+                                         r"'real/<class>/<file> <label>'"):
+        load_folder_tasks(FolderDataConfig("domainnet", root))
+
+
+def test_split_list_label_out_of_range(tmp_path):
+    root = make_domainnet(tmp_path, ("real",), ("ant", "bee"), 2, 1, tmp_path)
+    text = (root / "real_train.txt").read_text().replace("jpg 1\n", "jpg 7\n")
+    (root / "real_train.txt").write_text(text)
+    (root / "real_test.txt").write_text((root / "real_test.txt").read_text().replace("jpg 1\n", "jpg 7\n"))
+    with pytest.raises(ValueError, match=r"the domainnet split lists use labels \[0, 7\]\.\.\., not 0\.\.1"):
+        load_folder_tasks(FolderDataConfig("domainnet", root))
+
+
+def test_missing_domain_folder_through_cli(tree, tmp_path, capsys):
+    err = run_cli(capsys, "train", *TINY, "--dataset", "folders", "--root", str(tree), "--domains", "Art,Sketch",
+                  "--out", str(tmp_path / "o"))  # fmt: skip
+    assert f"domain 'Sketch' has no folder: expected {tree / 'Sketch'}; domains found under {tree}: ['Art', 'Clip']" in err
+
+
+def test_missing_root_through_cli(tmp_path, capsys):
+    err = run_cli(capsys, "train", *TINY, "--dataset", "folders", "--root", str(tmp_path / "nowhere"),
+                  "--out", str(tmp_path / "o"))  # fmt: skip
+    assert f"root={str(tmp_path / 'nowhere')!r} is not an existing directory" in err
+
+
+def test_empty_class_folder_is_named(tree):
+    (tree / "Clip" / "cow").mkdir()
+    jpeg(tree / "Art" / "cow" / "c.jpg")
+    with pytest.raises(ValueError) as e:
+        load_folder_tasks(folders(tree))
+    msg = str(e.value)
+    assert "'Clip' lacks 1: ['cow']" in msg and "These class folders hold no images" in msg
+    assert str(tree / "Clip" / "cow") in msg
+
+
+# ---- out-of-range training options -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("option, value, said", [
+    ("--epochs", "-1", "TrainConfig.epochs=-1 must be >= 0"),
+    ("--batch-size", "0", "TrainConfig.batch_size=0 must be >= 1"),
+    ("--lr", "0", "TrainConfig.lr=0.0 must be > 0 and finite"),
+    ("--lr", "inf", "TrainConfig.lr=inf must be > 0 and finite"),
+    ("--lr", "nan", "TrainConfig.lr=nan must be > 0 and finite"),
+    ("--weight-decay", "-0.1", "TrainConfig.weight_decay=-0.1 must be >= 0 and finite"),
+    ("--loader-workers", "-2", "TrainConfig.num_workers=-2 must be >= 0"),
+    ("--workers", "-1", "--workers -1 is not valid; give 0 (train in this process) or >= 1 Ray workers"),
+    ("--n-tokens", "0", "MmAPConfig.n_tokens=0 must be an integer >= 1"),
+    ("--source-dim", "0", "MmAPConfig.source_dim=0 must be a positive integer or None"),
+    ("--layers", "2-1,x", "layer spec '2-1,x' is not valid; use e.g. '0-10', '0,2,4', '0-3,8' or 'none'"),
+    ("--layers", "0,0", "MmAPConfig.layers=(0, 0) repeats a layer"),
+])  # fmt: skip
+def test_train_option_out_of_range_refused_before_any_work(tmp_path, capsys, option, value, said):
+    out = tmp_path / "run"
+    err = run_cli(capsys, "train", *FAST, f"{option}={value}", "--out", str(out))
+    assert said in err
+    assert not out.exists()  # refused before the run folder, the backbone or the data
+
+
+@pytest.mark.parametrize("option, value, said", [
+    ("--layers", "0-5", (f"MmAPConfig.layers=[0, 1, 2, 3, 4, 5] has [4, 5] beyond {TINY_MODEL}'s text tower, "
+                         f"which has 4 blocks; valid block indices are 0..3")),
+    ("--shots", "0", "shots=0 must be None (all images) or an integer >= 1"),
+])  # fmt: skip
+def test_train_option_out_of_range_for_the_loaded_model_or_data(tree, tmp_path, capsys, option, value, said):
+    data = ["--dataset", "folders", "--root", str(tree)]
+    err = run_cli(capsys, "train", *FAST, *data, f"{option}={value}", "--out", str(tmp_path / "run"))
+    assert said in err
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+@pytest.mark.parametrize("option, value", [("--projection", "kronecker"), ("--optimizer", "adam"),
+                                           ("--dataset", "imagenet"), ("--epochs", "ten")])
+def test_train_option_outside_its_choices_is_an_argparse_error(capsys, option, value):
+    with pytest.raises(SystemExit) as e:
+        main(["train", option, value])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and f"argument {option}: invalid" in err and repr(value) in err
+    assert "Traceback" not in err
