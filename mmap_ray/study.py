@@ -25,7 +25,7 @@ from .engine import TrainConfig
 from .grouping import AFFINITY_SCHEMES, FIXED_SCHEMES
 from .results import _safe
 from .runspec import did_you_mean, mmap_config, spec
-from .storage import Location, check_reachable, location
+from .storage import Location, StorageError, check_reachable, location
 
 SCHEMES = ("single", "independent", "gradient", "lookahead", "random")
 MODES = ("compare", "search")
@@ -312,6 +312,9 @@ def error_message(trial) -> str:
     return " <- ".join(causes)[-2000:] or text[-2000:] or "unknown error (see the trial's error file)"
 
 
+WRITE_FAILURES: list[StorageError] = []  # results the Tune driver could not write (this process)
+
+
 def _parquet_callback(study: StudyConfig):
     from ray.tune import Callback
 
@@ -323,9 +326,13 @@ def _parquet_callback(study: StudyConfig):
         def _write(self, trial, status: str, error: str = "") -> None:
             row, epochs = trial_rows(study, trial, status, error)
             root = location(study.study_dir) / "results"
-            write_table(root, TRIALS, row["scheme"], trial.trial_id, [row])
-            if epochs:
-                write_table(root, EPOCHS, row["scheme"], trial.trial_id, epochs)
+            try:
+                write_table(root, TRIALS, row["scheme"], trial.trial_id, [row])
+                if epochs:
+                    write_table(root, EPOCHS, row["scheme"], trial.trial_id, epochs)
+            except StorageError as e:  # Tune wraps it in a TuneError trace; run_study re-raises this one
+                WRITE_FAILURES.append(e)
+                raise
 
         def on_trial_complete(self, iteration, trials, trial, **info):
             self._write(trial, "TERMINATED")
@@ -356,6 +363,7 @@ def max_concurrent(study: StudyConfig) -> int:
 def run_study(study: StudyConfig, resume: bool = False) -> str:
     """Run (or resume) the study; returns its results folder (a local path or a URI)."""
     from ray import tune
+    from ray.tune.error import TuneError
 
     from .distributed import WorkerSpec, check_resources, ensure_ray
 
@@ -387,7 +395,13 @@ def run_study(study: StudyConfig, resume: bool = False) -> str:
             name="tune", **folder.ray_storage(), callbacks=[_parquet_callback(study)],
             failure_config=tune.FailureConfig(max_failures=0), verbose=1,
         ))  # fmt: skip
-    tuner.fit()
+    WRITE_FAILURES.clear()
+    try:
+        tuner.fit()
+    except TuneError:
+        if WRITE_FAILURES:  # the study stopped because results could not be stored: say that, plainly
+            raise WRITE_FAILURES[0] from None
+        raise
     return (folder / "results").uri
 
 
