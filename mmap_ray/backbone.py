@@ -9,6 +9,7 @@ such backbone works: ViT-B-16, ViT-B-32, ViT-L-14, ViT-M-16, or our tiny toy CLI
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -136,9 +137,15 @@ def load_backbone(cfg: BackboneConfig, device: str | torch.device = "cpu") -> Ba
     """Create the open_clip model named by `cfg`, load its weights, check it can be prompted, freeze it."""
     pretrained = cfg.pretrained or None
     local = pretrained is not None and Path(pretrained).is_file()  # else a tag open_clip downloads or caches
-    model, preprocess_train, preprocess_val = open_clip.create_model_and_transforms(
-        cfg.model, pretrained=None if local else pretrained, device=device
-    )
+    quiet = _DropLine("initialized randomly")  # open_clip's note is wrong when we load a local file next
+    if local:
+        logging.getLogger().addFilter(quiet)
+    try:
+        model, preprocess_train, preprocess_val = open_clip.create_model_and_transforms(
+            cfg.model, pretrained=None if local else pretrained, device=device
+        )
+    finally:
+        logging.getLogger().removeFilter(quiet)
     if local:
         load_weights_file(model, Path(pretrained), cfg.model)
     tokenizer = open_clip.get_tokenizer(cfg.model)
@@ -151,6 +158,15 @@ def load_backbone(cfg: BackboneConfig, device: str | torch.device = "cpu") -> Ba
         preprocess_train=preprocess_train,
         preprocess_val=preprocess_val,
     )
+
+
+class _DropLine(logging.Filter):
+    def __init__(self, text: str):
+        super().__init__()
+        self.text = text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.text not in record.getMessage()
 
 
 def load_weights_file(model: CLIP, path: Path, name: str) -> None:

@@ -108,7 +108,14 @@ def resolve_partition(value: str | None, names: list[str]) -> Partition:
     if not value:
         return Partition.single(names)
     if value.endswith(".json") and Path(value).is_file():
-        value = json.loads(Path(value).read_text())["partition"]
+        try:
+            saved = json.loads(Path(value).read_text())["partition"]
+        except (json.JSONDecodeError, KeyError, TypeError):
+            saved = None
+        if not isinstance(saved, str):
+            raise ValueError(f"partition file {value} is not what `mmap-ray group` writes: JSON with a "
+                             f"'partition' string such as 'A+B|C'")
+        value = saved
     return Partition.parse(value, names)
 
 

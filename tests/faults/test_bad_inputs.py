@@ -301,6 +301,15 @@ def test_empty_class_folder_is_named(tree):
     assert str(tree / "Clip" / "cow") in msg
 
 
+@pytest.mark.parametrize("content", ["{not json", '{"scheme": "gradient"}', '{"partition": [["Art"]]}'])
+def test_partition_file_that_group_did_not_write(tree, tmp_path, capsys, content):
+    bad = tmp_path / "groups.json"
+    bad.write_text(content)
+    err = run_cli(capsys, "train", *FAST, "--dataset", "folders", "--root", str(tree), "--partition", str(bad),
+                  "--out", str(tmp_path / "run"))  # fmt: skip
+    assert f"partition file {bad} is not what `mmap-ray group` writes: JSON with a 'partition' string" in err
+
+
 # ---- out-of-range training options -------------------------------------------------------------------
 
 
