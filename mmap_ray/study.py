@@ -456,7 +456,8 @@ def summary_table(results: str | Path) -> object:
         return df
     done = df[df["status"] == "TERMINATED"]
     cols = [c for c in ("val_mean_final", "test_mean", "trainable_params") if c in done]
-    table = done.groupby(["scheme", "partition"], observed=True)[cols].agg(["mean", "std", "count"])
+    axes = [c for c in ("n_tokens", "layers", "projection", "combine") if c in done and done[c].nunique() > 1]
+    table = done.groupby(["scheme", "partition", *axes], observed=True)[cols].agg(["mean", "std", "count"])
     return table.round(4)
 
 

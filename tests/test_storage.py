@@ -77,3 +77,23 @@ def test_files_without_the_metadata_key_read_as_version_1(tmp_path):
                    tmp_path / "epochs" / "scheme=single" / "t1.parquet")  # fmt: skip
     df = load(tmp_path, "epochs")
     assert list(df["trial_id"]) == ["t1"] and list(df["scheme"]) == ["single"]
+
+
+def test_object_store_lost_mid_study_gives_a_storage_error(s3):
+    """The server goes away between two writes: the second raises StorageError naming the object."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    from mmap_ray.storage import StorageError
+
+    base, _ = s3
+    port = int(base.split("endpoint_override=127.0.0.1:")[1].split("&")[0]) + 1  # likely free; checked below
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    uri = f"s3://lost/x?endpoint_override=127.0.0.1:{port}&scheme=http&region=us-east-1"
+    root = location(uri)
+    boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}").create_bucket(Bucket="lost")
+    write_table(root, "trials", "single", "t1", ROWS)
+    server.stop()
+    with pytest.raises(StorageError, match=r"cannot write s3://lost/x/trials/scheme=single/t2.parquet\?endpoint_override"):
+        write_table(root, "trials", "single", "t2", ROWS)
