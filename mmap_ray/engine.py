@@ -159,9 +159,10 @@ def train_epoch(
         with _autocast(device):
             logits = forward(images, task_ids)  # (B, C_max)
         loss = F.cross_entropy(logits.float(), labels)
-        if not math.isfinite(loss.item()):  # stop before a non-finite update reaches the prompts or a report
+        value = loss.item()
+        if not math.isfinite(value):  # stop before a non-finite update reaches the prompts or a report
             raise FloatingPointError(
-                f"training loss is {loss.item()} at step {step} of the epoch (lr {sched.get_last_lr()[0]:.3g}): "
+                f"training loss is {value} at step {step} of the epoch (lr {sched.get_last_lr()[0]:.3g}): "
                 f"the run diverged; lower the learning rate or set grad_clip"
             )
         opt.zero_grad(set_to_none=True)
@@ -170,7 +171,7 @@ def train_epoch(
             torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         opt.step()
         sched.step()
-        losses.append(loss.item())
+        losses.append(value)
     return sum(losses) / max(1, len(losses))
 
 

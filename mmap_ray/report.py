@@ -649,7 +649,11 @@ def build_report(
     results: str | Path, out: str | Path | None = None, baselines: str | Path | None = None
 ) -> ReportPaths:
     """Write report.md, report.html (self-contained) and figures/*.png for a study; default out: <study>/report."""
-    study = load_study(results, baselines)
+    return write_report(load_study(results, baselines), out)
+
+
+def write_report(study: Study, out: str | Path | None = None) -> ReportPaths:
+    """`build_report` for a study already loaded (`load_study`)."""
     folder = Path(out) if out is not None else default_out(study.results)
     figures_dir = folder / "figures"
     if figures_dir.is_dir():

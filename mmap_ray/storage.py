@@ -15,6 +15,7 @@ AWS or GCS client.
 from __future__ import annotations
 
 import fnmatch
+import functools
 import os
 import posixpath
 from dataclasses import dataclass
@@ -67,8 +68,7 @@ class Location:
         """The pyarrow filesystem (picklable: Ray ships it to the Train workers)."""
         if self.is_local:
             return pafs.LocalFileSystem()
-        fs, _ = pafs.FileSystem.from_uri(self.uri)
-        return fs
+        return _object_store(self.scheme, self.path.split("/", 1)[0], self.query)
 
     def ray_storage(self) -> dict:
         """`storage_path` and `storage_filesystem` for a Ray Tune / Ray Train `RunConfig`."""
@@ -140,6 +140,13 @@ class Location:
              and fnmatch.fnmatchcase(posixpath.basename(i.path), pattern)),
             key=lambda loc: loc.path,
         )  # fmt: skip
+
+
+@functools.lru_cache(maxsize=32)
+def _object_store(scheme: str, bucket: str, query: str) -> pafs.FileSystem:
+    """One filesystem per bucket and options: from_uri may resolve the bucket's region over the network."""
+    fs, _ = pafs.FileSystem.from_uri(f"{scheme}://{bucket}" + (f"?{query}" if query else ""))
+    return fs
 
 
 def location(where: str | os.PathLike | Location, field: str = "storage_path") -> Location:

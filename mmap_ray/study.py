@@ -447,20 +447,6 @@ def _tuner_args(study: StudyConfig, base: dict) -> dict:
     }
 
 
-def summary_table(results: str | Path) -> object:
-    """Mean ± std over seeds of the final validation and test accuracy per scheme (a pandas DataFrame)."""
-    from .results import load
-
-    df = load(results)
-    if df.empty:
-        return df
-    done = df[df["status"] == "TERMINATED"]
-    cols = [c for c in ("val_mean_final", "test_mean", "trainable_params") if c in done]
-    axes = [c for c in ("n_tokens", "layers", "projection", "combine") if c in done and done[c].nunique() > 1]
-    table = done.groupby(["scheme", "partition", *axes], observed=True)[cols].agg(["mean", "std", "count"])
-    return table.round(4)
-
-
 def read_study_file(path: str | Path) -> dict:
     """The settings of a TOML study file (top-level keys are StudyConfig fields, [run] the run spec), checked."""
     import tomllib
@@ -482,12 +468,3 @@ def read_study_file(path: str | Path) -> dict:
         raise ValueError(f"study file {p}: `run` must be a [run] table of run settings")
     return data
 
-
-def study_from_toml(path: str | Path, **overrides) -> StudyConfig:
-    """A StudyConfig from a TOML study file, with `overrides` (None values ignored) on top."""
-    data = read_study_file(path)
-    data.update({k: v for k, v in overrides.items() if v is not None})
-    try:
-        return StudyConfig(**data)
-    except ValueError as e:
-        raise ValueError(f"study file {path}: {e}") from None

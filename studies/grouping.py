@@ -3,7 +3,7 @@
 Runs on the Ray cluster it is submitted to (`ray job submit --working-dir . -- python studies/grouping.py`)
 or, with no cluster, on a local Ray instance. With no arguments: every grouping scheme x 3 seeds on the toy
 benchmark with the tiny pretrained CLIP (about 15 minutes on a 2-core machine). Results land in a Parquet
-dataset (`<storage>/<name>/results/`), and a summary table is printed.
+dataset (`<storage>/<name>/results/`); the leaderboard is printed and the report written next to it.
 
     python studies/grouping.py                                   # compare schemes on the toy benchmark
     python studies/grouping.py --smoke                           # seconds-scale check of the pipeline
@@ -23,9 +23,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout or a job working dir
 
-from mmap_ray.results import load  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from mmap_ray.report import failures, leaderboard, load_study, mean_std, write_report  # noqa: E402
 from mmap_ray.storage import StorageError  # noqa: E402
-from mmap_ray.study import MODES, OBJECTIVES, StudyConfig, read_study_file, run_study, summary_table  # noqa: E402
+from mmap_ray.study import MODES, OBJECTIVES, StudyConfig, read_study_file, run_study  # noqa: E402
 
 PRESETS = {
     # 0.99 CPU per worker + 0.01 per trial driver: two trials fit a 2-CPU laptop side by side
@@ -126,22 +128,19 @@ def main(argv: list[str] | None = None) -> int:
     except StorageError as e:  # results could not be written: nothing finished is lost, --resume goes on
         print(f"grouping study: error: {e}; fix it and rerun with --resume", file=sys.stderr)
         return 1
-    import pandas as pd
-
-    with pd.option_context("display.width", 200, "display.max_columns", 20):
-        print(summary_table(results))
-    errored = load(results).query("status == 'ERROR'")
-    if len(errored):
-        print(f"{len(errored)} trials errored (their rows have status ERROR and the reason in `error`):")
-        print(errored[["trial_id", "scheme", "seed", "error"]].to_string(index=False, max_colwidth=160))
     print(f"results (Parquet): {results}")
-    from mmap_ray.report import build_report
-
     try:
-        report = build_report(results)
+        done = load_study(results)  # read once: the summary, the failures and the report all come from it
     except ValueError as e:  # the study ran; a report that cannot be built is not its failure
         print(f"report: not written: {e}", file=sys.stderr)
         return 0
+    with pd.option_context("display.width", 200, "display.max_columns", 20):
+        print(mean_std(leaderboard(done.trials)).to_string())
+    failed = failures(done.trials)
+    if len(failed):
+        print(f"{len(failed)} trials errored (their rows have status ERROR and the reason in `error`):")
+        print(failed.to_string(index=False, max_colwidth=160))
+    report = write_report(done)
     print(f"report: {report.html} (Markdown: {report.markdown})")
     return 0
 

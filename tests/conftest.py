@@ -24,6 +24,15 @@ VENV_BIN = Path(sys.executable).parent
 STUDY = [sys.executable, str(REPO / "studies" / "grouping.py")]  # the main study, as a user runs it
 
 
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def study_env(**extra) -> dict:
     """The environment of a study or `ray` CLI subprocess: this venv first, token auth on, no inherited cluster."""
     env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}", "RAY_AUTH_MODE": "token", **extra}
@@ -71,15 +80,10 @@ def s3():
     Yields (base URI of the bucket, environment with its dummy credentials); the credentials are also
     set in this process, so pyarrow and boto3 here reach it too.
     """
-    import os
-    import socket
-
     import boto3
     from moto.server import ThreadedMotoServer
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1",
            "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}  # fmt: skip
     saved = {k: os.environ.get(k) for k in env}

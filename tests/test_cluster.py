@@ -14,7 +14,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -23,6 +22,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import free_port
 from ray.cluster_utils import AutoscalingCluster
 
 REPO = Path(__file__).resolve().parent.parent
@@ -323,12 +323,6 @@ def test_trial_requests_fit_the_node_types(name, tmp_path, monkeypatch):
 
 # ---- a local autoscaling run --------------------------------------------------------------------------
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _descendants(root: int) -> list[int]:
     """Every live process below `root` (from /proc), children first in no particular order."""
     parents: dict[int, list[int]] = {}
@@ -360,7 +354,7 @@ class LocalAutoscalingCluster(AutoscalingCluster):
     def __init__(self, head_resources: dict, worker_node_types: dict, idle_timeout_minutes: float):
         import ray._private.services
 
-        self.port = _free_port()
+        self.port = free_port()
         self.address = f"{ray._private.services.get_node_ip_address()}:{self.port}"
         self.temp_dir = tempfile.mkdtemp(prefix="mmr", dir="/tmp")  # short: Ray's socket paths are limited
         super().__init__(head_resources, worker_node_types, idle_timeout_minutes=idle_timeout_minutes)
@@ -420,8 +414,8 @@ class LocalAutoscalingCluster(AutoscalingCluster):
                f"--autoscaling-config={config_path}", f"--num-cpus={head.pop('CPU', 0)}",
                f"--object-store-memory={head.pop('object_store_memory', 150 * 2**20)}",
                # every listening port its own, so a Ray started elsewhere on this machine is never in the way
-               f"--ray-client-server-port={_free_port()}", f"--dashboard-port={_free_port()}",
-               f"--dashboard-agent-listen-port={_free_port()}", "--min-worker-port=0", "--max-worker-port=0",
+               f"--ray-client-server-port={free_port()}", f"--dashboard-port={free_port()}",
+               f"--dashboard-agent-listen-port={free_port()}", "--min-worker-port=0", "--max-worker-port=0",
                "--dashboard-host=127.0.0.1", "--disable-usage-stats"]  # fmt: skip
         if head:
             cmd.append(f"--resources={json.dumps(head)}")

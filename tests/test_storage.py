@@ -7,6 +7,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from mmap_ray.results import SCHEMA_KEY, SCHEMA_VERSION, load, write_table
+from conftest import free_port
 from mmap_ray.storage import check_reachable, location
 
 ROWS = [{"trial_id": "t1", "status": "TERMINATED", "val_mean_final": 0.5, "seed": 0, "schema_version": SCHEMA_VERSION}]
@@ -87,7 +88,7 @@ def test_object_store_lost_mid_study_gives_a_storage_error(s3):
     from mmap_ray.storage import StorageError
 
     base, _ = s3
-    port = int(base.split("endpoint_override=127.0.0.1:")[1].split("&")[0]) + 1  # likely free; checked below
+    port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     uri = f"s3://lost/x?endpoint_override=127.0.0.1:{port}&scheme=http&region=us-east-1"

@@ -1,6 +1,5 @@
 """The study end to end: job submission to a real Ray head with token auth, Parquet output, resume, bad input."""
 
-import socket
 import subprocess
 from pathlib import Path
 
@@ -10,13 +9,7 @@ import pytest
 from mmap_ray.results import load
 from mmap_ray.study import StudyConfig
 
-from conftest import REPO, STUDY, VENV_BIN, study_env as _env
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from conftest import REPO, STUDY, VENV_BIN, free_port, study_env as _env
 
 
 def _ray(*args, env=None, timeout=120):
@@ -40,7 +33,7 @@ def _check_smoke_results(results: Path, schemes: set[str]) -> pd.DataFrame:
 
 @pytest.mark.slow
 def test_ray_job_submit_smoke_study_with_token_auth(tmp_path):
-    port, dash = _free_port(), _free_port()
+    port, dash = free_port(), free_port()
     start = _ray("start", "--head", f"--port={port}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
                  "--num-cpus=2", "--include-dashboard=true")  # fmt: skip
     assert start.returncode == 0, start.stderr
