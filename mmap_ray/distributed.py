@@ -103,6 +103,17 @@ def ensure_ray() -> None:
         ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=False, include_dashboard=False)
 
 
+def warn_unshared_storage(folder: Location, log=print) -> None:
+    """Warn when a multi-node cluster would keep the study on one node's local disk."""
+    import ray
+
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    if folder.is_local and len(nodes) > 1:
+        log(f"warning: the study folder {folder} is on local disk, but the Ray cluster has {len(nodes)} nodes: "
+            f"trials on other nodes cannot write there. Use --storage s3://BUCKET/PREFIX (or gs://) or a "
+            f"filesystem shared by every node")  # fmt: skip
+
+
 def _all_reduce(t: torch.Tensor, world_size: int, op: str = "sum") -> torch.Tensor:
     if world_size == 1:
         return t

@@ -1,28 +1,41 @@
-"""Study results as a versioned, hive-partitioned Parquet dataset that pandas reads without custom code.
+"""Study results as a versioned Parquet dataset that pandas, pyarrow, duckdb and polars read as is.
 
 Layout under a study's results folder:
 
-    trials/scheme=<scheme>/<trial_id>.parquet   one row per trial (the flat config, outcome, costs)
-    epochs/scheme=<scheme>/<trial_id>.parquet   one row per (trial, epoch, task): the learning curves
+    trials/<config_id>-s<seed>.parquet   one row per (configuration, seed): the flat config, outcome, costs
+    epochs/<config_id>-s<seed>.parquet   one row per (epoch, task) of that run: the learning curves
+
+Identity. A row is identified by what produced it: `config_id`, a hash of the canonical configuration
+(everything that changes the result: the run spec with the partition as resolved, the training
+settings, the data seed; not the training seed), plus `seed`. The file name is that identity, so a
+rerun, a resume or a second driver can only replace a row, never add a second one. The canonical
+configuration itself is stored in the row (`config`, JSON), next to its typed columns: a folder or
+file name is never the only record of a value.
+
+Types. Every file of a table has the same explicit Arrow schema (`trial_schema`, `EPOCH_SCHEMA`): a
+failed trial stores typed nulls, not Parquet `null` columns, and there are no hive folder keys that
+could clash with a column. So `pandas.read_parquet(folder)`, `pyarrow.dataset.dataset(folder)`,
+duckdb's `read_parquet('folder/*.parquet')` and polars' `scan_parquet` read the folder in any file order.
 
 Each file is written whole (a temporary name renamed into place; on object storage a single PUT), by the
-Tune driver alone, so concurrent trials never share a file, an interrupted study never leaves half a
-file, and a trial that is re-run after a resume replaces its own file: rows are never duplicated or
-dropped. The root may be a local folder or an `s3://` / `gs://` URI (see `mmap_ray.storage`).
+Tune driver alone. The root may be a local folder or an `s3://` / `gs://` URI (see `mmap_ray.storage`).
 
 Schema versions. Every file carries `mmap_ray.schema_version` in its Parquet metadata (trial rows also
 have a `schema_version` column). `load` converts older files to the current schema with the functions
-in `UPGRADES` (none are needed yet: version 1 is the first; files written before the metadata key
-existed are version 1) and refuses files from a newer mmap-ray with a message saying which version
-reads them.
+in `UPGRADES` and refuses files from a newer mmap-ray with a message saying which version reads them.
+Version 2 added `config_id`, `config`, `data_seed`, typed `layers` (a list of block indices) and
+`depth`, and the flat layout; version 1 files (`<table>/scheme=<scheme>/<trial>.parquet`) still load.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
+import json
 import platform
 import subprocess
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import pandas as pd
@@ -31,21 +44,76 @@ import pyarrow.parquet as pq
 
 from .storage import Location, location
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 SCHEMA_KEY = b"mmap_ray.schema_version"
 TRIALS, EPOCHS = "trials", "epochs"
+
+_I, _F, _S, _B = pa.int64(), pa.float64(), pa.string(), pa.bool_()
+# The trial table's fixed columns, in file order; per-task accuracy columns follow the outcome columns.
+TRIAL_FIELDS: tuple[tuple[str, pa.DataType], ...] = (
+    ("study", _S), ("config_id", _S), ("seed", _I), ("trial_id", _S), ("status", _S), ("error", _S),
+    ("early_stopped", _B), ("scheme", _S), ("partition", _S), ("k", _I), ("n_tokens", _I), ("depth", _I),
+    ("layers", pa.list_(_I)), ("projection", _S), ("combine", _S), ("lr", _F), ("epochs", _I),
+    ("batch_size", _I), ("dataset", _S), ("model", _S), ("pretrained", _S), ("data_seed", _I),
+    ("epochs_run", _I), ("trainable_params", _I), ("total_params", _I), ("val_mean_final", _F),
+    ("val_mean_best", _F), ("test_mean", _F), ("wall_s", _F), ("device_hours", _F), ("device_kind", _S),
+)  # fmt: skip
+PROVENANCE_FIELDS: tuple[tuple[str, pa.DataType], ...] = (
+    ("schema_version", _I), ("git_commit", _S), ("python", _S), ("torch", _S), ("open_clip", _S), ("ray", _S),
+    ("optuna", _S), ("pandas", _S), ("config", _S),
+)  # fmt: skip
+EPOCH_SCHEMA = pa.schema([
+    ("study", _S), ("config_id", _S), ("seed", _I), ("trial_id", _S), ("epoch", _I), ("task", _S),
+    ("val_acc", _F), ("train_loss", _F), ("test_acc", _F),
+])  # fmt: skip
+CATEGORIES = ("status", "scheme", "partition", "projection", "combine", "study")
 # UPGRADES[v] turns a DataFrame of schema v into schema v + 1; add one whenever SCHEMA_VERSION grows.
 UPGRADES: dict[int, Callable[[pd.DataFrame], pd.DataFrame]] = {}
+
+
+def trial_schema(tasks: list[str]) -> pa.Schema:
+    """The trial table's schema for a study over `tasks` (per-task val final/best and test columns)."""
+    per_task = [(f"val_{t}_final", _F) for t in tasks] + [(f"val_{t}_best", _F) for t in tasks]
+    return pa.schema([*TRIAL_FIELDS, *per_task, *[(f"test_{t}", _F) for t in tasks], *PROVENANCE_FIELDS])
+
+
+def canonical_json(config: Mapping) -> str:
+    """The one text form of a configuration: sorted keys, no whitespace, plain JSON values."""
+    return json.dumps(config, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def config_id(config: Mapping) -> str:
+    """A stable 16-hex-digit id of a canonical configuration (sha256 of its canonical JSON)."""
+    return hashlib.sha256(canonical_json(config).encode()).hexdigest()[:16]
+
+
+def row_key(cid: str, seed: int) -> str:
+    """The file name (without .parquet) of the rows of (config_id, seed)."""
+    return f"{cid}-s{seed}"
 
 
 def _safe(value: object) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in str(value))
 
 
-def write_table(root: str | Path | Location, table: str, partition: str, name: str, rows: list[dict]) -> Location:
-    """Write `rows` as one Parquet file `root/table/scheme=<partition>/<name>.parquet`, atomically."""
-    path = location(root, "results root") / table / f"scheme={_safe(partition)}" / f"{_safe(name)}.parquet"
-    arrow = pa.Table.from_pylist(rows)
+def write_table(
+    root: str | Path | Location, table: str, name: str, rows: list[dict], schema: pa.Schema | None = None
+) -> Location:
+    """Write `rows` as one Parquet file `root/table/<name>.parquet`, atomically, with `schema` if given.
+
+    With a schema, every column it names is written with its type (missing values as typed nulls) and a
+    row key it does not name is an error; without one, types are inferred (benchmarks, baselines).
+    """
+    if not name or _safe(name) != name or name.startswith("."):
+        raise ValueError(f"results file name {name!r}: use letters, digits, '-', '_' or '.'")
+    path = location(root, "results root") / table / f"{name}.parquet"
+    if schema is not None:
+        extra = sorted({k for r in rows for k in r} - set(schema.names))
+        if extra:
+            raise ValueError(f"rows for {path} have columns {extra} that the {table} schema does not define")
+        arrow = pa.Table.from_pylist([{k: r.get(k) for k in schema.names} for r in rows], schema=schema)
+    else:
+        arrow = pa.Table.from_pylist(rows)
     arrow = arrow.replace_schema_metadata({**(arrow.schema.metadata or {}), SCHEMA_KEY: str(SCHEMA_VERSION).encode()})
     buf = io.BytesIO()
     pq.write_table(arrow, buf)
@@ -53,24 +121,31 @@ def write_table(root: str | Path | Location, table: str, partition: str, name: s
     return path
 
 
-def _version(arrow: pa.Table) -> int:
+def _version(arrow: pa.Table) -> int | None:
+    """The schema version of a file of ours; None for a Parquet file another tool wrote."""
     meta = arrow.schema.metadata or {}
     if SCHEMA_KEY in meta:
         return int(meta[SCHEMA_KEY])
     if "schema_version" in arrow.column_names and arrow.num_rows:
         return int(arrow.column("schema_version")[0].as_py())
-    return 1  # written before the metadata key existed
+    return None
 
 
-def _read(where: Location) -> pd.DataFrame:
+def _read(where: Location) -> pd.DataFrame | None:
+    """One file as a current-schema DataFrame; None (with a warning) for a file that is not ours."""
     arrow = pq.read_table(where.path, filesystem=where.filesystem())
     version = _version(arrow)
+    if version is None:
+        warnings.warn(f"skipping {where}: a Parquet file without mmap-ray's schema version (not ours)", stacklevel=3)
+        return None
     if version > SCHEMA_VERSION:
         raise ValueError(
             f"{where} has results schema v{version}, written by a newer mmap-ray; this one reads up to "
             f"v{SCHEMA_VERSION}: upgrade mmap-ray (pip install -U mmap-ray) to read it"
         )
     df = arrow.to_pandas()
+    if version == 1 and "scheme" not in df and where.parent.name.startswith("scheme="):
+        df["scheme"] = where.parent.name.split("=", 1)[1]  # v1 kept the scheme in a hive folder key only
     for v in range(version, SCHEMA_VERSION):
         df = UPGRADES[v](df)
     if "schema_version" in df:
@@ -79,20 +154,37 @@ def _read(where: Location) -> pd.DataFrame:
 
 
 def load(root: str | Path | Location, table: str = TRIALS) -> pd.DataFrame:
-    """One study table as a DataFrame (the `scheme` partition column included); empty if nothing yet."""
-    files = (location(root, "results root") / table).glob("scheme=*/*.parquet")
-    if not files:
-        return pd.DataFrame()
-    frames = []
-    for f in files:
-        df = _read(f)
-        df["scheme"] = f.parent.name.split("=", 1)[1]
-        frames.append(df)
-    df = pd.concat(frames, ignore_index=True)
-    for col in ("status", "scheme", "partition", "projection", "combine", "study"):
+    """One study table as a DataFrame; ValueError naming the folder when it holds no results."""
+    folder = location(root, "results root") / table
+    frames = [df for f in folder.glob("*.parquet") if (df := _read(f)) is not None]
+    if not frames:
+        raise ValueError(f"no {table} results in {folder} (no Parquet files of mmap-ray there)")
+    df = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+    for col in CATEGORIES:
         if col in df:
             df[col] = df[col].astype("category")
     return df
+
+
+def _v1_to_v2(df: pd.DataFrame) -> pd.DataFrame:
+    """v1 stored layers as a string ("0-3", "None" for the default) and had no config id."""
+    from .prompts import parse_layers
+
+    df = df.copy()
+    if "layers" in df:
+        text = df["layers"].astype(str)
+        df["layers"] = [None if s in ("None", "nan", "default") else list(parse_layers(s)) for s in text]
+        df["depth"] = pd.array([None if v is None else len(v) for v in df["layers"]], dtype="Int64")
+    if "config_id" not in df and "seed" in df:
+        keys = [c for c in ("scheme", "partition", "n_tokens", "layers", "projection", "combine", "lr", "epochs",
+                            "batch_size", "dataset", "model", "pretrained") if c in df]  # fmt: skip
+        df["config_id"] = [
+            "v1-" + config_id({k: r[k] for k in keys})[:13] for r in df[keys].astype(object).to_dict("records")
+        ]
+    return df
+
+
+UPGRADES[1] = _v1_to_v2
 
 
 def provenance() -> dict:

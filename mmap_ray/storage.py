@@ -174,6 +174,39 @@ def location(where: str | os.PathLike | Location, field: str = "storage_path") -
     return Location(parts.scheme, path, parts.query)
 
 
+def default_storage() -> str:
+    """Where studies live when no --storage is given: $MMAP_RAY_STORAGE, else ~/mmap-ray/studies."""
+    return os.environ.get("MMAP_RAY_STORAGE") or str(Path.home() / "mmap-ray" / "studies")
+
+
+def resolve_storage(where: str | None) -> str:
+    """The storage root a study uses: the default for None; under a Ray job, a relative path is taken
+    below the default, not below Ray's temporary copy of the working directory (deleted with the job)."""
+    if where is None:
+        return default_storage()
+    if "://" not in where and not Path(where).expanduser().is_absolute() and os.environ.get("RAY_JOB_ID"):
+        return posixpath.join(default_storage(), where)
+    return where
+
+
+def move_aside(folder: Location, suffix: str) -> Location:
+    """Rename `folder` to `<folder>.<suffix>` (object stores: copy every object, then delete the originals)."""
+    target = folder.parent / f"{folder.name}.{suffix}"
+    fs = folder.filesystem()
+    if target.exists():
+        raise ValueError(f"cannot move {folder} aside: {target} exists already")
+    try:
+        if folder.is_local:
+            os.rename(folder.path, target.path)
+            return target
+        for src in folder.glob("*"):
+            fs.copy_file(src.path, target.path + src.path[len(folder.path) :])
+        fs.delete_dir(folder.path)
+    except OSError as e:
+        raise StorageError(f"cannot move {folder} aside to {target}: {e}") from e
+    return target
+
+
 def check_reachable(loc: Location, field: str = "storage_path") -> None:
     """Fail now, with the reason, if the bucket cannot be listed (wrong endpoint, bucket or credentials)."""
     if loc.is_local:

@@ -420,7 +420,7 @@ def main(argv: list[str] | None = None) -> int:
     command = "python studies/benchmark.py " + " ".join(argv if argv is not None else sys.argv[1:])
     extra = {**provenance(), **{k: str(v) for k, v in info.items()}, "command": command.strip()}
     for group in dict.fromkeys(r["group"] for r in rows):
-        write_table(out / "results", TABLE, group, "quick" if args.quick else args.device,
+        write_table(out / "results", TABLE, f"{group}-{'quick' if args.quick else args.device}",
                     [{**r, **extra} for r in rows if r["group"] == group])  # fmt: skip
     section = markdown(rows, info, command.strip())
     write_markdown(md, section)

@@ -27,7 +27,7 @@ import pandas as pd  # noqa: E402
 
 from mmap_ray.report import failures, leaderboard, load_study, mean_std, write_report  # noqa: E402
 from mmap_ray.storage import StorageError  # noqa: E402
-from mmap_ray.study import MODES, OBJECTIVES, StudyConfig, read_study_file, run_study  # noqa: E402
+from mmap_ray.study import MODES, OBJECTIVES, Interrupted, StudyConfig, read_study_file, run_study  # noqa: E402
 
 PRESETS = {
     # 0.99 CPU per worker + 0.01 per trial driver: two trials fit a 2-CPU laptop side by side
@@ -101,7 +101,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--preset", default="toy", help=f"one of {sorted(PRESETS)} (default: toy)")
     p.add_argument("--study", default=None, help="a TOML study file (StudyConfig fields; [run] for the run spec)")
     p.add_argument("--smoke", action="store_true", help="a seconds-scale run of the whole pipeline")
-    p.add_argument("--resume", action="store_true", help="continue an interrupted study with the same name")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted study with the same name and settings")
+    p.add_argument("--overwrite", action="store_true", help="move an existing study of this name aside (NAME.old-TIME) and start afresh")
+    p.add_argument("--break-lock", action="store_true", help="take over the study's lock from a driver that crashed on another machine")
     p.add_argument("--name", default=None, help="study name (its folder under --storage)")
     p.add_argument("--mode", default=None, choices=MODES)
     p.add_argument("--objective", default=None, choices=OBJECTIVES, help="search mode: accuracy, or pareto (accuracy vs parameters)")
@@ -116,18 +118,26 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cpus-per-worker", type=float, default=None)
     p.add_argument("--worker-resources", default=None, help='custom resources per worker as JSON, e.g. \'{"A100": 1}\'')
     p.add_argument("--autoscale", action="store_true", default=None, help="the cluster autoscales: skip the size check")
-    p.add_argument("--storage", default=None, help="where studies live: a local folder, a shared filesystem on a cluster, "
+    p.add_argument("--storage", default=None, help="where studies live (default: $MMAP_RAY_STORAGE, else ~/mmap-ray/studies): a local folder, a shared filesystem on a cluster, "
                    "or s3://BUCKET/PREFIX, gs://BUCKET/PREFIX (an S3-compatible server: add ?endpoint_override=HOST:PORT&scheme=http)")
     args = p.parse_args(argv)
+    study = None
     try:
         study = build_study(args)
-        results = run_study(study, resume=args.resume)
+        results = run_study(study, resume=args.resume, overwrite=args.overwrite, break_lock=args.break_lock)
     except ValueError as e:
         print(f"grouping study: error: {e}", file=sys.stderr)
         return 2
     except StorageError as e:  # results could not be written: nothing finished is lost, --resume goes on
         print(f"grouping study: error: {e}; fix it and rerun with --resume", file=sys.stderr)
         return 1
+    except Interrupted as e:  # Ctrl-C reached Tune, which stopped the trials: no partial leaderboard
+        print(f"grouping study: {e} (study folder: {study.study_dir})", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        where = f" (study folder: {study.study_dir})" if study else ""
+        print(f"grouping study: interrupted before every trial had a result; continue with --resume{where}", file=sys.stderr)
+        return 130
     print(f"results (Parquet): {results}")
     try:
         done = load_study(results)  # read once: the summary, the failures and the report all come from it

@@ -76,7 +76,7 @@ def write_outputs(rows: list[dict], out: Path) -> str:
     out.mkdir(parents=True, exist_ok=True)
     (out / "rows.json").write_text(json.dumps(rows, indent=2))
     for row in rows:
-        write_table(out / "results", BASELINES, METHOD_SLUGS[row["method"]], f"seed{row['seed']}", [parquet_row(row)])
+        write_table(out / "results", BASELINES, f"{METHOD_SLUGS[row['method']]}-seed{row['seed']}", [parquet_row(row)])
     table = mean_std(baseline_comparisons(load(out / "results", BASELINES))).drop(columns="source")
     order = pd.Index([m for m in METHODS if m in table.index], name="method")
     text = markdown_table(table.loc[order].reset_index())

@@ -40,6 +40,12 @@ def study_env(**extra) -> dict:
     return env
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _study_storage(tmp_path_factory):
+    """Studies that name no --storage land in a temporary folder, never in the user's ~/mmap-ray."""
+    os.environ["MMAP_RAY_STORAGE"] = str(tmp_path_factory.mktemp("default-storage"))
+
+
 def _load(name: str) -> Backbone:
     torch.manual_seed(0)
     return load_backbone(BackboneConfig(name))

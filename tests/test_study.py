@@ -114,14 +114,3 @@ def test_search_mode_pareto_with_optuna_and_asha(tmp_path):
     assert len(df) == 3 and df["trial_id"].is_unique
     assert set(df["scheme"].astype(str)) <= {"single", "gradient"} and df["lr"].between(5e-4, 5e-3).all()
     assert df["trainable_params"].notna().all()  # the second objective was reported
-
-
-def test_compare_mode_grids_every_axis():
-    from mmap_ray.study import _tuner_args
-
-    study = StudyConfig(schemes=("single", "gradient"), seeds=(0, 1), n_tokens=(2, 4), depths=(1, 3), autoscale=True)
-    space = _tuner_args(study, {})["param_space"]
-    grids = {k: v["grid_search"] for k, v in space.items() if isinstance(v, dict) and "grid_search" in v}
-    assert grids == {"scheme": ["single", "gradient"], "seed": [0, 1], "n_tokens": [2, 4], "depth": [1, 3]}
-    with pytest.raises(ValueError, match=r"StudyConfig.depths has \[0\]: every value must be an integer >= 1"):
-        StudyConfig(depths=(0, 2))

@@ -1,0 +1,119 @@
+"""One driver per study: a lock file in the study folder, on a local folder or on object storage.
+
+Why: two drivers on one study would run the same trials twice and race on the study's files. The lock
+is a small JSON file, `<study>/.lock`, naming its holder (host, pid, start time, a random token):
+
+- Local folders take it with an exclusive create (`O_CREAT | O_EXCL`): exactly one process wins.
+- Object stores (s3://, gs://) have no create-if-absent through pyarrow, so a driver checks that no lock
+  exists, writes its own, waits, and reads it back; with read-after-write consistency, of two drivers that
+  started within that wait, the later writer keeps the lock and the other one refuses. Rows stay unique
+  either way: their file names are their identity (`mmap_ray.results`).
+
+A lock whose holder ran on this host and whose process is gone is stale and is taken over with a note.
+Any other held lock is refused with a message naming the holder; `--break-lock` takes it over after a
+crash on another machine.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import socket
+import sys
+import time
+from dataclasses import dataclass
+
+from .storage import Location
+
+LOCK_NAME = ".lock"
+SETTLE_S = 1.0  # object stores: how long a driver waits before reading its lock back
+
+
+class LockHeld(ValueError):
+    """Another driver holds the study's lock; the message names it and how to break a stale one."""
+
+
+@dataclass
+class StudyLock:
+    """A held lock; `release()` removes it if it is still ours."""
+
+    path: Location
+    token: str
+
+    def release(self) -> None:
+        try:
+            if _holder(self.path).get("token") == self.token:
+                self.path.filesystem().delete_file(self.path.path)
+        except (OSError, ValueError):
+            pass  # gone already, or unreadable: never fail a study on its way out
+
+    def __enter__(self) -> StudyLock:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def _holder(path: Location) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _stale(holder: dict) -> bool:
+    """The holder ran on this host and its process no longer exists."""
+    pid = holder.get("pid")
+    return holder.get("host") == socket.gethostname() and isinstance(pid, int) and not _alive(pid)
+
+
+def _describe(holder: dict) -> str:
+    if not holder:
+        return "an unreadable lock file"
+    return f"pid {holder.get('pid')} on host {holder.get('host')!r}, since {holder.get('started')}"
+
+
+def acquire(folder: Location, break_lock: bool = False) -> StudyLock:
+    """Take the study folder's lock, or raise `LockHeld` naming who holds it."""
+    path = folder / LOCK_NAME
+    me = {"host": socket.gethostname(), "pid": os.getpid(), "token": secrets.token_hex(8),
+          "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "argv": sys.argv[:8]}  # fmt: skip
+    text = json.dumps(me, indent=2) + "\n"
+    if path.exists():
+        holder = _holder(path)
+        if not (break_lock or _stale(holder)):
+            raise LockHeld(
+                f"study {folder} is in use by another driver ({_describe(holder)}; lock file {path}); wait for it "
+                f"to end, or if it crashed on another machine, rerun with --break-lock"
+            )
+        print(f"note: taking over the lock of study {folder} from {_describe(holder)} "
+              f"({'--break-lock' if break_lock else 'that process is gone'})", file=sys.stderr)  # fmt: skip
+        path.filesystem().delete_file(path.path)
+    if folder.is_local:
+        os.makedirs(folder.path, exist_ok=True)
+        try:
+            fd = os.open(path.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            raise LockHeld(f"study {folder} is in use by another driver ({_describe(_holder(path))}); "
+                           f"lock file {path}") from None  # fmt: skip
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+    else:
+        path.write_text(text)
+        time.sleep(SETTLE_S)
+        holder = _holder(path)
+        if holder.get("token") != me["token"]:
+            raise LockHeld(f"study {folder} is in use by another driver ({_describe(holder)}); lock file {path}")
+    return StudyLock(path, me["token"])

@@ -1,0 +1,160 @@
+"""Study identity without Ray: config ids, the trial grid, start/resume rules, the lock, the results schema."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from dataclasses import asdict
+
+import pandas as pd
+import pyarrow.dataset as pads
+import pytest
+
+from mmap_ray.engine import TrainConfig
+from mmap_ray.lock import LockHeld, acquire
+from mmap_ray.results import EPOCH_SCHEMA, EPOCHS, TRIALS, load, row_key, trial_schema, write_table
+from mmap_ray.storage import location, resolve_storage
+from mmap_ray.study import StudyConfig, check_start, grid_trials
+
+TASKS = ["Art", "Clipart", "Product", "RealWorld"]
+PLANTED, OTHER = "Art+Clipart|Product+RealWorld", "Art|Clipart+Product+RealWorld"
+
+
+def _base(tiny, partitions: dict[str, str]) -> dict:
+    return {"run": StudyConfig().run, "train": asdict(TrainConfig(epochs=2)), "partitions": partitions,
+            "info": asdict(tiny.info)}  # fmt: skip
+
+
+def test_grid_covers_every_axis_once_and_seed_is_not_identity(tiny):
+    study = StudyConfig(schemes=("single", "independent"), seeds=(0, 1), n_tokens=(2, 4), depths=(1, 3), autoscale=True)
+    parts = {f"{s}/{seed}": p for seed in (0, 1) for s, p in (("single", "|".join(["+".join(TASKS)])),
+                                                               ("independent", "|".join(TASKS)))}  # fmt: skip
+    trials = grid_trials(study, _base(tiny, parts))
+    assert len(trials) == 2 * 2 * 2 * 2 and len({t["key"] for t in trials}) == 16
+    ids = {(t["scheme"], t["run"]["n_tokens"], t["depth"]): set() for t in trials}
+    for t in trials:
+        ids[(t["scheme"], t["run"]["n_tokens"], t["depth"])].add(t["config_id"])
+    assert all(len(v) == 1 for v in ids.values())  # seeds 0 and 1 of one configuration share its config_id
+    assert len({next(iter(v)) for v in ids.values()}) == 8  # and different configurations never do
+    assert {t["depth"] for t in trials} == {1, 3} and all(t["layers"] == list(range(t["depth"])) for t in trials)
+
+
+def test_explicit_partitions_are_two_configurations_and_equal_choices_are_one(tiny):
+    study = StudyConfig(schemes=(PLANTED, OTHER, "gradient", "lookahead"), seeds=(0,), autoscale=True)
+    parts = {f"{PLANTED}/0": PLANTED, f"{OTHER}/0": OTHER, "gradient/0": PLANTED, "lookahead/0": PLANTED}
+    trials = grid_trials(study, _base(tiny, parts))
+    assert len(trials) == 2  # gradient and lookahead chose the planted partition: the same run, trained once
+    by_partition = {t["run"]["partition"]: t for t in trials}
+    assert set(by_partition) == {PLANTED, OTHER} and by_partition[PLANTED]["config_id"] != by_partition[OTHER]["config_id"]
+    assert by_partition[PLANTED]["scheme"] == f"{PLANTED}, gradient, lookahead"
+
+
+def test_config_id_resolves_default_layers(tiny):
+    base = _base(tiny, {"single/0": "+".join(TASKS)})
+    default = grid_trials(StudyConfig(schemes=("single",), seeds=(0,), autoscale=True), base)[0]
+    explicit = grid_trials(StudyConfig(schemes=("single",), seeds=(0,), depths=(tiny.info.text_layers - 1,),
+                                       autoscale=True), base)[0]  # fmt: skip
+    assert default["config_id"] == explicit["config_id"]  # "default" and "0-2" are the same layers on this backbone
+    longer = grid_trials(StudyConfig(schemes=("single",), seeds=(0,), epochs=3, autoscale=True),
+                         {**base, "train": asdict(TrainConfig(epochs=3))})[0]  # fmt: skip
+    assert longer["config_id"] != default["config_id"]
+
+
+@pytest.mark.parametrize(
+    "kwargs, needle",
+    [
+        ({"seeds": (0, 0)}, r"StudyConfig.seeds=\[0, 0\] repeats \[0\]"),
+        ({"schemes": ("single", "single")}, "StudyConfig.schemes=.* repeats"),
+        ({"name": ".."}, "StudyConfig.name='..'"),
+        ({"name": "."}, "StudyConfig.name='.'"),
+        ({"name": "a/b"}, "StudyConfig.name='a/b'"),
+        ({"name": "x\n"}, "StudyConfig.name="),
+        ({"name": ".hidden"}, "StudyConfig.name='.hidden'"),
+    ],
+)
+def test_bad_identity_settings_are_refused(kwargs, needle):
+    with pytest.raises(ValueError, match=needle):
+        StudyConfig(**kwargs)
+
+
+def test_default_storage_and_ray_job_working_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("MMAP_RAY_STORAGE", str(tmp_path / "durable"))
+    monkeypatch.delenv("RAY_JOB_ID", raising=False)
+    assert StudyConfig().storage_path == str(tmp_path / "durable")
+    assert resolve_storage("rel") == "rel"  # outside a job: relative to the current folder, as any path
+    monkeypatch.setenv("RAY_JOB_ID", "02000000")  # inside `ray job submit`: never Ray's temporary copy
+    assert StudyConfig(storage_path="runs/studies").storage_path == str(tmp_path / "durable" / "runs" / "studies")
+    assert resolve_storage("s3://b/x") == "s3://b/x" and resolve_storage("/abs") == "/abs"
+
+
+def test_start_and_resume_rules(tmp_path):
+    study = StudyConfig(storage_path=str(tmp_path), name="g", autoscale=True)
+    folder = location(study.study_dir)
+    with pytest.raises(ValueError, match=r"--resume: there is no study 'g' in .* to resume"):
+        check_start(study, folder, resume=True, overwrite=False)
+    check_start(study, folder, resume=False, overwrite=False)  # a new study
+    folder.path and os.makedirs(folder.path)
+    (folder / "study.json").write_text(json.dumps(asdict(study)))
+    _write_trial(folder / "results", "abc", 0, 0.5)
+    with pytest.raises(ValueError, match=r"study 'g' already exists in .* with 1 trial result; continue it with --resume"):
+        check_start(study, folder, resume=False, overwrite=False)
+    changed = StudyConfig(storage_path=str(tmp_path), name="g", autoscale=True, epochs=3, seeds=(0, 1, 2, 3))
+    with pytest.raises(ValueError, match=r"epochs: stored 8, now 3; seeds: stored \[0, 1, 2\], now \[0, 1, 2, 3\]"):
+        check_start(changed, folder, resume=True, overwrite=False)
+    faster = StudyConfig(storage_path=str(tmp_path), name="g", autoscale=False, max_concurrent_trials=1)
+    check_start(faster, folder, resume=True, overwrite=False)  # concurrency and autoscaling may change
+
+
+def test_lock_refuses_a_second_driver_and_takes_over_a_dead_one(tmp_path):
+    folder = location(tmp_path / "s")
+    held = acquire(folder)
+    with pytest.raises(LockHeld, match=rf"in use by another driver \(pid {os.getpid()} on host"):
+        acquire(folder)
+    held.release()
+    acquire(folder).release()  # released: free again
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (folder / ".lock").write_text(json.dumps({"host": socket.gethostname(), "pid": int(dead.stdout), "token": "x"}))
+    acquire(folder).release()  # that process is gone: stale, taken over
+    (folder / ".lock").write_text(json.dumps({"host": "elsewhere", "pid": 1, "token": "x"}))
+    with pytest.raises(LockHeld, match="rerun with --break-lock"):
+        acquire(folder)
+    acquire(folder, break_lock=True).release()
+
+
+def _write_trial(root, cid: str, seed: int, acc: float | None) -> None:
+    status = "TERMINATED" if acc is not None else "ERROR"
+    row = {"study": "t", "config_id": cid, "seed": seed, "trial_id": f"t{seed}", "status": status,
+           "error": "" if acc is not None else "FloatingPointError: nan", "scheme": "single", "layers": [0, 1],
+           "depth": 2, "val_mean_final": acc, "test_mean": acc, "val_Art_final": acc, "schema_version": 2}  # fmt: skip
+    write_table(root, TRIALS, row_key(cid, seed), [row], trial_schema(["Art"]))
+    if acc is not None:
+        write_table(root, EPOCHS, row_key(cid, seed), [{"config_id": cid, "seed": seed, "epoch": 1, "task": "Art",
+                                                        "val_acc": acc}], EPOCH_SCHEMA)  # fmt: skip
+
+
+@pytest.mark.parametrize("failed_first", [True, False])
+def test_every_parquet_client_reads_a_folder_with_a_failed_trial(tmp_path, failed_first):
+    import duckdb
+    import polars as pl
+
+    root = tmp_path / "results"
+    rows = [("aaa", 0, None), ("bbb", 0, 0.5), ("bbb", 1, 0.6)]  # file names sort the failed trial first
+    for cid, seed, acc in rows if failed_first else rows[::-1]:
+        _write_trial(root, cid, seed, acc)
+    folder = str(root / TRIALS)
+    df = pd.read_parquet(folder)
+    assert len(df) == 3 and df["val_mean_final"].dtype.kind == "f" and df["layers"].map(list).tolist() == [[0, 1]] * 3
+    table = pads.dataset(folder, partitioning="hive").to_table()
+    assert table.num_rows == 3 and str(table.schema.field("test_mean").type) == "double"
+    assert duckdb.sql(f"select count(*), avg(val_mean_final) from read_parquet('{folder}/*.parquet', "
+                      f"hive_partitioning=true)").fetchall() == [(3, pytest.approx(0.55))]  # fmt: skip
+    assert pl.scan_parquet(folder, hive_partitioning=True).collect().height == 3
+    assert len(load(root)) == 3 and list(load(root)["status"]).count("ERROR") == 1
+
+
+def test_loading_a_folder_without_results_names_it(tmp_path):
+    with pytest.raises(ValueError, match=f"no trials results in {tmp_path}/nothing/trials"):
+        load(tmp_path / "nothing")
