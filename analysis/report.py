@@ -3,7 +3,9 @@
     python analysis/report.py runs/studies/grouping/results                  # -> runs/studies/grouping/report/
     python analysis/report.py RESULTS --out /tmp/report --baselines runs/toy-baselines
 
-The same as `mmap-ray report`; the work is done by `mmap_ray.report` (pandas + matplotlib, no Ray).
+The same as `mmap-ray report`; the work is done by `mmap_ray.report` (pandas + matplotlib, no Ray). The
+report folder must be new, empty or written by an earlier report (its `.mmap-ray-report.json` lists the files
+it owns; nothing else there is overwritten or deleted).
 """
 
 import sys

@@ -5,7 +5,7 @@
     mmap-ray eval --run runs/NAME       # a trained run's test accuracy
     mmap-ray params --model ViT-B-16 --tasks Art,Clipart,Product,RealWorld \\
         --partition "Art+Clipart|Product+RealWorld"
-    mmap-ray report runs/studies/grouping/results   # tables and figures of a study
+    mmap-ray report ~/mmap-ray/studies/grouping/results   # tables and figures of a study
 
 Every subcommand validates its whole configuration before doing any work, and reports a bad value as
 one line naming the option, the value and what would be valid (exit status 2).

@@ -7,6 +7,15 @@ study and the notebooks share one implementation. Every section degrades to a no
 columns it needs are missing (a smoke study has one seed, a search has no affinity, a failed trial no
 accuracy), never to a crash.
 
+Identity. The leaderboard and every comparison group trials by `config_id` (the configuration without the
+training seed), never by a label: two partitions under one scheme name are two rows, and two schemes that
+chose the same configuration (e.g. gradient and look-ahead grouping) are one row that names both. Each row
+shows its scheme(s), partition, projection, prompt length and depth, plus whatever else varies.
+
+Ownership. The report folder is ours only if we wrote it: `.mmap-ray-report.json` lists the files we wrote,
+a rewrite removes only the figures listed there that are no longer produced, and a non-empty folder without
+it is refused.
+
     from mmap_ray.report import build_report
     paths = build_report("runs/studies/grouping/results")   # runs/studies/grouping/report/report.{md,html}
 """
@@ -17,9 +26,11 @@ import argparse
 import base64
 import html
 import json
+import os
 import re
 import sys
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,9 +55,17 @@ COMPARISONS = (
 METHOD_SLUGS = {label: slug for slug, label, _ in COMPARISONS}
 PROJECTION_METHODS = {proj: label for _, label, proj in COMPARISONS if proj}
 AFFINITY_LABELS = {"gradient": "gradient: cos(g_i, g_j)", "lookahead": "lookahead: TAG Z[i→j]"}
-CONFIG_KEYS = ("scheme", "projection", "n_tokens", "layers")
+# A leaderboard row: its configuration's identity, the settings always shown, and those shown when they vary
+CONFIG_ID = "config_id"
+SHOWN_KEYS = ("scheme", "partition", "projection", "n_tokens", "depth")
+VARYING_KEYS = ("layers", "combine", "lr", "epochs", "batch_size", "data_seed", "dataset", "model", "pretrained")
 MAX_AFFINITY_PANELS = 9
-NUMERIC = r"(val|test)_.+|trainable_params|total_params|device_hours|wall_s|epochs_run|seed|n_tokens|lr"
+NUMERIC = (
+    r"(val|test)_.+|trainable_params|total_params|device_hours|wall_s|epochs_run|epochs|seed|data_seed|n_tokens|"
+    r"depth|k|lr|batch_size"
+)
+MANIFEST = ".mmap-ray-report.json"  # in a report folder: the files `write_report` wrote there
+FIGURE_NAME = r"figures/[A-Za-z0-9_.-]+\.png"  # the only files a rewrite ever removes
 
 
 # ---- loading ------------------------------------------------------------------------------------------
@@ -82,33 +101,61 @@ def results_folder(path: str | Path | Location) -> Location:
     except OSError as e:  # an unreachable object store
         raise ValueError(f"cannot reach {path}: {e}") from None
     if not (root / TRIALS).is_dir():
-        raise ValueError(
-            f"{root} is not a study results folder: it has no {TRIALS}/ subfolder (trials/scheme=*/*.parquet)"
-        )
+        raise ValueError(f"{root} is not a study results folder: it has no {TRIALS}/ subfolder ({TRIALS}/*.parquet)")
     return root
+
+
+def _has_files(folder: Location) -> bool:
+    return bool(folder.glob("*.parquet"))
 
 
 def load_baselines(path: str | Path | Location) -> pd.DataFrame:
     """The comparison runs written by studies/toy_baselines.py (its --out folder or its results folder)."""
     root = _folder(path, BASELINES, "--baselines")
-    df = load(root, BASELINES) if (root / BASELINES).is_dir() else pd.DataFrame()
-    if df.empty:
+    if not _has_files(root / BASELINES):
         raise ValueError(
-            f"--baselines {path} holds no {BASELINES}/scheme=*/*.parquet rows (studies/toy_baselines.py writes them)"
+            f"--baselines {path} holds no {BASELINES}/*.parquet rows (studies/toy_baselines.py writes them)"
         )
-    return df
+    try:
+        return load(root, BASELINES)
+    except (ValueError, OSError) as e:  # only files of other tools, a newer schema, a damaged file
+        raise ValueError(f"--baselines {path}: cannot read the rows in {root / BASELINES}: {e}") from e
+
+
+def _table(root: Location, table: str) -> pd.DataFrame:
+    """`root/table` as a DataFrame, empty when it holds no Parquet file; ValueError naming `root` if unreadable."""
+    if not _has_files(root / table):
+        return pd.DataFrame()
+    try:
+        return load(root, table)
+    except (ValueError, OSError) as e:  # a newer schema, a damaged file, only files of other tools
+        raise ValueError(f"cannot read the results in {root}: {e}") from e
+
+
+def _load_tables(root: Location) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
+    """Trials and epochs, and the warnings of `load` (files it skipped), which are also re-issued."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trials, epochs = _table(root, TRIALS), _table(root, EPOCHS)
+    for w in caught:
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return trials, epochs, [str(w.message) for w in caught if w.category is UserWarning]
 
 
 def load_study(results: str | Path | Location, baselines: str | Path | Location | None = None) -> Study:
     """Trials, epochs, partitions.json and optional baselines of one study; ValueError if there is nothing to report."""
     root = results_folder(results)
-    try:
-        trials, epochs = load(root, TRIALS), load(root, EPOCHS)
-    except (ValueError, OSError) as e:  # a newer schema, a damaged file: say which folder
-        raise ValueError(f"cannot read the results in {root}: {e}") from e
+    trials, epochs, skipped = _load_tables(root)
     if trials.empty:
-        raise ValueError(f"{root} holds no trial rows yet ({TRIALS}/scheme=*/*.parquet): nothing to report")
+        raise ValueError(f"{root} holds no trial rows yet ({TRIALS}/*.parquet): nothing to report")
     study = Study(root, prepare(trials), epochs, {}, {}, pd.DataFrame())
+    study.notes += [f"Not read: {message}." for message in skipped]
+    repeats = int(study.trials.duplicated([CONFIG_ID, "seed"], keep=False).sum()) if "seed" in trials else 0
+    if repeats:
+        study.notes.append(
+            f"{repeats} trial rows repeat a (config_id, seed) pair (results of a study run twice before "
+            "schema v2): the leaderboard counts each of them as a seed."
+        )
     if study.epochs.empty:
         study.notes.append(f"No per-epoch table ({root / EPOCHS}): learning curves are left out.")
     side = root.parent / "partitions.json"
@@ -136,30 +183,51 @@ def numeric(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def prepare(trials: pd.DataFrame) -> pd.DataFrame:
-    """Trial rows with the columns the report derives: outcome, readable layers, trainable %, depth."""
+    """Trial rows with the columns the report derives: outcome, integer depth, trainable %.
+
+    `layers` stays a list per row (None: the backbone's default layers); `depth` is its length, nullable.
+    """
+    if CONFIG_ID not in trials:
+        raise ValueError(
+            f"the trial rows have no {CONFIG_ID!r} column: read them with mmap_ray.results.load, which upgrades "
+            "results of older schemas"
+        )
     df = numeric(trials)
+    df[CONFIG_ID] = df[CONFIG_ID].astype(str)
     status = df["status"].astype(str) if "status" in df else pd.Series("TERMINATED", index=df.index)
     stopped = df["early_stopped"].fillna(False).astype(bool) if "early_stopped" in df else False
     df["outcome"] = np.where(status != "TERMINATED", "failed", np.where(stopped, "stopped early", "completed"))
-    if "layers" in df:
-        df["layers"] = df["layers"].astype(str).replace({"None": "default", "nan": "default"})
-        df["depth"] = df["layers"].map(alignment_depth)
+    if "depth" not in df and "layers" in df:
+        df["depth"] = [None if _no_value(v) else len(v) for v in df["layers"]]
+    if "depth" in df:
+        df["depth"] = pd.to_numeric(df["depth"], errors="coerce").astype("Int64")
     if {"trainable_params", "total_params"} <= set(df.columns):
         df["trainable_pct"] = 100 * df["trainable_params"] / df["total_params"]
     return df
 
 
-def alignment_depth(layers: str) -> float:
-    """Number of alignment layers in '0-3', '0,2,4' or 'none'; NaN for the backbone-dependent default."""
-    if layers in ("default", "", "None"):
-        return float("nan")
-    if layers.lower() == "none":
-        return 0.0
-    count = 0
-    for part in layers.split(","):
-        lo, _, hi = part.partition("-")
-        count += int(hi) - int(lo) + 1 if hi else 1
-    return float(count)
+def _no_value(value: object) -> bool:
+    """None or a missing scalar (NaN, pd.NA); a list or array is a value, even an empty one."""
+    return value is None or (np.ndim(value) == 0 and bool(pd.isna(value)))
+
+
+def format_layers(layers: Iterable[int] | None) -> str:
+    """Block indices as text for display: [0, 1, 2] -> '0-2', [0, 2, 4] -> '0,2,4', [] -> 'none', None -> 'default'."""
+    if _no_value(layers):
+        return "default"
+    indices = sorted(int(i) for i in layers)
+    runs: list[list[int]] = []
+    for i in indices:
+        if runs and i == runs[-1][-1] + 1:
+            runs[-1].append(i)
+        else:
+            runs.append([i])
+    return ",".join(f"{r[0]}-{r[-1]}" if len(r) > 1 else str(r[0]) for r in runs) or "none"
+
+
+def scheme_names(labels: Iterable[object]) -> list[str]:
+    """The grouping schemes in scheme labels ('gradient, lookahead' names two), sorted, each once."""
+    return sorted({s.strip() for label in labels if not _no_value(label) for s in str(label).split(",") if s.strip()})
 
 
 def accuracy_columns(trials: pd.DataFrame) -> tuple[str | None, dict[str, str]]:
@@ -189,14 +257,44 @@ def completed(trials: pd.DataFrame) -> pd.DataFrame:
     return trials[trials["outcome"] == "completed"]
 
 
-def config_keys(trials: pd.DataFrame) -> list[str]:
-    return [k for k in CONFIG_KEYS if k in trials]
+def _as_shown(values: pd.Series, key: str) -> pd.Series:
+    """A setting's values as the report shows them: layers as text ('0-2'), categories as plain objects."""
+    if key == "layers":
+        return values.map(format_layers)
+    return values.astype(object) if isinstance(values.dtype, pd.CategoricalDtype) else values
+
+
+def configurations(trials: pd.DataFrame) -> pd.DataFrame:
+    """One row per `config_id` of `trials`: its scheme(s), the settings always shown, and those that vary.
+
+    `scheme` joins every scheme that chose the configuration ('gradient, lookahead'); the other settings are
+    part of the configuration, so each has one value per `config_id`. `layers` is shown (as text) only when
+    the depth does not tell it.
+    """
+    first = trials.drop_duplicates(CONFIG_ID).set_index(CONFIG_ID)
+    out = pd.DataFrame(index=first.index)
+    if "scheme" in trials:
+        out["scheme"] = trials.groupby(CONFIG_ID, sort=False)["scheme"].agg(lambda s: ", ".join(scheme_names(s)))
+    for key in SHOWN_KEYS[1:]:
+        if key in first:
+            out[key] = _as_shown(first[key], key)
+    for key in (k for k in VARYING_KEYS if k in first):
+        values = _as_shown(first[key], key)
+        text = values.astype(str)
+        if key == "layers" and "depth" in out:  # shown only where the depth does not tell it
+            varies = text.groupby(out["depth"].astype(str)).nunique().max() > 1
+        else:
+            varies = text.nunique() > 1
+        if varies:
+            out[key] = values
+    return out
 
 
 def leaderboard(trials: pd.DataFrame) -> pd.DataFrame:
-    """Completed trials grouped by configuration: mean, std (over seeds) of accuracy (%), params and costs.
+    """Completed trials grouped by `config_id`: mean, std (over seeds) of accuracy (%), params and costs.
 
-    Columns are a MultiIndex (quantity, statistic); rows are sorted by mean accuracy, best first.
+    Rows are indexed by the configuration's settings (`configurations`) and its `config_id`, last; columns
+    are a MultiIndex (quantity, statistic); rows are sorted by mean accuracy, best first.
     """
     metric, tasks = accuracy_columns(trials)
     done = completed(trials)
@@ -204,14 +302,16 @@ def leaderboard(trials: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame()
     acc = {col: f"{task} (%)" for task, col in tasks.items()} | {metric: "mean (%)"}
     extra = {"trainable_params": "trainable params", "trainable_pct": "trainable %", "device_hours": "device-h / trial"}
-    values = done[config_keys(done)].assign(
+    values = done[[CONFIG_ID]].assign(
         **{name: 100 * done[col] for col, name in acc.items()},
         **{name: done[col] for col, name in extra.items() if col in done},
     )
-    grouped = values.groupby(config_keys(done), observed=True, dropna=False)
+    grouped = values.groupby(CONFIG_ID, sort=False)
     table = grouped.agg(["mean", "std"])
     table[("trials", "n")] = grouped.size()
-    return table.sort_values(("mean (%)", "mean"), ascending=False)
+    settings = configurations(done).loc[table.index]
+    table.index = pd.MultiIndex.from_frame(settings.reset_index()[[*settings.columns, CONFIG_ID]])
+    return table.sort_values(("mean (%)", "mean"), ascending=False, kind="stable")
 
 
 def _cells(values: pd.Series, fmt: str) -> pd.Series:
@@ -237,8 +337,16 @@ def mean_std(table: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+def shown(table: pd.DataFrame) -> pd.DataFrame:
+    """A table with its index as columns, for Markdown and HTML: a missing depth reads 'default'."""
+    flat = table.reset_index()
+    if "depth" in flat:
+        flat["depth"] = flat["depth"].astype(object).where(flat["depth"].notna(), "default")
+    return flat
+
+
 def status_table(trials: pd.DataFrame) -> pd.DataFrame:
-    """Trials per scheme and outcome (completed, stopped early, failed)."""
+    """Trials per scheme label and outcome (completed, stopped early, failed)."""
     table = trials.pivot_table(
         index="scheme", columns="outcome", values="trial_id", aggfunc="count", fill_value=0, observed=True
     )
@@ -248,8 +356,23 @@ def status_table(trials: pd.DataFrame) -> pd.DataFrame:
 
 
 def failures(trials: pd.DataFrame) -> pd.DataFrame:
-    cols = [c for c in ("trial_id", "scheme", "seed", "epochs_run", "error") if c in trials]
+    cols = [c for c in ("trial_id", "scheme", "partition", "seed", "epochs_run", "error") if c in trials]
     return trials.loc[trials["outcome"] == "failed", cols].reset_index(drop=True)
+
+
+def _word(key: str, value: object) -> str:
+    """A setting as a label shows it: the scheme and partition bare, others as 'key value'."""
+    if key in ("scheme", "partition"):
+        return str(value)
+    if key == CONFIG_ID:
+        return f"config {str(value)[:8]}"
+    return f"{key} {'default' if _no_value(value) else value}"
+
+
+def describe(settings: pd.Series) -> str:
+    """One configuration (a row of `configurations`, with its config_id) in a few words, scheme first."""
+    words = [_word(k, v) for k, v in settings.items() if k != CONFIG_ID]
+    return ", ".join(words) + (f" ({_word(CONFIG_ID, settings[CONFIG_ID])})" if CONFIG_ID in settings else "")
 
 
 def study_comparisons(trials: pd.DataFrame) -> pd.DataFrame:
@@ -257,12 +380,10 @@ def study_comparisons(trials: pd.DataFrame) -> pd.DataFrame:
     board = leaderboard(trials)
     if board.empty or "projection" not in board.index.names:
         return pd.DataFrame()
-    best = board.groupby(level="projection", observed=True, sort=False).head(1)
-    config = best.index.to_frame(index=False).astype(str)
-    source = config.drop(columns="projection").apply(
-        lambda r: "study: " + ", ".join(f"{k} {v}" for k, v in r.items()), axis=1
-    )
-    best.index = pd.Index(config["projection"].map(lambda p: PROJECTION_METHODS.get(p, p)), name="method")
+    best = board.groupby(level="projection", sort=False).head(1).copy()
+    settings = best.index.to_frame(index=False)
+    source = settings.drop(columns="projection").apply(lambda r: "study: " + describe(r), axis=1)
+    best.index = pd.Index(settings["projection"].map(lambda p: PROJECTION_METHODS.get(p, p)), name="method")
     best[("source", "")] = source.to_numpy()
     return best
 
@@ -306,9 +427,11 @@ def comparisons(study: Study) -> pd.DataFrame:
 
 
 def ablation_table(trials: pd.DataFrame, setting: str) -> pd.DataFrame:
-    """Accuracy (%) of completed trials per value of `setting` and scheme: mean, std, count."""
+    """Accuracy (%) of completed trials per integer value of `setting` (n_tokens, depth) and scheme label:
+    mean, std, count."""
     metric, _ = accuracy_columns(trials)
-    done = completed(trials).dropna(subset=[setting]).assign(acc=lambda d: 100 * d[metric])
+    done = completed(trials).dropna(subset=[setting])
+    done = done.assign(acc=100 * done[metric], **{setting: done[setting].astype("int64")})
     return done.pivot_table(
         index=setting, columns="scheme", values="acc", aggfunc=["mean", "std", "count"], observed=True
     )
@@ -325,7 +448,8 @@ def overview(study: Study) -> pd.DataFrame:
         "pretrained": first("pretrained"),
         "tasks": ", ".join(tasks) or "–",
         "trials": len(t),
-        "schemes": first("scheme"),
+        "configurations": t[CONFIG_ID].nunique(),
+        "schemes": ", ".join(scheme_names(t["scheme"].unique())) if "scheme" in t else "–",
         "seeds": first("seed"),
         "ranked by": METRIC_LABELS.get(metric, "–"),
         "device-hours, all trials": f"{t['device_hours'].sum():.3f}" if "device_hours" in t else "–",
@@ -341,12 +465,21 @@ def overview(study: Study) -> pd.DataFrame:
 
 
 def config_labels(index: pd.MultiIndex | pd.Index) -> list[str]:
-    """Short labels for configurations: the scheme plus whichever other settings vary."""
-    frame = index.to_frame(index=False).astype(str)
-    varying = [c for c in frame.columns if c == "scheme" or frame[c].nunique() > 1]
-    return [
-        ", ".join(v if k == "scheme" else f"{k} {v}" for k, v in row.items()) for _, row in frame[varying].iterrows()
-    ]
+    """Short labels for a leaderboard's configurations: the scheme(s) plus whichever settings vary.
+
+    The partition, then the config id's first 8 digits, are added only to labels that would be equal without
+    them (a random scheme that drew two partitions: 'random, Art|Clipart+Product+RealWorld').
+    """
+    frame = index.to_frame(index=False)
+    text = pd.DataFrame({k: [_word(k, v) for v in frame[k]] for k in frame}, index=frame.index)
+    varies = frame.astype(str).nunique() > 1
+    always = [k for k in text if k == "scheme" or (k not in ("partition", CONFIG_ID) and varies[k])]
+    labels = text[always].apply(", ".join, axis=1) if always else pd.Series("", index=frame.index)
+    for key in ("partition", CONFIG_ID):
+        clash = labels.duplicated(keep=False)
+        if key in text and clash.any():
+            labels = labels.where(~clash, (labels + ", " + text[key]).str.lstrip(", "))
+    return labels.tolist()
 
 
 def tradeoff_figure(study: Study):
@@ -512,11 +645,11 @@ def sections(study: Study, figures_dir: Path, figures: list[Path]) -> list[Secti
     board = leaderboard(t)
     s = Section(
         "Leaderboard",
-        f"Completed trials by grouping scheme and prompt settings, best first: {what} in %, "
-        "mean ± std over seeds (std left out for one seed), trainable parameters and their share of the "
-        "model, device-hours per trial.",
+        f"Completed trials by configuration (`config_id`: the settings without the training seed), best first: "
+        f"{what} in %, mean ± std over seeds (std left out for one seed), trainable parameters and their share "
+        "of the model, device-hours per trial. A configuration that two schemes chose is one row naming both.",
     )
-    s.tables.append(mean_std(board).reset_index()) if not board.empty else s.notes.append(
+    s.tables.append(shown(mean_std(board))) if not board.empty else s.notes.append(
         "No completed trial with an accuracy: no leaderboard."
     )
     if not board.empty and board[("trials", "n")].max() == 1:
@@ -601,9 +734,13 @@ def sections(study: Study, figures_dir: Path, figures: list[Path]) -> list[Secti
 
 
 def markdown_table(df: pd.DataFrame) -> str:
-    """GitHub Markdown via pandas (needs `tabulate`); without it, pandas' plain text in a code block."""
+    """GitHub Markdown via pandas (needs `tabulate`); without it, pandas' plain text in a code block.
+
+    A '|' in a cell (a partition) is escaped, so it does not split the cell.
+    """
+    escape = lambda v: v.replace("|", r"\|") if isinstance(v, str) else v
     try:
-        return df.to_markdown(index=False)
+        return df.apply(lambda col: col.map(escape)).rename(columns=escape).to_markdown(index=False)
     except ImportError:
         return "```\n" + df.to_string(index=False) + "\n```"
 
@@ -653,21 +790,64 @@ def build_report(
 
 
 def write_report(study: Study, out: str | Path | None = None) -> ReportPaths:
-    """`build_report` for a study already loaded (`load_study`)."""
+    """`build_report` for a study already loaded (`load_study`).
+
+    Writes only files it owns: a new or empty folder, or one whose manifest says a report was written there.
+    """
     folder = Path(out) if out is not None else default_out(study.results)
+    previous = claim_folder(folder)
+    own = ["report.md", "report.html"]
+    folder.mkdir(parents=True, exist_ok=True)
+    # claimed before anything is written: an interrupted report leaves a folder we may rewrite
+    _write_manifest(folder, sorted({*previous, *own}))
     figures_dir = folder / "figures"
-    if figures_dir.is_dir():
-        for old in figures_dir.glob("*.png"):  # a figure no longer produced must not linger
-            old.unlink()
     figures: list[Path] = []
     parts = sections(study, figures_dir, figures)
     name = ", ".join(sorted(map(str, study.trials["study"].dropna().unique()))) if "study" in study.trials else ""
     title = f"Study report: {name or study.results.parent.name}"
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = ReportPaths(folder / "report.md", folder / "report.html", figures)
+    paths = ReportPaths(folder / own[0], folder / own[1], figures)
     paths.markdown.write_text(render_markdown(title, parts))
     paths.html.write_text(render_html(title, parts, figures_dir))
+    written = [*own, *(f"figures/{f.name}" for f in figures)]
+    for stale in set(previous) - set(written):
+        if re.fullmatch(FIGURE_NAME, stale):  # a figure of the last report that this one no longer draws
+            (folder / stale).unlink(missing_ok=True)
+    _write_manifest(folder, written)
     return paths
+
+
+def claim_folder(folder: Path) -> list[str]:
+    """The files the last report wrote in `folder` (its manifest), [] for a new or empty folder.
+
+    ValueError, one line naming the folder, for a file, a non-empty folder without a manifest (not ours: its
+    files are left alone) or a manifest that is not one.
+    """
+    choose = "choose an empty or new folder (--out)"
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"report folder {folder} is a file, not a folder: {choose}")
+    manifest = folder / MANIFEST
+    if not manifest.is_file():
+        if folder.is_dir() and any(folder.iterdir()):
+            raise ValueError(
+                f"report folder {folder} is not empty and has no {MANIFEST} (mmap-ray report did not write it, "
+                f"so it will not overwrite or delete anything there): {choose}"
+            )
+        return []
+    try:
+        files = json.loads(manifest.read_text())["files"]
+    except (ValueError, KeyError, TypeError):
+        files = None
+    if not isinstance(files, list) or not all(isinstance(f, str) for f in files):
+        raise ValueError(f"{manifest} is not a report manifest (a JSON object with a 'files' list): {choose}")
+    return files
+
+
+def _write_manifest(folder: Path, files: list[str]) -> None:
+    """`folder/.mmap-ray-report.json`, written whole (a temporary file renamed into place)."""
+    text = json.dumps({"written_by": "mmap-ray report", "files": files}, indent=1) + "\n"
+    tmp = folder / f"{MANIFEST}.tmp{os.getpid()}"
+    tmp.write_text(text)
+    os.replace(tmp, folder / MANIFEST)
 
 
 # ---- command line -------------------------------------------------------------------------------------
@@ -678,7 +858,8 @@ def add_report_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--out",
         default=None,
-        help="local report folder (default: RESULTS/../report; for s3:// or gs:// results, ./STUDY-report)",
+        help="local report folder, new, empty or written by an earlier report (default: RESULTS/../report; for "
+        "s3:// or gs:// results, ./STUDY-report)",
     )
     p.add_argument(
         "--baselines", default=None, help="the output folder of studies/toy_baselines.py, for the comparisons"

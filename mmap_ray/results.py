@@ -135,6 +135,8 @@ def _read(where: Location) -> pd.DataFrame | None:
     """One file as a current-schema DataFrame; None (with a warning) for a file that is not ours."""
     arrow = pq.read_table(where.path, filesystem=where.filesystem())
     version = _version(arrow)
+    if version is None and where.parent.name.startswith("scheme="):
+        version = 1  # the v1 layout, written before the metadata key existed
     if version is None:
         warnings.warn(f"skipping {where}: a Parquet file without mmap-ray's schema version (not ours)", stacklevel=3)
         return None

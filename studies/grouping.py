@@ -150,7 +150,11 @@ def main(argv: list[str] | None = None) -> int:
     if len(failed):
         print(f"{len(failed)} trials errored (their rows have status ERROR and the reason in `error`):")
         print(failed.to_string(index=False, max_colwidth=160))
-    report = write_report(done)
+    try:
+        report = write_report(done)
+    except (ValueError, OSError) as e:  # e.g. a report folder we did not write: the study's results stand
+        print(f"report: not written: {e}", file=sys.stderr)
+        return 0
     print(f"report: {report.html} (Markdown: {report.markdown})")
     return 0
 

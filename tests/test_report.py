@@ -1,5 +1,6 @@
-"""The study report: from a real smoke study's output, and from fabricated rows with failures, ASHA stops,
-ablations, baselines and missing files or columns; the walkthrough notebook runs top to bottom."""
+"""The study report: from a real smoke study's output, and from fabricated schema-v2 rows with failures, ASHA
+stops, ablations, baselines, missing files or columns and a stray foreign Parquet file; the leaderboard groups
+by config_id; the report writes only files it owns; the walkthrough notebook runs top to bottom."""
 
 from __future__ import annotations
 
@@ -14,20 +15,35 @@ import matplotlib.image
 import nbclient
 import nbformat
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from mmap_ray.cli import main as mmap_ray
 from mmap_ray.plots import pareto_front
 from mmap_ray.report import (
     COMPARISONS,
-    alignment_depth,
+    MANIFEST,
     build_report,
     comparisons,
+    config_labels,
+    format_layers,
     leaderboard,
     load_study,
     status_table,
+    write_report,
 )
-from mmap_ray.results import EPOCHS, TRIALS, write_table
+from mmap_ray.results import (
+    EPOCH_SCHEMA,
+    EPOCHS,
+    SCHEMA_VERSION,
+    TRIALS,
+    canonical_json,
+    config_id,
+    row_key,
+    trial_schema,
+    write_table,
+)
 from mmap_ray.storage import Location, location
 
 REPO = Path(__file__).resolve().parent.parent
@@ -37,21 +53,28 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 # ---- fabricated studies -------------------------------------------------------------------------------
 
+PLANTED = "Art+Clipart|Product+RealWorld"
+SHARED = "Art+Clipart+Product+RealWorld"
+
 
 def _trial(tid: str, scheme: str, seed: int, acc: float, *, status: str = "TERMINATED", early: bool = False,
-           n_tokens: int = 8, layers: str = "0-3", params: int = 4698, epochs_run: int = 4) -> dict:  # fmt: skip
+           n_tokens: int = 8, layers: tuple[int, ...] = (0, 1, 2, 3), params: int = 4698, epochs_run: int = 4,
+           partition: str = PLANTED, lr: float = 2e-3) -> dict:  # fmt: skip
+    """A schema-v2 trial row; its config_id hashes the configuration (not the scheme, not the seed)."""
     ok = status == "TERMINATED"
+    config = {"partition": partition, "n_tokens": n_tokens, "layers": list(layers), "projection": "kron",
+              "combine": "concat", "lr": lr, "epochs": 4, "batch_size": 16, "dataset": "toy", "model": "tiny",
+              "pretrained": "none", "data_seed": 0}  # fmt: skip
     row = {
-        "study": "fab", "trial_id": tid, "scheme": scheme, "status": status, "error": "" if ok else f"/tmp/{tid}/error.txt",
-        "early_stopped": early, "partition": "Art+Clipart|Product+RealWorld", "k": 2, "seed": seed,
-        "n_tokens": n_tokens, "layers": layers, "projection": "kron", "combine": "concat", "lr": 2e-3, "epochs": 4,
-        "batch_size": 16, "dataset": "toy", "model": "tiny", "pretrained": "none", "epochs_run": epochs_run,
+        **config, "study": "fab", "config_id": config_id(config), "config": canonical_json(config), "seed": seed,
+        "trial_id": tid, "scheme": scheme, "status": status, "error": "" if ok else f"/tmp/{tid}/error.txt",
+        "early_stopped": early, "k": partition.count("|") + 1, "depth": len(layers), "epochs_run": epochs_run,
         "trainable_params": params if ok else None, "total_params": 3_845_000 + params if ok else None,
         "val_mean_final": acc if ok else None, "val_mean_best": acc + 0.01 if ok else None,
         "test_mean": acc if ok else None, "wall_s": 36.0, "device_hours": 0.01, "device_kind": "cpu",
-        "schema_version": 1, "git_commit": "abc123",
+        "schema_version": SCHEMA_VERSION, "git_commit": "abc123",
     }  # fmt: skip
-    if ok:  # a failed trial has no history, hence no per-task columns at all
+    if ok:  # a failed trial has no history: its per-task columns are typed nulls
         for i, t in enumerate(TASKS):
             row |= {
                 f"val_{t}_final": acc + 0.01 * i,
@@ -64,6 +87,9 @@ def _trial(tid: str, scheme: str, seed: int, acc: float, *, status: str = "TERMI
 def _epochs(row: dict) -> list[dict]:
     return [
         {
+            "study": row["study"],
+            "config_id": row["config_id"],
+            "seed": row["seed"],
             "trial_id": row["trial_id"],
             "epoch": e,
             "task": t,
@@ -76,6 +102,15 @@ def _epochs(row: dict) -> list[dict]:
     ]
 
 
+def write_rows(results: Path | Location, rows: list[dict], *, epochs: bool = True) -> None:
+    """Each row as the study writes it: trials/<config_id>-s<seed>.parquet and its epochs."""
+    for row in rows:
+        key = row_key(row["config_id"], row["seed"])
+        write_table(results, TRIALS, key, [row], trial_schema(list(TASKS)))
+        if epochs and row["epochs_run"]:
+            write_table(results, EPOCHS, key, _epochs(row), EPOCH_SCHEMA)
+
+
 def fabricate(
     where: Path | str, *, epochs: bool = True, partitions: bool = True, drop: tuple[str, ...] = ()
 ) -> Location:
@@ -84,26 +119,23 @@ def fabricate(
     root = location(where)
     results = root / "results"
     rows, n = [], 0
-    for scheme, base in (("single", 0.70), ("gradient", 0.74)):
-        for n_tokens, layers, bonus in ((2, "0-1", 0.0), (8, "0-3", 0.02)):
+    for scheme, partition, base in (("single", SHARED, 0.70), ("gradient", PLANTED, 0.74)):
+        for n_tokens, layers, bonus in ((2, (0, 1), 0.0), (8, (0, 1, 2, 3), 0.02)):
             for seed in (0, 1, 2):
                 rows.append(_trial(f"t{n:03d}", scheme, seed, base + bonus + 0.01 * seed, n_tokens=n_tokens,
-                                   layers=layers, params=1000 * n_tokens))  # fmt: skip
+                                   layers=layers, params=1000 * n_tokens, partition=partition))  # fmt: skip
                 n += 1
     rows.append(_trial("t100", "gradient", 3, 0.0, status="ERROR", epochs_run=0))
     rows.append(_trial("t101", "gradient", 4, 0.40, early=True, epochs_run=2))
-    rows.append(_trial("t102", "single", 4, 0.35, early=True, epochs_run=2))
-    for row in rows:
-        row = {k: v for k, v in row.items() if not any(k.startswith(d) for d in drop)}
-        write_table(results, TRIALS, row["scheme"], row["trial_id"], [row])
-        if epochs and row["epochs_run"]:
-            write_table(results, EPOCHS, row["scheme"], row["trial_id"], _epochs(row))
+    rows.append(_trial("t102", "single", 4, 0.35, early=True, epochs_run=2, partition=SHARED))
+    write_rows(results, [{k: v for k, v in r.items() if not any(k.startswith(d) for d in drop)} for r in rows],
+               epochs=epochs)  # fmt: skip
     if partitions:
         affinity = {
             f"gradient/{s}": {"tasks": list(TASKS), "matrix": (np.eye(4) * 0.8 + 0.1 * s).tolist()} for s in (0, 1)
         }
-        saved = {"partitions": {"gradient/0": "Art+Clipart|Product+RealWorld", "gradient/1": "Art+Product|Clipart+RealWorld",
-                                "single/0": "Art+Clipart+Product+RealWorld"}, "affinity": affinity}  # fmt: skip
+        saved = {"partitions": {"gradient/0": PLANTED, "gradient/1": "Art+Product|Clipart+RealWorld",
+                                "single/0": SHARED}, "affinity": affinity}  # fmt: skip
         (root / "partitions.json").write_text(json.dumps(saved))
     return results
 
@@ -114,7 +146,7 @@ def fabricate_baselines(root: Path) -> Path:
             params = {"zero-shot": 0, "full-ft": 3_845_249}.get(slug, 9000)
             row = {"method": label, "seed": seed, "test_mean": 0.6 + 0.03 * len(slug) + 0.01 * seed,
                    **{f"test_{t}": 0.6 for t in TASKS}, "trainable_params": params, "total_params": 3_850_000}  # fmt: skip
-            write_table(root / "results", "baselines", slug, f"seed{seed}", [row])
+            write_table(root / "results", "baselines", f"{slug}-seed{seed}", [row])
     return root
 
 
@@ -128,26 +160,126 @@ def _check_pngs(paths: list[Path]) -> None:
 # ---- fast tests on fabricated rows --------------------------------------------------------------------
 
 
-def test_pareto_front_and_depth():
+def test_pareto_front_and_layer_text():
     front = pareto_front([1000, 2000, 2000, 5000, 800, np.nan], [80, 85, 84, 85, 70, 99])
     assert front.tolist() == [True, True, False, False, True, False]  # 5000 is dominated by 2000 at equal accuracy
-    assert [alignment_depth(x) for x in ("0-3", "0,2,4", "0-2,5", "none")] == [4, 3, 4, 0]
-    assert np.isnan(alignment_depth("default"))
+    shown = [format_layers(x) for x in ([0, 1, 2, 3], np.array([4, 0, 2]), [0, 1, 2, 5], [], None, np.nan)]
+    assert shown == ["0-3", "0,2,4", "0-2,5", "none", "default", "default"]
 
 
 def test_tables_count_outcomes_and_average_completed_trials(tmp_path):
     study = load_study(fabricate(tmp_path))
     status = status_table(study.trials)
     assert status.loc["gradient"].tolist() == [6, 1, 1, 8] and status.loc["single"].tolist() == [6, 1, 0, 7]
+    assert study.trials["depth"].dtype == "Int64" and list(study.trials["layers"].iloc[0]) == [0, 1]
     board = leaderboard(study.trials)
     assert len(board) == 4 and (board[("trials", "n")] == 3).all()  # failed and ASHA-stopped trials left out
     best = board.iloc[0]
-    assert board.index[0] == ("gradient", "kron", 8, "0-3")
+    assert board.index.names == ["scheme", "partition", "projection", "n_tokens", "depth", "config_id"]
+    assert board.index[0][:5] == ("gradient", PLANTED, "kron", 8, 4)
+    assert board.index[0][5] == study.trials.loc[study.trials["trial_id"] == "t100", "config_id"].item()
     assert best[("mean (%)", "mean")] == pytest.approx(100 * (0.76 + 0.77 + 0.78) / 3)
     assert best[("mean (%)", "std")] == pytest.approx(1.0)  # sample std over seeds 0, 1, 2
     assert best[("Art (%)", "mean")] == pytest.approx(100 * (0.77 - 0.015))
     assert best[("trainable params", "mean")] == 8000
     assert best[("trainable %", "mean")] == pytest.approx(100 * 8000 / 3_853_000)
+
+
+def test_leaderboard_groups_by_configuration_not_by_scheme_label(tmp_path):
+    other = "Art|Clipart+Product+RealWorld"
+    rows = [  # random drew two partitions; gradient and lookahead chose one configuration for seeds 0 and 1
+        _trial("r0", "random", 0, 0.70, partition=other), _trial("r1", "random", 1, 0.72, partition=other),
+        _trial("r2", "random", 2, 0.60, partition="Art+Clipart+RealWorld|Product"),
+        _trial("g0", "gradient, lookahead", 0, 0.80), _trial("g1", "gradient, lookahead", 1, 0.82),
+        _trial("g2", "gradient", 2, 0.81), _trial("l2", "lookahead", 2, 0.75, partition="Art+Product|Clipart+RealWorld"),
+    ]  # fmt: skip
+    write_rows(tmp_path, rows)
+    trials = load_study(tmp_path).trials
+    board = leaderboard(trials)
+    by_config = board[("trials", "n")].droplevel([0, 1, 2, 3, 4])
+    assert by_config.to_dict() == trials.groupby("config_id")["seed"].count().to_dict()  # one row per config_id
+    schemes = board.index.get_level_values("scheme").tolist()
+    assert sorted(schemes) == ["gradient, lookahead", "lookahead", "random", "random"]
+    assert schemes[0] == "gradient, lookahead" and board[("trials", "n")].iloc[0] == 3  # all three seeds, one row
+    random = board.xs("random", level="scheme")
+    assert sorted(random.index.get_level_values("partition")) == ["Art+Clipart+RealWorld|Product", other]
+    assert sorted(random[("trials", "n")]) == [1, 2]
+    labels = config_labels(board.index)
+    assert labels[0] == "gradient, lookahead" and f"random, {other}" in labels  # short, unique, no hashes
+    assert len(set(labels)) == len(labels) and not any("config " in label for label in labels)
+
+
+def test_leaderboard_shows_a_setting_only_when_it_varies(tmp_path):
+    rows = [_trial(f"a{s}", "single", s, 0.7, partition=SHARED) for s in (0, 1)]
+    rows += [_trial(f"b{s}", "single", s, 0.8, partition=SHARED, lr=1e-3) for s in (0, 1)]
+    rows += [_trial(f"c{s}", "single", s, 0.6, partition=SHARED, layers=(0, 2, 4, 6)) for s in (0, 1)]
+    write_rows(tmp_path, rows)
+    board = leaderboard(load_study(tmp_path).trials)
+    assert len(board) == 3 and {"lr", "layers"} <= set(board.index.names)  # depth 4 both: the layers tell them apart
+    assert sorted(board.index.get_level_values("layers")) == ["0,2,4,6", "0-3", "0-3"]
+    assert config_labels(board.index) == ["single, layers 0-3, lr 0.001", "single, layers 0-3, lr 0.002",
+                                          "single, layers 0,2,4,6, lr 0.002"]  # fmt: skip
+    only_depth = leaderboard(load_study(fabricate(tmp_path / "fab")).trials)
+    assert "layers" not in only_depth.index.names and "lr" not in only_depth.index.names
+
+
+def test_a_foreign_parquet_file_is_skipped_with_a_warning_naming_it(tmp_path):
+    results = fabricate(tmp_path / "study")
+    stray = Path(results.path) / TRIALS / "stray.parquet"
+    pq.write_table(pa.table({"scheme": ["x"], "test_mean": [0.99]}), stray)  # no mmap-ray schema metadata
+    with pytest.warns(UserWarning, match="stray.parquet"):
+        study = load_study(results)
+    assert len(study.trials) == 15 and 99.0 not in leaderboard(study.trials)[("mean (%)", "mean")].round(1).tolist()
+    md = write_report(study, tmp_path / "out").markdown.read_text()
+    assert "Not read: skipping" in md and "stray.parquet" in md
+
+
+def _files(folder: Path) -> dict[Path, bytes]:
+    return {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def test_out_refuses_a_folder_it_did_not_write_and_leaves_it_untouched(tmp_path, capsys):
+    results = fabricate(tmp_path / "study")
+    foreign = tmp_path / "mine"
+    (foreign / "figures").mkdir(parents=True)
+    (foreign / "report.md").write_text("my own notes")
+    (foreign / "figures" / "plot.png").write_bytes(PNG)
+    before = _files(foreign)
+    assert mmap_ray(["report", str(results), "--out", str(foreign)]) == 2
+    err = capsys.readouterr().err
+    assert f"report folder {foreign} is not empty" in err and "choose an empty or new folder" in err
+    assert err.count("\n") == 1 and _files(foreign) == before
+    default = tmp_path / "study" / "report"  # the default folder follows the same rule
+    default.mkdir()
+    (default / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="is not empty and has no .mmap-ray-report.json"):
+        build_report(results)
+    assert _files(default) == {default / "notes.txt": b"mine"}
+    (tmp_path / "empty").mkdir()  # an empty folder, or a missing one, is fine
+    assert len(build_report(results, out=tmp_path / "empty").figures) == 5
+    assert len(build_report(results, out=tmp_path / "new" / "report").figures) == 5
+
+
+def test_a_rewrite_removes_only_the_figures_it_no_longer_draws(tmp_path):
+    results = fabricate(tmp_path / "study")
+    out = tmp_path / "report"
+    build_report(results, out=out)
+    (out / "figures" / "mine.png").write_bytes(PNG)
+    (out / "notes.md").write_text("mine")
+    manifest = json.loads((out / MANIFEST).read_text())
+    manifest["files"] += ["notes.md", "figures/../notes.md"]  # a tampered manifest deletes nothing of the user's
+    (out / MANIFEST).write_text(json.dumps(manifest))
+    (tmp_path / "study" / "partitions.json").unlink()  # the next report draws no affinity figure
+    second = build_report(results, out=out)
+    assert not (out / "figures" / "affinity.png").exists()
+    assert (out / "figures" / "mine.png").read_bytes() == PNG and (out / "notes.md").read_text() == "mine"
+    drawn = [p.name for p in second.figures]
+    assert sorted(p.name for p in (out / "figures").iterdir()) == sorted([*drawn, "mine.png"])
+    listed = json.loads((out / MANIFEST).read_text())["files"]
+    assert sorted(listed) == sorted(["report.md", "report.html", *(f"figures/{name}" for name in drawn)])
+    (out / MANIFEST).write_text("[]")
+    with pytest.raises(ValueError, match="is not a report manifest"):
+        build_report(results, out=out)
 
 
 def test_report_from_a_study_with_failed_and_early_stopped_trials(tmp_path):
@@ -171,13 +303,13 @@ def test_report_from_a_study_with_failed_and_early_stopped_trials(tmp_path):
 
 
 def test_missing_optional_files_and_columns_degrade_to_notes(tmp_path):
-    results = fabricate(tmp_path, epochs=False, partitions=False, drop=("test_", "total_params", "layers"))
+    results = fabricate(tmp_path, epochs=False, partitions=False, drop=("test_", "total_params", "layers", "depth"))
     paths = build_report(results, out=tmp_path / "out")
     md = paths.markdown.read_text()
     assert "No per-epoch table" in md and "partitions.json: the task-affinity matrices are left out" in md
     assert "no test accuracy: the tables use the final validation accuracy" in md
     assert "No per-epoch rows: no learning curves" in md and "Not in these results: zero-shot" in md
-    assert "No depth or accuracy column" in md
+    assert "'Accuracy vs alignment depth': every completed trial has the default alignment layers" in md
     assert sorted(p.name for p in paths.figures) == ["ablation-prompt-length.png", "tradeoff.png"]
     _check_pngs(paths.figures)
     assert "trainable %" not in md  # no total_params: no percentage column
@@ -194,7 +326,7 @@ def test_report_from_object_storage(s3, tmp_path, monkeypatch):
 
 
 def test_only_failed_trials_still_report(tmp_path):
-    write_table(tmp_path, TRIALS, "gradient", "t0", [_trial("t0", "gradient", 0, 0.0, status="ERROR", epochs_run=0)])
+    write_rows(tmp_path, [_trial("t0", "gradient", 0, 0.0, status="ERROR", epochs_run=0)])
     paths = build_report(tmp_path, out=tmp_path / "out")
     md = paths.markdown.read_text()
     assert "No completed trial with an accuracy" in md and "/tmp/t0/error.txt" in md
@@ -205,9 +337,9 @@ def _bad_results(kind: str, root: Path) -> Path:
     if kind == "missing":
         return root / "missing"
     if kind in ("empty", "damaged"):
-        (root / TRIALS / "scheme=x").mkdir(parents=True)
+        (root / TRIALS).mkdir(parents=True)
     if kind == "damaged":
-        (root / TRIALS / "scheme=x" / "a.parquet").write_text("not parquet")
+        (root / TRIALS / "a.parquet").write_text("not parquet")
     return root
 
 
@@ -273,9 +405,8 @@ def test_smoke_study_ends_with_its_report(smoke):
     assert len(board) == 2 and (board[("trials", "n")] == 1).all()
 
 
-@pytest.mark.slow
-def test_walkthrough_notebook_runs_on_the_smoke_study(smoke, monkeypatch):
-    results, _ = smoke
+def run_walkthrough(results: Path | Location, monkeypatch) -> list:
+    """Execute analysis/walkthrough.ipynb on `results`; its code cells' outputs."""
     monkeypatch.setenv("MMAP_RAY_RESULTS", str(results))
     nb = nbformat.read(REPO / "analysis" / "walkthrough.ipynb", as_version=4)
     assert not any(c.get("outputs") for c in nb.cells if c.cell_type == "code")  # committed without outputs
@@ -285,3 +416,17 @@ def test_walkthrough_notebook_runs_on_the_smoke_study(smoke, monkeypatch):
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
     assert sum("image/png" in o.get("data", {}) for o in outputs) >= 2  # its own plot and the report's figures
+    return outputs
+
+
+def test_walkthrough_notebook_runs_on_fabricated_results(tmp_path, monkeypatch):
+    outputs = run_walkthrough(fabricate(tmp_path / "study"), monkeypatch)
+    text = "".join(o.get("data", {}).get("text/plain", "") + o.get("text", "") for o in outputs)
+    assert PLANTED in text and "gradient" in text
+    assert not (tmp_path / "study" / "report").exists()  # the notebook writes its report to a temporary folder
+
+
+@pytest.mark.slow
+def test_walkthrough_notebook_runs_on_the_smoke_study(smoke, monkeypatch):
+    results, _ = smoke
+    run_walkthrough(results, monkeypatch)

@@ -43,13 +43,13 @@ def test_s3_read_write_glob_and_results_roundtrip(s3):
     check_reachable(root)
     (root / "a" / "x.json").write_text("{}")
     assert (root / "a" / "x.json").read_text() == "{}" and (root / "a").is_dir() and not (root / "b").exists()
-    write_table(root / "results", "trials", "gradient", "t1", ROWS)
-    write_table(root / "results", "trials", "single", "t2", [{**ROWS[0], "trial_id": "t2"}])
-    write_table(root / "results", "trials", "single", "t2", [{**ROWS[0], "trial_id": "t2", "val_mean_final": 0.75}])
+    write_table(root / "results", "trials", "a-s0", ROWS)
+    write_table(root / "results", "trials", "b-s0", [{**ROWS[0], "trial_id": "t2"}])
+    write_table(root / "results", "trials", "b-s0", [{**ROWS[0], "trial_id": "t2", "val_mean_final": 0.75}])
     df = load(root / "results")  # the URI string works as well as the Location
-    assert sorted(df["trial_id"]) == ["t1", "t2"] and set(df["scheme"]) == {"gradient", "single"}
+    assert sorted(df["trial_id"]) == ["t1", "t2"]
     assert df.set_index("trial_id").loc["t2", "val_mean_final"] == 0.75  # rewritten, not duplicated
-    assert [d.name for d in (root / "results" / "trials").dirs()] == ["scheme=gradient", "scheme=single"]
+    assert [f.name for f in (root / "results" / "trials").glob("*")] == ["a-s0.parquet", "b-s0.parquet"]
 
 
 def test_missing_bucket_and_unreachable_endpoint_fail_clearly(s3):
@@ -63,16 +63,16 @@ def test_missing_bucket_and_unreachable_endpoint_fail_clearly(s3):
 
 
 def test_newer_schema_is_refused_with_the_version(tmp_path):
-    path = write_table(tmp_path, "trials", "single", "t1", ROWS)
+    path = write_table(tmp_path, "trials", "t1", ROWS)
     meta = pq.read_table(path.path).schema.metadata
     assert meta[SCHEMA_KEY] == str(SCHEMA_VERSION).encode()
     newer = pa.Table.from_pylist([{**ROWS[0], "schema_version": SCHEMA_VERSION + 1}])
     pq.write_table(newer.replace_schema_metadata({SCHEMA_KEY: str(SCHEMA_VERSION + 1).encode()}), path.path)
-    with pytest.raises(ValueError, match=rf"schema v{SCHEMA_VERSION + 1}, written by a newer mmap-ray; this one reads up to v1"):
+    with pytest.raises(ValueError, match=rf"schema v{SCHEMA_VERSION + 1}, written by a newer mmap-ray; this one reads up to v{SCHEMA_VERSION}"):
         load(tmp_path)
 
 
-def test_files_without_the_metadata_key_read_as_version_1(tmp_path):
+def test_v1_layout_files_without_the_metadata_key_read_as_version_1(tmp_path):
     (tmp_path / "epochs" / "scheme=single").mkdir(parents=True)
     pq.write_table(pa.Table.from_pylist([{"trial_id": "t1", "epoch": 1, "task": "Art", "val_acc": 0.5}]),
                    tmp_path / "epochs" / "scheme=single" / "t1.parquet")  # fmt: skip
@@ -94,7 +94,7 @@ def test_object_store_lost_mid_study_gives_a_storage_error(s3):
     uri = f"s3://lost/x?endpoint_override=127.0.0.1:{port}&scheme=http&region=us-east-1"
     root = location(uri)
     boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}").create_bucket(Bucket="lost")
-    write_table(root, "trials", "single", "t1", ROWS)
+    write_table(root, "trials", "t1", ROWS)
     server.stop()
-    with pytest.raises(StorageError, match=r"cannot write s3://lost/x/trials/scheme=single/t2.parquet\?endpoint_override"):
-        write_table(root, "trials", "single", "t2", ROWS)
+    with pytest.raises(StorageError, match=r"cannot write s3://lost/x/trials/t2.parquet\?endpoint_override"):
+        write_table(root, "trials", "t2", ROWS)

@@ -158,3 +158,76 @@ def test_every_parquet_client_reads_a_folder_with_a_failed_trial(tmp_path, faile
 def test_loading_a_folder_without_results_names_it(tmp_path):
     with pytest.raises(ValueError, match=f"no trials results in {tmp_path}/nothing/trials"):
         load(tmp_path / "nothing")
+
+
+def test_overwrite_moves_the_old_study_aside_and_deletes_nothing(tmp_path):
+    from mmap_ray.storage import move_aside
+
+    folder = location(tmp_path / "g")
+    _write_trial(folder / "results", "abc", 0, 0.5)
+    moved = move_aside(folder, "old-1")
+    assert not folder.exists() and moved.name == "g.old-1"
+    assert len(load(moved / "results")) == 1
+    _write_trial(folder / "results", "abc", 0, 0.5)
+    with pytest.raises(ValueError, match="g.old-1 exists already"):
+        move_aside(folder, "old-1")
+
+
+def test_overwrite_on_object_storage_copies_then_deletes(s3):
+    from mmap_ray.storage import move_aside
+
+    base, _ = s3
+    folder = location(base.format(prefix="ow/g"))
+    _write_trial(folder / "results", "abc", 0, 0.5)
+    (folder / "study.json").write_text("{}")
+    moved = move_aside(folder, "old-1")
+    assert not folder.exists() and (moved / "study.json").read_text() == "{}" and len(load(moved / "results")) == 1
+
+
+def test_lock_on_object_storage(s3):
+    base, _ = s3
+    folder = location(base.format(prefix="locks/g"))
+    held = acquire(folder)
+    with pytest.raises(LockHeld, match="in use by another driver"):
+        acquire(folder)
+    held.release()
+    assert not (folder / ".lock").exists()
+
+
+def test_a_resumed_search_tells_optuna_the_finished_trials():
+    study = StudyConfig(mode="search", schemes=("single", "gradient"), n_tokens=(2, 4), depths=(1, 2),
+                        objective="pareto", num_samples=5, autoscale=True)  # fmt: skip
+    done = pd.DataFrame([
+        {"scheme": "single", "n_tokens": 2, "depth": 1, "projection": "kron", "lr": 1e-3, "val_mean_final": 0.6,
+         "trainable_params": 100},
+        {"scheme": "gradient", "n_tokens": 4, "depth": 2, "projection": "kron", "lr": 2e-3, "val_mean_final": 0.7,
+         "trainable_params": 300},
+        {"scheme": "gradient", "n_tokens": 4, "depth": 2, "projection": "kron", "lr": 3e-3, "val_mean_final": None,
+         "trainable_params": None},  # failed: nothing to tell
+    ])  # fmt: skip
+    from mmap_ray.study import searcher
+
+    search = searcher(study, done)
+    trials = search._ot_study.get_trials()  # the Optuna study the searcher samples from
+    assert [t.values for t in trials] == [[0.6, 100], [0.7, 300]]
+    assert trials[1].params == {"scheme": "gradient", "n_tokens": 4, "depth": 2, "projection": "kron", "lr": 2e-3}
+
+
+def test_local_storage_on_a_multi_node_cluster_is_warned_about(tmp_path):
+    import ray
+    from ray.cluster_utils import Cluster
+
+    from mmap_ray.distributed import warn_unshared_storage
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    cluster.add_node(num_cpus=1)
+    try:
+        ray.init(address=cluster.address, log_to_driver=False)
+        cluster.wait_for_nodes()
+        said: list[str] = []
+        warn_unshared_storage(location(tmp_path), said.append)
+        warn_unshared_storage(location("s3://bucket/studies"), said.append)
+        assert len(said) == 1 and "the Ray cluster has 2 nodes" in said[0] and "--storage s3://" in said[0]
+    finally:
+        ray.shutdown()
+        cluster.shutdown()

@@ -29,7 +29,7 @@ if len(sys.argv) > 2:  # a full disk: files may not grow past this many bytes
     resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[2]), int(sys.argv[2])))
 rows = [{"trial_id": "t1", "status": "TERMINATED", "val_mean_final": 0.7, "schema_version": 1, "blob": os.urandom(100_000).hex()}]
 try:
-    write_table(sys.argv[1], "trials", "single", "t0", rows)  # rewrite the earlier file
+    write_table(sys.argv[1], "trials", "t0", rows)  # rewrite the earlier file
 except StorageError as e:
     print(e, file=sys.stderr)
     sys.exit(3)
@@ -49,8 +49,8 @@ def _intact(root):
 
 @needs_setpriv
 def test_read_only_results_folder(tmp_path):
-    write_table(tmp_path, "trials", "single", "t0", [ROW])
-    folder = tmp_path / "trials" / "scheme=single"
+    write_table(tmp_path, "trials", "t0", [ROW])
+    folder = tmp_path / "trials"
     folder.chmod(0o555)
     out = _write(tmp_path, *NO_DAC)
     folder.chmod(0o755)
@@ -60,7 +60,7 @@ def test_read_only_results_folder(tmp_path):
 
 
 def test_disk_full_during_a_write(tmp_path):
-    write_table(tmp_path, "trials", "single", "t0", [ROW])
+    write_table(tmp_path, "trials", "t0", [ROW])
     out = _write(tmp_path, limit=50_000)  # the new file would be about 200 KB
     assert out.returncode == 3, out.stderr[-2000:]
     assert "cannot write" in out.stderr and "File too large; any earlier version of it is intact" in out.stderr
@@ -79,7 +79,7 @@ def test_study_stops_clearly_when_results_cannot_be_written_and_resumes(tmp_path
     out = subprocess.run([*NO_DAC, *argv], env=env, capture_output=True, text=True, timeout=900)
     results.chmod(0o755)
     assert out.returncode == 1, out.stderr[-3000:]
-    assert f"grouping study: error: cannot write {results}/trials/scheme=" in out.stderr, out.stderr[-3000:]
+    assert f"grouping study: error: cannot write {results}/" in out.stderr, out.stderr[-3000:]
     assert "Permission denied" in out.stderr and "rerun with --resume" in out.stderr
     assert not list(results.rglob("*.parquet"))
     resumed = subprocess.run([*argv, "--resume"], env=env, capture_output=True, text=True, timeout=900)

@@ -1,9 +1,13 @@
-"""Fault injection on whole studies: the driver killed mid-study, a trial that diverges (NaN loss)."""
+"""Fault injection on whole studies: a rerun, a second driver, the driver killed or interrupted mid-study,
+planted pickles, secrets in the environment, a trial that diverges (NaN loss)."""
 
+import glob
 import os
+import pickle
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -13,35 +17,116 @@ from mmap_ray.distributed import NAN_ENV
 from mmap_ray.results import load
 
 pytestmark = [pytest.mark.slow, pytest.mark.faults]
+SECRETS = {"AWS_ACCESS_KEY_ID": "AKIAMARKERID0000", "AWS_SECRET_ACCESS_KEY": "marker-secret-key-7f3e9a",
+           "AWS_SESSION_TOKEN": "marker-session-token-51c2"}  # fmt: skip
 
 
-def test_driver_killed_mid_study_resumes_with_every_trial_once(tmp_path):
+class _Planted:
+    """A pickle that creates a file when it is loaded: what an attacker would put in a shared bucket."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def _wait_for(predicate, what: str, timeout: float = 600) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline and not predicate():
+        time.sleep(1)
+    assert predicate(), f"{what} did not happen in {timeout} s"
+
+
+def _rows(results: Path) -> list[Path]:
+    return sorted((results / "trials").glob("*.parquet"))
+
+
+def _ray_sessions() -> set[str]:
+    return set(glob.glob("/tmp/ray/session_2*"))
+
+
+def test_rerun_second_driver_killed_driver_and_planted_pickles_keep_one_row_per_config_and_seed(tmp_path):
     storage = tmp_path / "studies"
+    study, results = storage / "resume", storage / "resume" / "results"
     argv = [*STUDY, "--smoke", "--storage", str(storage), "--name", "resume", "--seeds", "0", "1"]
-    env = _env(RAY_AUTH_MODE="disabled")
+    env = _env(RAY_AUTH_MODE="disabled", **SECRETS)
+    sessions_before = _ray_sessions()
     proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    results = storage / "resume" / "results" / "trials"
-    deadline = time.time() + 600
-    while time.time() < deadline and not list(results.glob("*/*.parquet")):
-        time.sleep(2)
-    assert list(results.glob("*/*.parquet")), "no trial finished in time"
-    os.killpg(proc.pid, signal.SIGKILL)  # the driver dies mid-study
+    _wait_for(lambda: (study / "study.json").exists(), "the study start")
+    second = subprocess.run([*argv, "--resume"], env=env, capture_output=True, text=True, timeout=300)
+    assert second.returncode == 2 and f"in use by another driver (pid {proc.pid} on host" in second.stderr
+    _wait_for(lambda: _rows(results), "a finished trial")
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver dies mid-study, leaving its lock behind
     proc.wait()
     subprocess.run([str(VENV_BIN / "ray"), "stop", "--force"], env=env, capture_output=True, timeout=120)
-    done_before = len(list(results.glob("*/*.parquet")))
-    assert done_before < 4
+    assert 1 <= len(_rows(results)) < 4 and (study / ".lock").exists()
+
+    marker = tmp_path / "code-ran"
+    evil = pickle.dumps(_Planted(marker))
+    for path in ["tune/tuner.pkl", *(str(p.relative_to(study) / "tuner.pkl") for p in (study / "tune").iterdir()),
+                 "tune/searcher-state.pkl", "partitions.pkl", "results/trials/x.pkl"]:  # fmt: skip
+        (study / path).parent.mkdir(parents=True, exist_ok=True)
+        (study / path).write_bytes(evil)
+    for exp in (study / "tune").iterdir():  # Tune's own experiment-state files, pickles inside
+        for f in exp.glob("experiment_state*.json"):
+            f.write_bytes(evil)
+
     resumed = subprocess.run([*argv, "--resume"], env=env, capture_output=True, text=True, timeout=900)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    df = load(storage / "resume" / "results")
-    assert len(df) == 4 and df["trial_id"].is_unique  # 2 schemes x 2 seeds, each exactly once
+    assert "taking over the lock" in resumed.stderr and "that process is gone" in resumed.stderr
+    assert not marker.exists()  # nothing from the study folder was unpickled
+    df = load(results)
+    assert len(df) == 4 and len(_rows(results)) == 4  # 2 schemes x 2 seeds, each exactly once
+    assert not df.duplicated(["config_id", "seed"]).any() and (df["status"] == "TERMINATED").all()
     assert sorted(zip(df["scheme"].astype(str), df["seed"], strict=True)) == [
         ("gradient", 0), ("gradient", 1), ("single", 0), ("single", 1)]  # fmt: skip
-    files = [p for p in (storage / "resume" / "results").rglob("*") if p.is_file()]
+    assert not (study / ".lock").exists()  # released at the end
+
+    mtimes = {p: p.stat().st_mtime_ns for p in _rows(results)}
+    rerun = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)  # `make run` twice
+    assert rerun.returncode == 2
+    assert "study 'resume' already exists" in rerun.stderr and "with 4 trial results" in rerun.stderr
+    assert {p: p.stat().st_mtime_ns for p in _rows(results)} == mtimes
+
+    files = [p for p in results.rglob("*") if p.is_file() and p.suffix != ".pkl"]
     assert all(p.suffix == ".parquet" and not p.name.startswith(".") for p in files)  # no temp file left behind
+    leaked = []  # no secret from the environment in any file we caused to be written
+    for root in [storage, *(_ray_sessions() - sessions_before)]:
+        for p in Path(root).rglob("*"):
+            if p.is_file() and not p.is_symlink() and p.stat().st_size < 50_000_000:
+                data = p.read_bytes()
+                leaked += [f"{p}: {k}" for k, v in SECRETS.items() if v.encode() in data]
+    assert not leaked, leaked
 
 
-def test_diverging_trial_is_recorded_as_errored_and_the_study_goes_on(tmp_path):
+def test_ctrl_c_stops_the_study_with_status_130_and_resume_completes_it(tmp_path):
+    argv = [*STUDY, "--smoke", "--storage", str(tmp_path), "--name", "int", "--seeds", "0", "1"]
+    env = _env(RAY_AUTH_MODE="disabled")
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)  # fmt: skip
+    results = tmp_path / "int" / "results"
+    _wait_for(lambda: _rows(results), "a finished trial")
+    proc.send_signal(signal.SIGINT)  # Ctrl-C
+    out, err = proc.communicate(timeout=300)
+    subprocess.run([str(VENV_BIN / "ray"), "stop", "--force"], env=env, capture_output=True, timeout=120)
+    assert proc.returncode == 130, err[-3000:]
+    done = len(_rows(results))
+    assert f"interrupted: {done} of 4 trials have results; continue with --resume" in err
+    assert "results (Parquet)" not in out and "report:" not in out  # no leaderboard of a partial study
+    resumed = subprocess.run([*argv, "--resume"], env=env, capture_output=True, text=True, timeout=900)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resuming: {done} of 4 trials have results; running {4 - done}" in resumed.stdout
+    df = load(results)
+    assert len(df) == 4 and not df.duplicated(["config_id", "seed"]).any()
+
+
+def test_diverging_trial_is_recorded_as_errored_and_every_client_reads_the_folder(tmp_path):
     """Seed 1 produces NaN logits from its second epoch: that trial errors with the reason, seed 0 finishes."""
+    import duckdb
+    import polars as pl
+    import pyarrow.dataset as pads
+
     argv = [*STUDY, "--smoke", "--storage", str(tmp_path), "--name", "nan", "--seeds", "0", "1"]
     out = subprocess.run(argv, env=_env(RAY_AUTH_MODE="disabled", **{NAN_ENV: "1"}), capture_output=True, text=True,
                          timeout=900)  # fmt: skip
@@ -57,3 +142,9 @@ def test_diverging_trial_is_recorded_as_errored_and_the_study_goes_on(tmp_path):
     epochs = load(tmp_path / "nan" / "results", "epochs")
     assert epochs["val_acc"].notna().all() and epochs["train_loss"].map(float).notna().all()  # no NaN was reported
     assert "2 trials errored" in out.stdout
+    folder = str(tmp_path / "nan" / "results" / "trials")  # the README's readers, on a folder with failed trials
+    assert len(pd.read_parquet(folder)) == 4
+    assert pads.dataset(folder, partitioning="hive").to_table().num_rows == 4
+    sql = f"select count(*), count(test_mean) from read_parquet('{folder}/*.parquet', hive_partitioning=true)"
+    assert duckdb.sql(sql).fetchall() == [(4, 2)]
+    assert pl.scan_parquet(folder, hive_partitioning=True).collect()["test_mean"].null_count() == 2
