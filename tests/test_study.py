@@ -52,14 +52,15 @@ def test_ray_job_submit_smoke_study_with_token_auth(tmp_path):
 
 
 @pytest.mark.slow
-def test_study_on_an_s3_server_end_to_end(s3):
+def test_study_on_an_s3_server_end_to_end(s3, tmp_path):
     """storage_path on a real S3-protocol server: Tune state, Train checkpoints and our Parquet all land there."""
     import boto3
 
     base, creds = s3
     storage = base.format(prefix="studies")
     argv = [*STUDY, "--smoke", "--storage", storage, "--name", "s3"]
-    out = subprocess.run(argv, env=_env(RAY_AUTH_MODE="disabled", **creds), capture_output=True, text=True, timeout=900)
+    out = subprocess.run(argv, env=_env(RAY_AUTH_MODE="disabled", **creds), capture_output=True, text=True, timeout=900,
+                         cwd=tmp_path)  # the report of an object-store study is written in the current folder
     assert out.returncode == 0, out.stderr[-3000:]
     results = storage.replace("/studies?", "/studies/s3/results?")
     assert results in out.stdout
@@ -71,6 +72,8 @@ def test_study_on_an_s3_server_end_to_end(s3):
     assert any(k.startswith("studies/s3/tune/") for k in keys)  # Tune's experiment state, for --resume
     assert sum(k.endswith("/state.pt") and "/ray-train/checkpoint_" in k for k in keys) >= 2  # Train checkpoints
     assert not [k for k in keys if ".tmp" in k]
+    assert "studies/s3/.lock" not in keys  # the object-store lock was taken and released
+    assert (tmp_path / "s3-report" / "report.md").is_file()
 
 
 @pytest.mark.parametrize(
