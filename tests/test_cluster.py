@@ -277,7 +277,7 @@ def _study(argv: list[str], monkeypatch):
     """The StudyConfig that `studies/grouping.py ARGV` would run (its own parser and presets), unrun."""
     grouping = _import("mmap_ray_grouping_study", REPO / "studies" / "grouping.py")
 
-    def capture(study, resume=False):
+    def capture(study, **kwargs):
         raise _Captured(study)
 
     monkeypatch.setattr(grouping, "run_study", capture)
