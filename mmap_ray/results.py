@@ -92,6 +92,41 @@ def row_key(cid: str, seed: int) -> str:
     return f"{cid}-s{seed}"
 
 
+def trial_rows(study: str, k: int, tasks: list[str], trial: dict, history: list[dict], *, trial_id: str, status: str,
+               error: str, wall_s: float, workers: dict) -> tuple[dict, list[dict]]:  # fmt: skip
+    """A trial's row (`trial_schema(tasks)`) and its per-epoch, per-task rows (`EPOCH_SCHEMA`).
+
+    Built from the trial as planned (`mmap_ray.study.trials.make_trial`: run spec, training settings,
+    identity, resolved layers) and the metrics history its training wrote, whatever ran it.
+    """
+    run, train = trial["run"], trial["train"]
+    last = history[-1] if history else {}
+    best = {n: max((h[f"val/{n}"] for h in history), default=None) for n in ["mean", *tasks]}
+    cost = workers["workers"] * (workers["gpus_per_worker"] or workers["cpus_per_worker"])
+    ident = {"study": study, "config_id": trial["config_id"], "seed": trial["seed"], "trial_id": trial_id}
+    row = {
+        **ident, "status": status, "error": error,
+        "early_stopped": status == "TERMINATED" and len(history) < train["epochs"],
+        "scheme": trial["scheme"], "partition": run["partition"], "k": k, "n_tokens": run["n_tokens"],
+        "depth": trial["depth"], "layers": trial["layers"], "projection": run["projection"], "combine": run["combine"],
+        "lr": train["lr"], "epochs": train["epochs"], "batch_size": train["batch_size"], "dataset": run["dataset"],
+        "model": run["model"], "pretrained": str(run["pretrained"]), "data_seed": run["data_seed"],
+        "epochs_run": len(history), "trainable_params": last.get("trainable_params"),
+        "total_params": last.get("total_params"), "val_mean_final": last.get("val/mean"),
+        "val_mean_best": best["mean"], "test_mean": last.get("test/mean"),
+        "wall_s": wall_s, "device_hours": wall_s * cost / 3600, "device_kind": "gpu" if workers["gpus_per_worker"] else "cpu",
+        **{f"val_{n}_final": last.get(f"val/{n}") for n in tasks}, **{f"val_{n}_best": best[n] for n in tasks},
+        **{f"test_{n}": last.get(f"test/{n}") for n in tasks}, **provenance(), "config": trial["config"],
+    }  # fmt: skip
+    epochs = [
+        {**ident, "epoch": h["epoch"], "task": n, "val_acc": h[f"val/{n}"], "train_loss": h["train_loss"],
+         "test_acc": h.get(f"test/{n}")}  # fmt: skip
+        for h in history
+        for n in [*tasks, "mean"]
+    ]
+    return row, epochs
+
+
 def _safe(value: object) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in str(value))
 

@@ -17,7 +17,7 @@ from mmap_ray.engine import TrainConfig
 from mmap_ray.lock import LockHeld, acquire
 from mmap_ray.results import EPOCH_SCHEMA, EPOCHS, TRIALS, load, row_key, trial_schema, write_table
 from mmap_ray.storage import location, resolve_storage
-from mmap_ray.study import StudyConfig, check_start, grid_trials
+from mmap_ray.study import StudyConfig, check_start, grid_trials, searcher
 
 TASKS = ["Art", "Clipart", "Product", "RealWorld"]
 PLANTED, OTHER = "Art+Clipart|Product+RealWorld", "Art|Clipart+Product+RealWorld"
@@ -205,8 +205,6 @@ def test_a_resumed_search_tells_optuna_the_finished_trials():
         {"scheme": "gradient", "n_tokens": 4, "depth": 2, "projection": "kron", "lr": 3e-3, "val_mean_final": None,
          "trainable_params": None},  # failed: nothing to tell
     ])  # fmt: skip
-    from mmap_ray.study import searcher
-
     search = searcher(study, done)
     trials = search._ot_study.get_trials()  # the Optuna study the searcher samples from
     assert [t.values for t in trials] == [[0.6, 100], [0.7, 300]]

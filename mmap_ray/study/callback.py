@@ -1,0 +1,69 @@
+"""The Tune driver's results writer: one Parquet file per (config_id, seed) as each trial ends.
+
+It runs in the Tune driver, the one process that sees every trial end, so files are written by one
+writer each. A trial's metrics come from its newest Ray Train checkpoint (read with `weights_only=True`),
+its outcome from Tune (finished, or errored with the causes from its error file).
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from pathlib import Path
+
+from ..results import EPOCH_SCHEMA, EPOCHS, TRIALS, row_key, trial_rows, trial_schema, write_table
+from ..storage import StorageError, location
+from .config import StudyConfig
+from .trials import trial_of
+
+
+def history(study_dir: str, key: str) -> list[dict]:
+    """The metrics history in the trial's newest Ray Train checkpoint ([] before its first epoch)."""
+    import torch
+
+    from ..distributed import RUN_NAME
+
+    ckpts = (location(study_dir) / "train" / key / RUN_NAME).dirs("checkpoint_*")
+    if not ckpts:
+        return []
+    data = io.BytesIO((ckpts[-1] / "state.pt").read_bytes())
+    return torch.load(data, map_location="cpu", weights_only=True)["history"]  # tensors and plain values only
+
+
+def error_message(trial) -> str:
+    """The causes in a failed trial's trace, innermost last ("TrainingFailedError: ... <- FloatingPointError: ...")."""
+    path = Path(trial.error_file) if trial.error_file else None  # the driver's copy: written before the callback
+    text = path.read_text(errors="replace") if path and path.is_file() else str(trial.get_error() or "")
+    causes = list(dict.fromkeys(m.strip() for m in re.findall(r"^\s*(?:[\w.]+\.)?\w*(?:Error|Exception): .+$", text, re.M)))
+    return " <- ".join(causes)[-2000:] or text[-2000:] or "unknown error (see the trial's error file)"
+
+
+def parquet_writer(study: StudyConfig, base: dict, tasks: list[str], failures: list[StorageError]):
+    """A Tune callback writing each ended trial's rows; storage errors are also kept in `failures`."""
+    from ray.tune import Callback
+
+    class ParquetWriter(Callback):
+        def _write(self, trial, status: str, error: str = "") -> None:
+            planned = trial_of(trial.config, base)
+            wall = float((trial.last_result or {}).get("time_total_s", 0.0))
+            row, epochs = trial_rows(
+                study.name, study.k, tasks, planned, history(study.study_dir, planned["key"]), trial_id=trial.trial_id,
+                status=status, error=error, wall_s=wall, workers=base["workers"],
+            )  # fmt: skip
+            root = location(study.study_dir) / "results"
+            key = row_key(row["config_id"], row["seed"])
+            try:
+                if epochs:
+                    write_table(root, EPOCHS, key, epochs, EPOCH_SCHEMA)
+                write_table(root, TRIALS, key, [row], trial_schema(tasks))  # last: a row means its curves exist
+            except StorageError as e:  # Tune wraps it in a TuneError trace; run_study re-raises this one
+                failures.append(e)
+                raise
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            self._write(trial, "TERMINATED")
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            self._write(trial, "ERROR", error_message(trial))
+
+    return ParquetWriter()

@@ -1,0 +1,170 @@
+"""Running a study on Ray Tune: one driver, a fresh Tuner per run, one Ray Train run per trial.
+
+`run_study` checks everything it can before it claims any resource (storage reachable, the folder's
+ownership rules, the lock, the cluster's size), plans the partitions and the trials, and hands Tune
+only the trials without a finished row. Every trial's Train run lives in `train/<config_id>-s<seed>/`,
+so a trial run again continues from its last checkpoint. Tune's own state files are written but never
+read back: resuming never unpickles anything from the study folder.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict
+
+import pandas as pd
+
+from ..engine import TrainConfig
+from ..results import row_key
+from ..storage import StorageError, check_reachable, location, move_aside
+from .callback import parquet_writer
+from .config import METRIC, StudyConfig
+from .ownership import check_start, stored_rows
+from .partitions import check_schemes, plan_partitions
+from .trials import grid_trials, searcher, trial_of
+
+TRIAL_DRIVER_CPU = 0.01  # each Tune trial's own reservation; its Train workers reserve theirs
+SECRET_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SECURITY_TOKEN", "AWS_SESSION_TOKEN")
+
+
+class Interrupted(Exception):
+    """The study stopped before every trial had a result (Ctrl-C, or the driver was told to stop)."""
+
+    def __init__(self, done: int, total: int):
+        super().__init__(f"interrupted: {done} of {total} trials have results; continue with --resume")
+        self.done, self.total = done, total
+
+
+def trial_driver(config: dict, base: dict) -> None:
+    """One Tune trial: a Ray Train run whose per-epoch reports reach Tune through TuneReportCallback."""
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from ..distributed import WorkerSpec, fit_distributed
+
+    trial = trial_of(config, base)
+    folder = location(base["study_dir"]) / "train" / trial["key"]
+    fit_distributed(trial["run"], TrainConfig(**trial["train"]), folder, WorkerSpec(**base["workers"]),
+                    callbacks=[TuneReportCallback()])  # fmt: skip
+
+
+def max_concurrent(study: StudyConfig) -> int:
+    """Trials that fit the cluster at once: each trial's workers reserve their own resources."""
+    import ray
+
+    if study.autoscale:  # the cluster grows while trials wait: let Tune queue them all (0 = no limit)
+        return study.max_concurrent_trials or 0
+    total = ray.cluster_resources()
+    per_trial_cpu = study.workers_per_trial * study.cpus_per_worker + TRIAL_DRIVER_CPU
+    fits = math.floor(total.get("CPU", 0) / per_trial_cpu)
+    if study.gpus_per_worker:
+        fits = min(fits, math.floor(total.get("GPU", 0) / (study.workers_per_trial * study.gpus_per_worker)))
+    return max(1, min(fits, study.max_concurrent_trials or fits))
+
+
+def keep_secrets_out_of_trials() -> None:
+    """Tune copies the driver's AWS_* variables into every trial actor's runtime environment, which Ray's
+    session logs print in plain text. Stop that: a local Ray's workers inherit the driver's environment
+    anyway, and cluster nodes take credentials from their own environment (instance roles, node env)."""
+    from ray.tune.execution import class_cache
+
+    class_cache.ENV_VARS_TO_PROPAGATE.difference_update(SECRET_ENV)
+
+
+def run_study(study: StudyConfig, resume: bool = False, overwrite: bool = False, break_lock: bool = False,
+              log=print) -> str:  # fmt: skip
+    """Run (or resume) the study; returns its results folder (a local path or a URI).
+
+    Raises `Interrupted` when the study ended before every trial had a result.
+    """
+    from ..distributed import WorkerSpec, check_resources, ensure_ray, warn_unshared_storage
+    from ..lock import acquire
+
+    check_schemes(study)
+    worker = WorkerSpec(
+        study.workers_per_trial, study.cpus_per_worker, study.gpus_per_worker, max_failures=1,
+        extra_resources=dict(study.worker_resources), autoscale=study.autoscale,
+    )  # fmt: skip
+    folder = location(study.study_dir)
+    check_reachable(folder, "StudyConfig.storage_path")
+    check_start(study, folder, resume, overwrite)
+    if overwrite and folder.exists():
+        acquire(folder, break_lock).release()  # the old study must not be in use while it is moved
+        moved = move_aside(folder, "old-" + time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()))
+        log(f"moved the earlier study {study.name!r} aside to {moved}")
+    with acquire(folder, break_lock):
+        log(f"study {study.name!r}: {folder}")
+        keep_secrets_out_of_trials()
+        ensure_ray()
+        check_resources(worker, extra_cpus=TRIAL_DRIVER_CPU)  # fail now, not hang later
+        warn_unshared_storage(folder, log)
+        if not resume:
+            (folder / "study.json").write_text(json.dumps(asdict(study), indent=2) + "\n")
+        partitions, info, tasks = plan_partitions(study, folder)
+        base = {
+            "run": study.run, "train": asdict(TrainConfig(epochs=study.epochs, batch_size=study.batch_size, lr=study.lr)),
+            "workers": asdict(worker), "partitions": partitions, "study_dir": study.study_dir, "info": asdict(info),
+            "search_seed": study.seeds[0], "projections": list(study.projections), "combines": list(study.combines),
+        }  # fmt: skip
+        total, todo = _run_trials(study, base, tasks, resume, log)
+        done = len(stored_rows(folder))
+        if done < total:
+            raise Interrupted(done, total)
+    return (folder / "results").uri
+
+
+def _run_trials(study: StudyConfig, base: dict, tasks: list[str], resume: bool, log) -> tuple[int, int]:
+    """Fit a fresh Tuner over the trials without a finished row; returns (trials owed, trials run)."""
+    from ray import tune
+    from ray.tune.error import TuneError
+
+    folder = location(study.study_dir)
+    rows = stored_rows(folder)
+    finished = rows[rows["status"] == "TERMINATED"] if len(rows) else rows
+    if study.mode == "compare":
+        planned = grid_trials(study, base)
+        have = {row_key(c, s) for c, s in zip(finished.get("config_id", []), finished.get("seed", []))}
+        todo = [t for t in planned if t["key"] not in have]
+        total, n, args = len(planned), len(todo), _compare_args(study, todo)
+    else:
+        total, n = study.num_samples, study.num_samples - len(finished)
+        args = _search_args(study, n, finished)
+    if resume:
+        log(f"resuming: {total - n} of {total} trials have results; running {n}")
+    if n <= 0:
+        return total, 0
+    failures: list[StorageError] = []
+    trainable = tune.with_resources(tune.with_parameters(trial_driver, base=base), {"cpu": TRIAL_DRIVER_CPU})
+    tuner = tune.Tuner(trainable, **args, run_config=tune.RunConfig(
+        name=time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()), **(folder / "tune").ray_storage(),
+        callbacks=[parquet_writer(study, base, tasks, failures)], failure_config=tune.FailureConfig(max_failures=0),
+        verbose=1,
+    ))  # fmt: skip
+    try:
+        tuner.fit()
+    except TuneError:
+        if failures:  # the study stopped because results could not be stored: say that, plainly
+            raise failures[0] from None
+        raise
+    return total, n
+
+
+def _compare_args(study: StudyConfig, todo: list[dict]) -> dict:
+    from ray import tune
+
+    concurrency = max_concurrent(study)
+    return {"param_space": {"trial": tune.grid_search(todo)},
+            "tune_config": tune.TuneConfig(num_samples=1, max_concurrent_trials=concurrency)}  # fmt: skip
+
+
+def _search_args(study: StudyConfig, remaining: int, finished: pd.DataFrame) -> dict:
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+
+    scheduler = None
+    if study.asha:
+        scheduler = ASHAScheduler(metric=METRIC, mode="max", time_attr="training_iteration", max_t=study.epochs,
+                                  grace_period=study.grace_period)  # fmt: skip
+    return {"tune_config": tune.TuneConfig(search_alg=searcher(study, finished), scheduler=scheduler,
+                                           num_samples=remaining, max_concurrent_trials=max_concurrent(study))}  # fmt: skip
