@@ -20,7 +20,6 @@ import pyarrow.parquet as pq
 import pytest
 
 from mmap_ray.cli import main as mmap_ray
-from mmap_ray.plots import pareto_front
 from mmap_ray.report import (
     COMPARISONS,
     MANIFEST,
@@ -33,6 +32,7 @@ from mmap_ray.report import (
     status_table,
     write_report,
 )
+from mmap_ray.report.plots import pareto_front
 from mmap_ray.results import (
     EPOCH_SCHEMA,
     EPOCHS,

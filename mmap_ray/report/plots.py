@@ -1,6 +1,6 @@
 """The study report's figures: matplotlib on the Agg canvas, one function per figure, readable in grayscale.
 
-Every function takes tidy pandas frames (built by `mmap_ray.report`) and returns a `Figure`; nothing here
+Every function takes tidy pandas frames (chosen by `figures`) and returns a `Figure`; nothing here
 touches `pyplot`, so importing it never changes a notebook's backend and figures never leak between calls.
 Series differ by marker and line style as well as colour, and heatmap cells carry their values as text,
 so a figure printed in grayscale still reads correctly.
@@ -61,6 +61,33 @@ def merge_coincident(points: pd.DataFrame) -> pd.DataFrame:
     return merged.reset_index(drop=True)
 
 
+def _numbered_points(ax, points: pd.DataFrame) -> None:
+    """Each point with its std bar and its number (on the plot and in its legend label); baselines hollow."""
+    styles = {kind: series_styles(len(points)) for kind in ("study", "baseline")}
+    seen = {"study": 0, "baseline": 0}
+    for i, row in points.iterrows():
+        style = next(styles[row["kind"]])
+        hollow = row["kind"] == "baseline"
+        marker = BASELINE_MARKERS[seen[row["kind"]] % len(BASELINE_MARKERS)] if hollow else style["marker"]
+        seen[row["kind"]] += 1
+        ax.errorbar(
+            row["params"],
+            row["acc"],
+            yerr=row["acc_std"] if pd.notna(row["acc_std"]) else None,
+            color=style["color"],
+            marker=marker,
+            markersize=8,
+            capsize=3,
+            linestyle="none",
+            markeredgecolor=style["color"] if hollow else "black",
+            markeredgewidth=1.8 if hollow else 1,
+            markerfacecolor="white" if hollow else style["color"],
+            label=f"{i + 1}  {row['label']}",
+        )
+        xytext = OFFSETS[i % len(OFFSETS)]
+        ax.annotate(str(i + 1), (row["params"], row["acc"]), xytext=xytext, textcoords="offset points", fontsize=8)
+
+
 def tradeoff(
     points: pd.DataFrame, ylabel: str, zero_shot: float | None = None, frozen_params: float | None = None
 ) -> Figure:
@@ -72,26 +99,9 @@ def tradeoff(
     """
     points = merge_coincident(points.reset_index(drop=True))
     front = pareto_front(points["params"], points["acc"])
-    styles = {kind: series_styles(len(points)) for kind in ("study", "baseline")}
-    seen = {"study": 0, "baseline": 0}
     with _figure(size=(7.6, 4.8)) as (fig, axes):
         ax = axes[0, 0]
-        for i, row in points.iterrows():
-            style = next(styles[row["kind"]])
-            hollow = row["kind"] == "baseline"
-            marker = BASELINE_MARKERS[seen[row["kind"]] % len(BASELINE_MARKERS)] if hollow else style["marker"]
-            seen[row["kind"]] += 1
-            ax.errorbar(row["params"], row["acc"], yerr=row["acc_std"] if pd.notna(row["acc_std"]) else None,
-                        color=style["color"], marker=marker, markersize=8, capsize=3, linestyle="none",
-                        markeredgecolor=style["color"] if hollow else "black", markeredgewidth=1.8 if hollow else 1,
-                        markerfacecolor="white" if hollow else style["color"], label=f"{i + 1}  {row['label']}")  # fmt: skip
-            ax.annotate(
-                str(i + 1),
-                (row["params"], row["acc"]),
-                xytext=OFFSETS[i % len(OFFSETS)],
-                textcoords="offset points",
-                fontsize=8,
-            )
+        _numbered_points(ax, points)
         on = points[front].sort_values("params")
         ax.step(on["params"], on["acc"], where="post", color="black", linewidth=1.2, linestyle="--", zorder=0)
         ax.scatter(on["params"], on["acc"], s=260, facecolors="none", edgecolors="black", linewidths=1.5, zorder=3)
@@ -171,7 +181,10 @@ def learning_curves(panels: list[dict]) -> Figure:
     """
     ncols = min(3, len(panels))
     nrows = -(-len(panels) // ncols)
-    ends = {"stopped early": ("X", "stopped early (ASHA): curve ends at X"), "failed": ("v", "failed: curve ends at ▼")}
+    ends = {  # outcome -> (marker at the curve's end, legend text)
+        "stopped early": ("X", "stopped early (ASHA): curve ends at X"),
+        "failed": ("v", "failed: curve ends at ▼"),
+    }
     with _figure(ncols, nrows, size=(4.3, 3.4), sharey=True) as (fig, axes):
         for ax, panel in zip(axes.flat, panels):
             for other in panel["others"]:

@@ -1,0 +1,46 @@
+"""The report's command line: `mmap-ray report RESULTS`, `python -m mmap_ray.report RESULTS` and
+`analysis/report.py` all parse the same arguments here and report a bad input as one line and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from .document import build_report
+
+
+def add_report_args(p: argparse.ArgumentParser) -> None:
+    """The report's arguments, added to `p` (the `mmap-ray report` subcommand or `main`'s own parser)."""
+    p.add_argument("results", help="a study's results folder or URI (or the study folder holding results/)")
+    p.add_argument(
+        "--out",
+        default=None,
+        help="local report folder, new, empty or written by an earlier report (default: RESULTS/../report; for "
+        "s3:// or gs:// results, ./STUDY-report)",
+    )
+    p.add_argument(
+        "--baselines", default=None, help="the output folder of studies/toy_baselines.py, for the comparisons"
+    )
+
+
+def run_report(args: argparse.Namespace) -> int:
+    """Write the report that `args` describe and print where it went; ValueError for a bad input."""
+    paths = build_report(args.results, args.out, args.baselines)
+    print(f"report (Markdown): {paths.markdown}")
+    print(f"report (HTML, self-contained): {paths.html}")
+    print(f"figures: {len(paths.figures)} in {paths.markdown.parent / 'figures'}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The report as a program; 0 when written, 2 (and one line on stderr) for a bad input."""
+    p = argparse.ArgumentParser(prog="report", description="Write a study's Markdown and HTML report with figures.")
+    add_report_args(p)
+    args = p.parse_args(argv)
+    try:
+        return run_report(args)
+    except ValueError as e:
+        print(f"report: error: {e}", file=sys.stderr)
+        return 2

@@ -1,0 +1,168 @@
+"""What a study's report says, one small function per section, in the order `SECTIONS` lists them.
+
+Why: each section pairs a table or figure with the text that says how to read it and the notes that say
+what is missing (a smoke study has one seed, a search has no affinity, a failed trial no accuracy). Keeping
+one builder per section makes a section easy to find, change or add, and keeps files out of it: a builder
+returns a `Section` whose figure is drawn but not saved; `document` renders the sections and saves the
+figures.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
+
+import pandas as pd
+from matplotlib.figure import Figure
+
+from .figures import (
+    ABLATIONS,
+    MAX_AFFINITY_PANELS,
+    Made,
+    ablation_figure,
+    affinity_figure,
+    curves_figure,
+    tradeoff_figure,
+)
+from .load import METRIC_LABELS, Study, accuracy_columns
+from .tables import COMPARISONS, comparisons, failures, leaderboard, mean_std, overview, shown, status_table
+
+READING = {  # a figure's file name -> the text above it, which says how to read it
+    "tradeoff": (
+        "Each point is a configuration (mean over seeds; bars: std). Circled points are on the Pareto front: "
+        "no other point is as accurate with as few trainable parameters."
+    ),
+    "affinity": (
+        "Affinity between tasks measured on a warmed-up shared MmAP; the tasks are ordered by the chosen "
+        "partition and its groups boxed."
+    ),
+    "curves": (
+        "Validation accuracy per task of each scheme's best trial (by best validation mean); gray: the "
+        "scheme's other trials, ending in X where ASHA stopped them early."
+    ),
+}
+
+
+@dataclass
+class Section:
+    """A heading, its text, tables and figure, and notes on what the study lacked for it."""
+
+    title: str
+    text: str = ""
+    tables: list[pd.DataFrame] = field(default_factory=list)
+    figure: str | None = None  # file name under figures/
+    notes: list[str] = field(default_factory=list)
+    drawn: Figure | None = field(default=None, repr=False)  # the figure, until `document` saves it as `figure`
+
+
+def _what(study: Study) -> str:
+    """The accuracy the tables rank by, as the text names it ('test accuracy')."""
+    return METRIC_LABELS.get(accuracy_columns(study.trials)[0], "accuracy")
+
+
+def _figure_section(title: str, made: Made, name: str, text: str | None = None) -> Section:
+    """A section around a figure saved as `figures/<name>.png` (text: `READING[name]` unless given), or around
+    the note that says why there is none."""
+    fig, reason = made
+    if fig is None:
+        return Section(title, notes=[reason])
+    return Section(title, READING[name] if text is None else text, figure=f"{name}.png", drawn=fig)
+
+
+def study_section(study: Study) -> Section:
+    return Section("Study", tables=[overview(study).reset_index(names="")], notes=list(study.notes))
+
+
+def trials_section(study: Study) -> Section:
+    t = study.trials
+    s = Section(
+        "Trials",
+        "Trials per grouping scheme and outcome. Stopped early: ASHA ended the trial before its "
+        "last epoch; its accuracy is left out of the tables below.",
+        [status_table(t).reset_index()],
+    )
+    if (t["outcome"] == "failed").any():
+        s.text += " The failed trials follow, with their error files."
+        s.tables.append(failures(t))
+    return s
+
+
+def leaderboard_section(study: Study) -> Section:
+    metric, what = accuracy_columns(study.trials)[0], _what(study)
+    board = leaderboard(study.trials)
+    s = Section(
+        "Leaderboard",
+        f"Completed trials by configuration (`config_id`: the settings without the training seed), best first: "
+        f"{what} in %, mean ± std over seeds (std left out for one seed), trainable parameters and their share "
+        "of the model, device-hours per trial. A configuration that two schemes chose is one row naming both.",
+    )
+    if board.empty:
+        s.notes.append("No completed trial with an accuracy: no leaderboard.")
+    else:
+        s.tables.append(shown(mean_std(board)))
+        if board[("trials", "n")].max() == 1:
+            s.notes.append(
+                "One seed per configuration: no spread to judge a difference by; run more seeds (`--seeds 0 1 2`)."
+            )
+    if metric and metric != "test_mean":
+        s.notes.append(f"The rows have no test accuracy: the tables use the {what}.")
+    return s
+
+
+def comparisons_section(study: Study) -> Section:
+    s = Section(
+        "Comparisons",
+        f"The paper's comparisons, {_what(study)} in %, mean ± std over seeds. Study rows: the best "
+        "completed configuration of each prompt kind (text → text-only, visual → visual-only, linear → "
+        "MaPLe-style, independent → IVLP, kron → MmAP).",
+    )
+    table = comparisons(study)
+    if not table.empty:
+        s.tables.append(mean_std(table).reset_index())
+    present = set(table.index)
+    missing = [label for _, label, _ in COMPARISONS if label not in present]
+    if missing:
+        s.notes.append(
+            f"Not in these results: {', '.join(missing)}. `studies/toy_baselines.py` measures them; pass its "
+            "output with `--baselines runs/toy-baselines`."
+        )
+    return s
+
+
+def tradeoff_section(study: Study) -> Section:
+    return _figure_section("Accuracy vs trainable parameters", tradeoff_figure(study), "tradeoff")
+
+
+def affinity_section(study: Study) -> Section:
+    s = _figure_section("Task affinity", affinity_figure(study), "affinity")
+    if len(study.affinity) > MAX_AFFINITY_PANELS:
+        s.notes.append(f"Showing {MAX_AFFINITY_PANELS} of {len(study.affinity)} matrices; all are in partitions.json.")
+    return s
+
+
+def curves_section(study: Study) -> Section:
+    return _figure_section("Learning curves", curves_figure(study), "curves")
+
+
+def ablation_section(setting: str, name: str, study: Study) -> Section:
+    text = f"{_what(study).capitalize()} (mean ± std over completed trials) per grouping scheme."
+    return _figure_section(ABLATIONS[setting][1], ablation_figure(study, setting), name, text)
+
+
+SECTIONS: tuple[Callable[[Study], Section], ...] = (
+    study_section,
+    trials_section,
+    leaderboard_section,
+    comparisons_section,
+    tradeoff_section,
+    affinity_section,
+    curves_section,
+    partial(ablation_section, "n_tokens", "ablation-prompt-length"),
+    partial(ablation_section, "depth", "ablation-depth"),
+)
+
+
+def sections(study: Study) -> list[Section]:
+    """The report's sections for `study`, in order; figures drawn, not yet saved."""
+    return [build(study) for build in SECTIONS]
