@@ -8,10 +8,15 @@ columns past a task's class count are masked to -inf (never multiplied by zero).
 
 Injection (one mechanism for every projection kind):
 - text: the class prompt is "SOT X...X classname. EOT" with m placeholder tokens; at each text alignment
-  layer l the m positions after SOT are replaced by the task's prompt for layer l (CoOp / MaPLe-deep).
+  layer l the m positions after SOT are replaced by the task's prompt for layer l (CoOp / MaPLe-deep). At
+  the first text alignment layer the prompts also get the positional embeddings of the slots they take,
+  as CoOp and MaPLe add `positional_embedding` to their learned context; deeper prompts replace the
+  slots' hidden states as they are.
 - vision: at the first vision alignment layer the sample's m prompt tokens are appended after CLS and the
-  patches; at each later alignment layer they are replaced (VPT-deep / MaPLe). They are removed before
-  pooling, so open_clip's own pooling and projection apply unchanged.
+  patches; at each later alignment layer they are replaced (VPT-deep / MaPLe). At layer 0 the prompts go
+  through `ln_pre` with the class and patch tokens, as MaPLe appends them before `ln_pre` (a per-token
+  norm, so normalising them apart is the same). They are removed before pooling, so open_clip's own
+  pooling and projection apply unchanged.
 Outside the alignment layers the towers are exactly open_clip's. Blocks below a tower's first alignment
 layer run without building a graph (they see no trainable input) unless the backbone itself is trainable.
 """
@@ -160,6 +165,8 @@ class PromptedCLIP(nn.Module):
             with torch.set_grad_enabled(grad):
                 if prompts is not None and i in self.vision_layers:
                     p = prompts[:, self.vision_layers[i]].to(x.dtype)  # (B, m, d_vis)
+                    if i == 0:  # prompts enter with the patch embeddings: ln_pre applies to them too (MaPLe)
+                        p = visual.ln_pre(p)
                     x = torch.cat([x[:, :n_tokens], p], dim=1)  # (B, 1 + patches + m, d_vis)
                 x = _run_block(visual.transformer, blk, x, None)
         x = x[:, :n_tokens]  # drop the prompt tokens before open_clip's pooling
@@ -185,6 +192,8 @@ class PromptedCLIP(nn.Module):
             with torch.set_grad_enabled(grad):
                 if prompts is not None and i in self.text_layers:
                     p = prompts[:, self.text_layers[i]].to(x.dtype)  # (R, m, d_text)
+                    if i == first:  # the learned context takes the slots' positions (CoOp, MaPLe)
+                        p = p + clip.positional_embedding[1 : 1 + p.shape[1]].to(x.dtype)
                     x = torch.cat([x[:, :1], p, x[:, 1 + p.shape[1]:]], dim=1)  # replace the m slots after SOT
                 x = _run_block(clip.transformer, blk, x, mask)
         x = clip.ln_final(x)
