@@ -161,18 +161,19 @@ def cmd_train(args: argparse.Namespace) -> int:
     write_json(saved, config)
     trainable_before = count_parameters(model)  # prompts only, before full fine-tuning unfreezes
     start = time.time()
-    if args.workers > 0:
+    if args.workers > 0:  # the same loop in Ray Train workers; their final state becomes this run folder's
+        from .checkpoint import load_trainable, save_run
         from .distributed import WorkerSpec, fit_distributed
-        from .engine import load_trainable, save_run_files
 
         spec = WorkerSpec(args.workers, args.cpus_per_worker, args.gpus_per_worker, args.max_failures)
         state = fit_distributed(config["run"], tcfg, out, spec)
-        save_run_files(out, state)
+        save_run(out, state)
         load_trainable(model, state["trainable"])
         history = state["history"]
-        test = {k.removeprefix("test/"): v for k, v in history[-1].items() if k.startswith("test/")}
     else:
         history = train(model, tasks, tcfg, out, resume=True, progress=not args.no_progress)
+    test = {k.removeprefix("test/"): v for k, v in (history[-1] if history else {}).items() if k.startswith("test/")}
+    if not test:  # no epoch ran (epochs 0), or a run folder from before test rows: evaluate the model as it is
         test = evaluate(model, tasks, "test", tcfg.eval_batch_size)
     trainable, total = count_parameters(model)
     summary = {
@@ -192,7 +193,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from .engine import evaluate, load_checkpoint, load_trainable, write_json
+    from .checkpoint import load, load_trainable
+    from .engine import evaluate, write_json
 
     if args.run:
         run = Path(args.run)
@@ -201,7 +203,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         for k, v in json.loads((run / "config.json").read_text())["run"].items():
             setattr(args, k, v)
         model, tasks = _build(args, splits_dir=run / "splits")
-        load_trainable(model, load_checkpoint(run / "checkpoint.pt")["trainable"])
+        load_trainable(model, load(run / "checkpoint.pt")["trainable"])
     else:
         model, tasks = _build(args)
     acc = evaluate(model, tasks, args.split)

@@ -319,15 +319,13 @@ def trial_driver(config: dict) -> None:
 
 def _history(study_dir: str, key: str) -> list[dict]:
     """The metrics history in the trial's newest Ray Train checkpoint ([] before its first epoch)."""
-    import torch
-
+    from . import checkpoint
     from .distributed import RUN_NAME
 
     ckpts = (location(study_dir) / "train" / key / RUN_NAME).dirs("checkpoint_*")
     if not ckpts:
         return []
-    data = io.BytesIO((ckpts[-1] / "state.pt").read_bytes())
-    return torch.load(data, map_location="cpu", weights_only=True)["history"]  # tensors and plain values only
+    return checkpoint.load(ckpts[-1] / checkpoint.STATE_FILE)["history"]  # local or object storage; validated
 
 
 def trial_rows(study: StudyConfig, tasks: list[str], config: dict, trial_id: str, wall: float, status: str,
