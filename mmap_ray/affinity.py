@@ -1,7 +1,8 @@
 """Task affinity for grouping: how much training on one task helps another, measured on a shared MmAP.
 
 Both schemes start the same way: one MmAP shared by all tasks (one group, no task-specific prompts) is
-warmed up on all tasks for `warmup_steps`. Then, over `steps` multi-task batches at *fixed* weights:
+warmed up on all tasks for `warmup_steps` (AdamW, with the training loop's step). Then, over `steps`
+multi-task batches at *fixed* weights:
 
 - gradient (our reading of the paper): each task's gradient g_t on the shared prompt parameters; the
   affinity is the pairwise cosine similarity cos(g_i, g_j), averaged over the batches.
@@ -27,6 +28,7 @@ from torch.utils.data import DataLoader
 
 from .data.base import MultiTaskDataset, TaskData
 from .data.sampler import MultiTaskBatchSampler
+from .engine import train_step
 from .grouping import Partition
 from .model import PromptedCLIP
 from .prompts import MmAPConfig
@@ -138,18 +140,15 @@ def shared_model(backbone, tasks: Sequence[TaskData], mmap: MmAPConfig | None = 
 
 
 def warm_up(model: PromptedCLIP, tasks: Sequence[TaskData], cfg: AffinityConfig) -> None:
-    """Train the shared MmAP on all tasks for `cfg.warmup_steps` steps (AdamW)."""
+    """Train the shared MmAP on all tasks for `cfg.warmup_steps` steps: AdamW at a constant `cfg.lr`,
+    through the training loop's step (`engine.train_step`), in full precision like the measuring phase."""
     if cfg.warmup_steps == 0:
         return
     device = next(model.parameters()).device
     model.train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr)
-    for step, (images, labels, task_ids) in zip(range(cfg.warmup_steps), _stream(tasks, cfg, 0, device)):
-        loss = F.cross_entropy(model(images, task_ids).float(), labels)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
+    for step, batch in zip(range(cfg.warmup_steps), _stream(tasks, cfg, 0, device)):
+        train_step(model, batch, opt, step=step, where="of the affinity warm-up", autocast=False)
 
 
 def measure_affinity(

@@ -22,6 +22,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from .prompts import Combine, MmAPConfig, Projection
+from .storage import StorageError
 
 
 DATASETS = ("toy", "office-home", "minidomainnet", "domainnet", "folders")
@@ -161,18 +162,19 @@ def cmd_train(args: argparse.Namespace) -> int:
     write_json(saved, config)
     trainable_before = count_parameters(model)  # prompts only, before full fine-tuning unfreezes
     start = time.time()
-    if args.workers > 0:
+    if args.workers > 0:  # the same loop in Ray Train workers; their final state becomes this run folder's
+        from .checkpoint import load_trainable, save_run
         from .distributed import WorkerSpec, fit_distributed
-        from .engine import load_trainable, save_run_files
 
         spec = WorkerSpec(args.workers, args.cpus_per_worker, args.gpus_per_worker, args.max_failures)
         state = fit_distributed(config["run"], tcfg, out, spec)
-        save_run_files(out, state)
+        save_run(out, state)
         load_trainable(model, state["trainable"])
         history = state["history"]
-        test = {k.removeprefix("test/"): v for k, v in history[-1].items() if k.startswith("test/")}
     else:
         history = train(model, tasks, tcfg, out, resume=True, progress=not args.no_progress)
+    test = {k.removeprefix("test/"): v for k, v in (history[-1] if history else {}).items() if k.startswith("test/")}
+    if not test:  # no epoch ran (epochs 0), or a run folder from before test rows: evaluate the model as it is
         test = evaluate(model, tasks, "test", tcfg.eval_batch_size)
     trainable, total = count_parameters(model)
     summary = {
@@ -192,7 +194,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from .engine import evaluate, load_checkpoint, load_trainable, write_json
+    from .checkpoint import load, load_trainable
+    from .engine import evaluate, write_json
 
     if args.run:
         run = Path(args.run)
@@ -201,7 +204,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         for k, v in json.loads((run / "config.json").read_text())["run"].items():
             setattr(args, k, v)
         model, tasks = _build(args, splits_dir=run / "splits")
-        load_trainable(model, load_checkpoint(run / "checkpoint.pt")["trainable"])
+        load_trainable(model, load(run / "checkpoint.pt")["trainable"])
     else:
         model, tasks = _build(args)
     acc = evaluate(model, tasks, args.split)
@@ -361,8 +364,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# Bad input: a wrong value, a missing or unreadable file. Reported as one line, no traceback.
-INPUT_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
+# Bad input: a wrong value, a missing or unreadable file, a run folder that cannot be written. One line.
+INPUT_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError, StorageError)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

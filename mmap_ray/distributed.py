@@ -1,16 +1,18 @@
-"""Ray Train: the engine's loop as a `TorchTrainer` (Train V2), with DDP, checkpoints and failure recovery.
+"""Ray Train: the engine's loop (`engine.fit`) as a `TorchTrainer` (Train V2), with DDP, checkpoints and
+failure recovery.
 
-Each worker builds the same PromptedCLIP from the run spec (same seed, so the same initial prompts),
-wraps it with `prepare_model` (DDP over gloo on CPU, NCCL on GPU; only the prompts are trainable, so DDP
-all-reduces a few hundred KB per step), and reads its share of every multi-task batch: the sampler builds
-the same global batch on every rank and each rank keeps every `world_size`-th sample of each task. The
-union of the ranks' batches is exactly the single-process batch, so 2 workers with batch b each compute
-the same update as 1 worker with batch 2b.
+Each worker builds the same PromptedCLIP from the run spec (same seed, so the same initial prompts) and
+runs `engine.fit` with a Ray `Context` (`ray_context`): the model is wrapped with `prepare_model` (DDP
+over gloo on CPU, NCCL on GPU; only the prompts are trainable, so DDP all-reduces a few hundred KB per
+step), and each rank reads its share of every multi-task batch: the sampler builds the same global batch
+on every rank and each rank keeps every `world_size`-th sample of each task. The union of the ranks'
+batches is exactly the single-process batch, so 2 workers with batch b each compute the same update as
+1 worker with batch 2b, and the history rows are those of an in-process run.
 
-Every epoch the train loss and the validation counts are all-reduced, then `ray.train.report` is called
-by every worker (it is a barrier) with a prompt-only checkpoint from rank 0. A restarted worker group
-resumes from `ray.train.get_checkpoint()`; re-running a run with the same folder resumes it too, because
-the run name is derived from the folder, never from the time.
+Every epoch the train loss and the evaluation counts are all-reduced, then `ray.train.report` is called
+by every worker (it is a barrier) with a prompt-only checkpoint (`checkpoint`) from rank 0. A restarted
+worker group resumes from `ray.train.get_checkpoint()`; re-running a run with the same folder resumes it
+too, because the run name is derived from the folder, never from the time.
 
 Resources are checked before anything starts: Train V2 retries a worker group that cannot be placed
 forever, so a request the cluster cannot satisfy would hang instead of failing.
@@ -25,24 +27,11 @@ from pathlib import Path
 
 import torch
 
-from .engine import (
-    TrainConfig,
-    accuracy,
-    checkpoint_state,
-    epoch_seed,
-    evaluate_counts,
-    make_optimizer,
-    restore_state,
-    train_epoch,
-    trainable_parameters,
-)
+from . import checkpoint
+from .engine import Context, TrainConfig, fit
 from .storage import Location, location
 
 RUN_NAME = "ray-train"  # Ray's folder inside the run folder: fixed, so re-running resumes
-# Test-only fault injection (tests/faults): a rank exits once at the start of an epoch; a seed diverges.
-FAIL_ENV = "MMAP_RAY_TEST_FAIL_AT_EPOCH"  # the epoch (0-based) at whose start the rank exits, once
-FAIL_RANK_ENV = "MMAP_RAY_TEST_FAIL_RANK"  # which rank exits (default 1)
-NAN_ENV = "MMAP_RAY_TEST_NAN_SEED"  # runs with this seed produce NaN logits from their second epoch on
 
 
 @dataclass(frozen=True)
@@ -114,80 +103,65 @@ def warn_unshared_storage(folder: Location, log=print) -> None:
             f"filesystem shared by every node")  # fmt: skip
 
 
-def _all_reduce(t: torch.Tensor, world_size: int, op: str = "sum") -> torch.Tensor:
-    if world_size == 1:
-        return t
+def _all_reduce_sum(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """The sum of `t` over the worker group, as a new tensor where `t` was (NCCL reduces on the GPU only)."""
     import torch.distributed as dist
 
-    t = t.clone()
-    dist.all_reduce(t, op=dist.ReduceOp.SUM)
-    return t / world_size if op == "mean" else t
+    out = t.to(device, copy=True)
+    dist.all_reduce(out, op=dist.ReduceOp.SUM)
+    return out.to(t.device)
 
 
-def train_loop_per_worker(config: dict) -> None:
-    """Runs in every Ray Train worker: build, prepare, train, all-reduce, report, checkpoint."""
+def ray_context(device: torch.device) -> Context:
+    """The loop's `Context` inside a Ray Train worker: DDP, all-reduce, report with a checkpoint, resume."""
     import ray.train
     import ray.train.torch
-    from torch.utils.data import DataLoader
 
-    from .data.base import MultiTaskDataset
-    from .data.sampler import MultiTaskBatchSampler
-    from .runspec import build_run
+    rc = ray.train.get_context()
+    rank, world = rc.get_world_rank(), rc.get_world_size()
 
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    cfg = TrainConfig(**config["train"])
-    model, tasks = build_run(config["run"])  # same seed on every rank: identical initial prompts
-    device = ray.train.torch.get_device()
-    model.to(device)
-    params = trainable_parameters(model, cfg.full_finetune)
-    ddp = ray.train.torch.prepare_model(  # Ray Train: DDP when world > 1
-        model, parallel_strategy_kwargs={"broadcast_buffers": False, "find_unused_parameters": False}
-    )
-    sampler = MultiTaskBatchSampler([len(t.train) for t in tasks], cfg.batch_size, cfg.sampling, cfg.seed, rank, world)
-    loader = DataLoader(MultiTaskDataset([t.train for t in tasks]), batch_sampler=sampler, num_workers=cfg.num_workers)
-    loader = ray.train.torch.prepare_data_loader(loader, add_dist_sampler=False)  # Ray Train: device placement
-    opt, sched = make_optimizer(params, cfg, cfg.epochs * len(sampler))
-    history: list[dict] = []
-    checkpoint = ray.train.get_checkpoint()  # Ray Train: resume after a failure or a re-run
-    if checkpoint is not None:
-        with checkpoint.as_directory() as d:
-            history = restore_state(torch.load(Path(d) / "state.pt", map_location=device, weights_only=True), model, opt, sched)
+    def restore() -> dict | None:
+        saved = ray.train.get_checkpoint()  # Ray Train: the last checkpoint, after a failure or a re-run
+        if saved is None:
+            return None
+        with saved.as_directory() as d:
+            return checkpoint.load(Path(d) / checkpoint.STATE_FILE, device)
 
-    names = [t.name for t in tasks]
-    sizes = {"trainable_params": sum(p.numel() for p in params), "total_params": sum(p.numel() for p in model.parameters())}
-    for epoch in range(len(history), cfg.epochs):
-        _maybe_fail(config, epoch, rank)
-        torch.manual_seed(epoch_seed(cfg, epoch, rank))
-        sampler.set_epoch(epoch)
-        model.train()
-        forward = ddp
-        if config.get("nan_seed") == cfg.seed and epoch > 0:  # test-only: this run diverges
-            forward = lambda images, task_ids: ddp(images, task_ids) * float("nan")  # noqa: E731
-        loss = train_epoch(forward, loader, opt, sched, params, cfg, device)
-        loss = float(_all_reduce(torch.tensor([loss], dtype=torch.float64), world, "mean"))
-        val = _all_reduce(evaluate_counts(model, tasks, "val", cfg.eval_batch_size, rank, world), world)
-        row = {"epoch": epoch + 1, "train_loss": loss, "lr": sched.get_last_lr()[0], **sizes}
-        row.update({f"val/{k}": v for k, v in accuracy(names, val).items()})
-        if epoch + 1 == cfg.epochs:
-            test = _all_reduce(evaluate_counts(model, tasks, "test", cfg.eval_batch_size, rank, world), world)
-            row.update({f"test/{k}": v for k, v in accuracy(names, test).items()})
-        history.append(row)
+    def report(row: dict, state: dict | None) -> None:
         with tempfile.TemporaryDirectory() as d:
             ckpt = None
-            if rank == 0:
-                torch.save(checkpoint_state(model, opt, sched, history, cfg), Path(d) / "state.pt")
+            if state is not None:  # rank 0
+                checkpoint.save(state, Path(d) / checkpoint.STATE_FILE)
                 ckpt = ray.train.Checkpoint.from_directory(d)
             ray.train.report(row, checkpoint=ckpt)  # Ray Train: a barrier; every rank calls it every epoch
 
+    def wrap_model(model):  # Ray Train: DDP when world > 1; the frozen backbone's buffers stay put
+        kwargs = {"broadcast_buffers": False, "find_unused_parameters": False}
+        return ray.train.torch.prepare_model(model, parallel_strategy_kwargs=kwargs)
 
-def _maybe_fail(config: dict, epoch: int, rank: int) -> None:
-    """Test-only fault injection: `fail_rank` dies once at the start of `fail_at_epoch` (a marker file says once)."""
-    fail_at, marker = config.get("fail_at_epoch"), config.get("fail_marker")
-    if fail_at is None or rank != config.get("fail_rank", 1) or epoch != fail_at or marker is None or Path(marker).exists():
-        return
-    Path(marker).write_text("failed once\n")
-    os._exit(1)
+    return Context(
+        device,
+        rank,
+        world,
+        all_reduce=(lambda t: _all_reduce_sum(t, device)) if world > 1 else (lambda t: t),
+        report=report,
+        restore=restore,
+        wrap_model=wrap_model,
+        # Ray Train: device placement only; each rank's share comes from our sampler
+        wrap_loader=lambda loader: ray.train.torch.prepare_data_loader(loader, add_dist_sampler=False),
+    )
+
+
+def train_loop_per_worker(config: dict) -> None:
+    """Runs in every Ray Train worker: build the run (same seed on every rank: identical initial prompts),
+    then the engine's loop with the Ray context."""
+    import ray.train.torch
+
+    from .runspec import build_run
+
+    model, tasks = build_run(config["run"])
+    device = ray.train.torch.get_device()
+    fit(model, tasks, TrainConfig(**config["train"]), ray_context(device))
 
 
 def fit_distributed(
@@ -209,11 +183,6 @@ def fit_distributed(
     ensure_ray()
     check_resources(spec)
     config = {"run": run, "train": asdict(cfg)}
-    if os.environ.get(FAIL_ENV) and out.is_local:
-        config.update(fail_at_epoch=int(os.environ[FAIL_ENV]), fail_marker=str(out / ".test-failed-once"),
-                      fail_rank=int(os.environ.get(FAIL_RANK_ENV, "1")))  # fmt: skip
-    if os.environ.get(NAN_ENV):
-        config["nan_seed"] = int(os.environ[NAN_ENV])
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=config,
@@ -232,4 +201,4 @@ def fit_distributed(
     if result.checkpoint is None:
         raise RuntimeError(f"Ray Train run in {out / RUN_NAME} ended without a checkpoint: {result.error}")
     with result.checkpoint.as_directory() as d:
-        return torch.load(Path(d) / "state.pt", map_location="cpu", weights_only=True)
+        return checkpoint.load(Path(d) / checkpoint.STATE_FILE)

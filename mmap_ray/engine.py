@@ -1,9 +1,16 @@
-"""One train/eval loop for PromptedCLIP, used in-process and (later) inside Ray Train workers.
+"""The training loop of PromptedCLIP: one epoch loop, `fit`, for every caller, and evaluation.
 
-Optimises the trainable parameters only (the prompts, or the whole backbone for the full fine-tuning
-baseline), with a warm-up + cosine schedule, gradient clipping, bf16 autocast on CUDA, per-task and mean
-accuracy every epoch, and a checkpoint after every epoch that resumes bit-for-bit: the sampler's order and
-the RNG depend only on (seed, epoch). Checkpoints hold trainable tensors only (a few hundred KB for MmAP,
+`fit(model, tasks, cfg, ctx)` optimises the trainable parameters only (the prompts, or the whole
+backbone for the full fine-tuning baseline), with a warm-up + cosine schedule, gradient clipping, bf16
+autocast on CUDA, per-task and mean validation accuracy every epoch and test accuracy after the last.
+What differs between its callers is a small `Context`: the rank and world size, the device, the
+all-reduce, where each epoch's row and checkpoint go, and where an earlier run's state comes from.
+`train` runs it in this process (checkpoint.pt and metrics.jsonl in a run folder), every Ray Train
+worker runs it with a Ray context (`distributed`), and the affinity warm-up reuses its step
+(`train_step`). Both training paths write the same history rows.
+
+Resume is exact: the sampler's order and the RNG depend only on (seed, epoch, rank), and a checkpoint
+(`checkpoint`) holds the trainable tensors, optimizer, schedule and history (a few hundred KB for MmAP,
 never the frozen backbone).
 """
 
@@ -11,20 +18,23 @@ from __future__ import annotations
 
 import json
 import math
-import os
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch.optim.lr_scheduler import LRScheduler
 from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
+from . import checkpoint
+from .checkpoint import load as load_checkpoint  # noqa: F401  (the name callers and tests know)
 from .data.base import MultiTaskDataset, TaskData
 from .data.sampler import MODES, MultiTaskBatchSampler
 from .model import PromptedCLIP
-from .safeload import load_tensor_file
+from .storage import location
 
 OPTIMIZERS = ("adamw", "sgd")
 
@@ -67,12 +77,19 @@ class TrainConfig:
 
 
 def _autocast(device: torch.device):
-    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return torch.autocast("cpu", enabled=False)
 
 
 @torch.no_grad()
 def evaluate_counts(
-    model: PromptedCLIP, tasks: Sequence[TaskData], split: str, batch_size: int = 256, rank: int = 0, world_size: int = 1
+    model: PromptedCLIP,
+    tasks: Sequence[TaskData],
+    split: str,
+    batch_size: int = 256,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> torch.Tensor:
     """(T, 2) [correct, total] per task on this rank's shard (every `world_size`-th sample) of `split`.
 
@@ -105,7 +122,9 @@ def accuracy(names: Sequence[str], counts: torch.Tensor) -> dict[str, float]:
     return acc
 
 
-def evaluate(model: PromptedCLIP, tasks: Sequence[TaskData], split: str = "test", batch_size: int = 256) -> dict[str, float]:
+def evaluate(
+    model: PromptedCLIP, tasks: Sequence[TaskData], split: str = "test", batch_size: int = 256
+) -> dict[str, float]:
     """Accuracy per task and their mean on `split`."""
     return accuracy([t.name for t in tasks], evaluate_counts(model, tasks, split, batch_size))
 
@@ -118,6 +137,7 @@ def trainable_parameters(model: PromptedCLIP, full_finetune: bool) -> list[torch
 
 def warmup_cosine(warmup: int, total: int) -> Callable[[int], float]:
     """LR multiplier: linear warm-up over `warmup` steps, then cosine decay to 0 at `total`."""
+
     def f(step: int) -> float:
         if step < warmup:
             return (step + 1) / warmup
@@ -126,18 +146,12 @@ def warmup_cosine(warmup: int, total: int) -> Callable[[int], float]:
     return f
 
 
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    write(tmp)
-    os.replace(tmp, path)
+def write_json(path: str | Path, obj: object) -> None:
+    """`obj` as indented JSON in `path`, written atomically (`storage.Location.write_bytes`)."""
+    location(path, "out").write_text(json.dumps(obj, indent=2) + "\n")
 
 
-def write_json(path: Path, obj: object) -> None:
-    _atomic_write(path, lambda p: p.write_text(json.dumps(obj, indent=2) + "\n"))
-
-
-def make_optimizer(params: list, cfg: TrainConfig, total_steps: int):
+def make_optimizer(params: list, cfg: TrainConfig, total_steps: int) -> tuple[torch.optim.Optimizer, LRScheduler]:
     """The optimizer over `params` and its warm-up + cosine schedule."""
     if cfg.optimizer == "adamw":
         opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -146,70 +160,148 @@ def make_optimizer(params: list, cfg: TrainConfig, total_steps: int):
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(cfg.warmup_steps, total_steps))
 
 
-def train_epoch(
-    forward: Callable, loader: DataLoader, opt, sched, params: list, cfg: TrainConfig, device, desc: str = "", progress: bool = False
-) -> float:
-    """One pass over `loader` with `forward(images, task_ids) -> logits` (the model, or its DDP wrapper).
+def _same(x):
+    return x
 
-    Returns the mean training loss of this process's batches.
+
+def _keep_nothing(row: dict, state: dict | None) -> None:
+    return None
+
+
+def _fresh() -> dict | None:
+    return None
+
+
+@dataclass(frozen=True)
+class Context:
+    """What differs between the callers of `fit`. The defaults: one process that keeps nothing."""
+
+    device: torch.device
+    rank: int = 0
+    world_size: int = 1
+    all_reduce: Callable[[torch.Tensor], torch.Tensor] = _same  # the sum over ranks, as a new tensor
+    # Every rank, every epoch, once the row is final: (row, the checkpoint state on rank 0, None elsewhere).
+    # The state shares storage with the live weights and optimizer: save it before returning.
+    report: Callable[[dict, dict | None], None] = _keep_nothing
+    restore: Callable[[], dict | None] = _fresh  # the checkpoint state to resume from, or None
+    wrap_model: Callable[[PromptedCLIP], Callable] = _same  # the forward to train through (DDP)
+    wrap_loader: Callable[[DataLoader], Iterable] = _same  # the batches to train on (device placement)
+    progress: bool = False  # a progress bar per epoch
+
+
+def train_step(
+    forward: Callable,
+    batch: Sequence[torch.Tensor],
+    opt: torch.optim.Optimizer,
+    sched: LRScheduler | None = None,
+    *,
+    grad_clip: float | None = None,
+    step: int = 0,
+    where: str = "of the epoch",
+    autocast: bool = True,
+) -> float:
+    """One optimiser step of `forward(images, task_ids) -> logits` on a multi-task batch; returns the loss.
+
+    `batch` is (images (B, 3, H, W), labels (B,), task ids (B,)) on the model's device. A loss that is not
+    finite raises FloatingPointError before it can update a weight; `step` and `where` place it.
+    """
+    images, labels, task_ids = batch
+    with _autocast(images.device) if autocast else nullcontext():
+        logits = forward(images, task_ids)  # (B, C_max)
+    loss = F.cross_entropy(logits.float(), labels)
+    value = loss.item()
+    if not math.isfinite(value):  # stop before a non-finite update reaches the prompts or a report
+        raise FloatingPointError(
+            f"training loss is {value} at step {step} {where} (lr {opt.param_groups[0]['lr']:.3g}): "
+            f"the run diverged; lower the learning rate or set grad_clip"
+        )
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_clip is not None:
+        torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], grad_clip)
+    opt.step()
+    if sched is not None:
+        sched.step()
+    return value
+
+
+def train_epoch(
+    forward: Callable,
+    loader: Iterable,
+    opt: torch.optim.Optimizer,
+    sched: LRScheduler,
+    cfg: TrainConfig,
+    ctx: Context,
+    epoch: int,
+) -> float:
+    """One pass over this rank's batches; returns their mean training loss.
+
+    The loop's per-epoch hook, looked up by `fit` at every call: the fault-injection tests wrap it
+    (tests/plugins), so production code carries no test switches.
     """
     losses = []
-    for step, (images, labels, task_ids) in enumerate(tqdm(loader, desc=desc, disable=not progress, leave=False)):
-        images, labels, task_ids = images.to(device), labels.to(device), task_ids.to(device)
-        with _autocast(device):
-            logits = forward(images, task_ids)  # (B, C_max)
-        loss = F.cross_entropy(logits.float(), labels)
-        value = loss.item()
-        if not math.isfinite(value):  # stop before a non-finite update reaches the prompts or a report
-            raise FloatingPointError(
-                f"training loss is {value} at step {step} of the epoch (lr {sched.get_last_lr()[0]:.3g}): "
-                f"the run diverged; lower the learning rate or set grad_clip"
-            )
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-        opt.step()
-        sched.step()
-        losses.append(value)
+    batches = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not ctx.progress, leave=False)
+    for step, batch in enumerate(batches):
+        batch = tuple(x.to(ctx.device) for x in batch)
+        losses.append(train_step(forward, batch, opt, sched, grad_clip=cfg.grad_clip, step=step))
     return sum(losses) / max(1, len(losses))
-
-
-def checkpoint_state(model: PromptedCLIP, opt, sched, history: list[dict], cfg: TrainConfig) -> dict:
-    """What a checkpoint holds: trainable tensors only (never the frozen backbone), optimizer, schedule."""
-    return {
-        "trainable": {n: p.detach().cpu() for n, p in model.named_parameters() if p.requires_grad},
-        "optimizer": opt.state_dict(),
-        "scheduler": sched.state_dict(),
-        "history": history,
-        "train_config": asdict(cfg),
-    }
-
-
-CHECKPOINT_KEYS = ("trainable", "optimizer", "scheduler", "history", "train_config")
-
-
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
-    """A `checkpoint_state` read from `path` with weights_only=True (no code runs); ValueError if it is not one."""
-    state = load_tensor_file(path, "checkpoint", map_location)
-    lacks = [k for k in CHECKPOINT_KEYS if k not in state] if isinstance(state, dict) else list(CHECKPOINT_KEYS)
-    if lacks:
-        raise ValueError(f"checkpoint {path} is not an mmap-ray run checkpoint: it lacks {lacks}; delete it to "
-                         f"start the run afresh, or point at the run folder that wrote it")
-    return state
-
-
-def restore_state(state: dict, model: PromptedCLIP, opt, sched) -> list[dict]:
-    """Load a `checkpoint_state` into model, optimizer and schedule; returns the metrics history."""
-    load_trainable(model, state["trainable"])
-    opt.load_state_dict(state["optimizer"])
-    sched.load_state_dict(state["scheduler"])
-    return list(state["history"])
 
 
 def epoch_seed(cfg: TrainConfig, epoch: int, rank: int = 0) -> int:
     """Seed of the global RNG (augmentations) for one epoch on one rank: a function of (seed, epoch, rank)."""
     return cfg.seed * 100_003 + epoch + 7_919 * rank
+
+
+def _split_accuracy(model: PromptedCLIP, tasks: Sequence[TaskData], split: str, cfg: TrainConfig, ctx: Context) -> dict:
+    """`{split}/<task>` and `{split}/mean` accuracy, counted on every rank's shard and summed."""
+    counts = evaluate_counts(model, tasks, split, cfg.eval_batch_size, ctx.rank, ctx.world_size)  # (T, 2)
+    return {f"{split}/{k}": v for k, v in accuracy([t.name for t in tasks], ctx.all_reduce(counts)).items()}
+
+
+def fit(
+    model: PromptedCLIP,
+    tasks: Sequence[TaskData],
+    cfg: TrainConfig,
+    ctx: Context,
+    *,
+    stop_after_epoch: int | None = None,
+) -> list[dict]:
+    """Train `model` on `tasks` from `ctx.restore()` (or afresh) to `cfg.epochs`; returns the history.
+
+    One row per epoch, the same on every path: epoch, train_loss (mean over ranks), lr, trainable_params,
+    total_params, val/<task> and val/mean, and test/<task> and test/mean in the row of the last epoch.
+    Each rank reads every `world_size`-th sample of each task's share of the global batch.
+    `stop_after_epoch` ends the call early (to test resuming).
+    """
+    model.to(ctx.device)
+    params = trainable_parameters(model, cfg.full_finetune)  # before wrapping: DDP reads requires_grad
+    forward = ctx.wrap_model(model)
+    lengths = [len(t.train) for t in tasks]
+    sampler = MultiTaskBatchSampler(lengths, cfg.batch_size, cfg.sampling, cfg.seed, ctx.rank, ctx.world_size)
+    loader = DataLoader(MultiTaskDataset([t.train for t in tasks]), batch_sampler=sampler, num_workers=cfg.num_workers)
+    loader = ctx.wrap_loader(loader)
+    opt, sched = make_optimizer(params, cfg, cfg.epochs * len(sampler))
+    saved = ctx.restore()
+    history = checkpoint.restore(saved, model, opt, sched) if saved is not None else []
+    sizes = {
+        "trainable_params": sum(p.numel() for p in params),
+        "total_params": sum(p.numel() for p in model.parameters()),
+    }
+    for epoch in range(len(history), cfg.epochs):
+        torch.manual_seed(epoch_seed(cfg, epoch, ctx.rank))
+        sampler.set_epoch(epoch)
+        model.train()
+        loss = train_epoch(forward, loader, opt, sched, cfg, ctx, epoch)  # this rank's mean
+        loss = ctx.all_reduce(torch.tensor([loss], dtype=torch.float64)) / ctx.world_size  # (1,) mean over ranks
+        row = {"epoch": epoch + 1, "train_loss": float(loss), "lr": sched.get_last_lr()[0], **sizes}
+        row.update(_split_accuracy(model, tasks, "val", cfg, ctx))
+        if epoch + 1 == cfg.epochs:
+            row.update(_split_accuracy(model, tasks, "test", cfg, ctx))
+        history.append(row)
+        ctx.report(row, checkpoint.state(model, opt, sched, history, cfg) if ctx.rank == 0 else None)
+        if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch:
+            break
+    return history
 
 
 def train(
@@ -221,51 +313,21 @@ def train(
     progress: bool = True,
     stop_after_epoch: int | None = None,
 ) -> list[dict]:
-    """Train `model` on `tasks` in this process; returns one metrics dict per epoch (val accuracy every epoch).
+    """`fit` in this process; returns the history (one row per epoch, as `fit` describes).
 
     With `out_dir`, writes checkpoint.pt and metrics.jsonl after every epoch, atomically, and resumes from
-    checkpoint.pt when `resume` is set. `stop_after_epoch` ends the call early (to test resuming).
+    checkpoint.pt when `resume` is set.
     """
     device = next(model.parameters()).device
     out = Path(out_dir) if out_dir is not None else None
-    params = trainable_parameters(model, cfg.full_finetune)
-    sampler = MultiTaskBatchSampler([len(t.train) for t in tasks], cfg.batch_size, cfg.sampling, cfg.seed)
-    loader = DataLoader(MultiTaskDataset([t.train for t in tasks]), batch_sampler=sampler, num_workers=cfg.num_workers)
-    opt, sched = make_optimizer(params, cfg, cfg.epochs * len(sampler))
-    ckpt_path = out / "checkpoint.pt" if out is not None else None
-    history: list[dict] = []
-    if resume and ckpt_path is not None and ckpt_path.is_file():
-        history = restore_state(load_checkpoint(ckpt_path, device), model, opt, sched)
+    saved = out / checkpoint.RUN_FILE if out is not None else None
 
-    for epoch in range(len(history), cfg.epochs):
-        torch.manual_seed(epoch_seed(cfg, epoch))
-        sampler.set_epoch(epoch)
-        model.train()
-        loss = train_epoch(model, loader, opt, sched, params, cfg, device, f"epoch {epoch + 1}/{cfg.epochs}", progress)
-        row = {"epoch": epoch + 1, "train_loss": loss, "lr": sched.get_last_lr()[0]}
-        row.update({f"val/{k}": v for k, v in evaluate(model, tasks, "val", cfg.eval_batch_size).items()})
-        history.append(row)
+    def restore() -> dict | None:
+        return checkpoint.load(saved, device) if resume and saved is not None and saved.is_file() else None
+
+    def report(row: dict, state: dict | None) -> None:
         if out is not None:
-            save_run_files(out, checkpoint_state(model, opt, sched, history, cfg))
-        if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch:
-            break
-    return history
+            checkpoint.save_run(out, state)
 
-
-def save_run_files(out: Path, state: dict) -> None:
-    """checkpoint.pt and metrics.jsonl (the whole history, so a resumed run never duplicates a row)."""
-    _atomic_write(out / "checkpoint.pt", lambda p: torch.save(state, p))
-    _atomic_write(out / "metrics.jsonl", lambda p: p.write_text("".join(json.dumps(r) + "\n" for r in state["history"])))
-
-
-def load_trainable(model: PromptedCLIP, tensors: dict[str, torch.Tensor]) -> None:
-    """Copy saved trainable tensors into `model`; every saved name must exist with the same shape."""
-    params = dict(model.named_parameters())
-    missing = [n for n in tensors if n not in params]
-    if missing:
-        raise ValueError(f"checkpoint holds parameters the model does not have: {missing[:5]}")
-    with torch.no_grad():
-        for n, t in tensors.items():
-            if params[n].shape != t.shape:
-                raise ValueError(f"checkpoint parameter {n} has shape {tuple(t.shape)}, model has {tuple(params[n].shape)}")
-            params[n].copy_(t)
+    ctx = Context(device, report=report, restore=restore, progress=progress)
+    return fit(model, tasks, cfg, ctx, stop_after_epoch=stop_after_epoch)

@@ -23,12 +23,14 @@ def test_measuring_leaves_weights_grads_and_optimizer_bit_identical(tiny, toy_ta
     model = shared_model(tiny, toy_tasks)
     assert model.bank.task_specific is None and model.partition.num_groups == 1
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
-    batch = (torch.stack([toy_tasks[0].train[i][0] for i in range(4)]), torch.tensor([0, 1, 2, 3]), torch.zeros(4, dtype=torch.long))
+    images = torch.stack([toy_tasks[0].train[i][0] for i in range(4)])  # (4, 3, H, W)
+    batch = (images, torch.tensor([0, 1, 2, 3]), torch.zeros(4, dtype=torch.long))
     F.cross_entropy(model(batch[0], batch[2]), batch[1]).backward()
     opt.step()  # optimizer state and .grad now exist
     weights = {k: v.clone() for k, v in model.state_dict().items()}
     grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-    state = {k: {n: t.clone() if torch.is_tensor(t) else t for n, t in v.items()} for k, v in opt.state_dict()["state"].items()}
+    saved = opt.state_dict()["state"].items()
+    state = {k: {n: t.clone() if torch.is_tensor(t) else t for n, t in v.items()} for k, v in saved}
     a = measure_affinity(model, toy_tasks, AffinityConfig(method=method, steps=2, batch_size=8))
     assert a.shape == (4, 4) and torch.isfinite(a).all()
     assert all(torch.equal(v, weights[k]) for k, v in model.state_dict().items())
@@ -76,6 +78,14 @@ def test_warm_up_trains_the_shared_prompt(tiny, toy_tasks):
     assert not torch.equal(model.bank.groups.source, before)
 
 
+def test_warm_up_takes_the_training_step_and_stops_on_divergence(tiny, toy_tasks):
+    """The warm-up is the training loop's step: a non-finite loss stops it before any weight is updated."""
+    model = shared_model(tiny, toy_tasks)
+    with pytest.raises(FloatingPointError, match=r"training loss is (nan|inf) at step \d+ of the affinity warm-up"):
+        warm_up(model, toy_tasks, AffinityConfig(warmup_steps=5, batch_size=8, lr=1e30))
+    assert torch.isfinite(model.bank.groups.source).all()
+
+
 def test_affinity_config_errors():
     with pytest.raises(ValueError, match="method='tag' is not valid; choose one of"):
         AffinityConfig(method="tag")
@@ -86,13 +96,15 @@ def test_affinity_config_errors():
 def test_group_cli_writes_a_partition_train_accepts(tmp_path, capsys):
     out = tmp_path / "group.json"
     common = ["--pretrained", "none", "--n-tokens", "2"]
-    assert main(["group", *common, "--k", "2", "--warmup-steps", "1", "--steps", "1", "--batch-size", "8", "--out", str(out)]) == 0
+    fast = ["--warmup-steps", "1", "--steps", "1", "--batch-size", "8"]
+    assert main(["group", *common, "--k", "2", *fast, "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     result = json.loads(out.read_text())
     assert result["tasks"] == ["Art", "Clipart", "Product", "RealWorld"] and len(result["affinity"]) == 4
     assert f"partition: {result['partition']}" in printed and "RealWorld" in printed.splitlines()[1]
     run = tmp_path / "run"
-    assert main(["train", *common, "--epochs", "1", "--batch-size", "32", "--no-progress", "--partition", str(out), "--out", str(run)]) == 0
+    train = ["train", *common, "--epochs", "1", "--batch-size", "32", "--no-progress"]
+    assert main([*train, "--partition", str(out), "--out", str(run)]) == 0
     assert json.loads((run / "summary.json").read_text())["partition"] == result["partition"]
     assert main(["group", *common, "--k", "0"]) == 2
     assert "--k 0 is not valid for 4 tasks" in capsys.readouterr().err

@@ -13,6 +13,9 @@ def test_train_writes_run_and_eval_reproduces_it(tmp_path, capsys):
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["test"]) == {"Art", "Product", "mean"} and summary["partition"] == "Art|Product"
     assert summary["trainable_params"] > 0 and summary["epochs"] == 1
+    row = json.loads((out / "metrics.jsonl").read_text())  # the loop's row: the same on the Ray path
+    assert summary["test"] == {k.removeprefix("test/"): v for k, v in row.items() if k.startswith("test/")}
+    assert row["trainable_params"] == summary["trainable_params"] and row["total_params"] == summary["total_params"]
     assert "run folder:" in capsys.readouterr().out
     assert main(["eval", "--run", str(out), "--out", str(tmp_path / "acc.json")]) == 0
     assert json.loads((tmp_path / "acc.json").read_text()) == summary["test"]

@@ -1,4 +1,5 @@
-"""Ray Train on a real local Ray instance: DDP equivalence, resume, resource checks (faults: tests/faults)."""
+"""Ray Train on a real local Ray instance: DDP equivalence, one history row format with the in-process
+loop, resume, resource checks (faults: tests/faults)."""
 
 import json
 import time
@@ -15,19 +16,33 @@ pytestmark = pytest.mark.slow
 RUN = spec(pretrained="none", n_tokens=2, domains="Art,Product", partition="Art|Product", shots=4)
 
 
-def _trainable(state):
-    return state["trainable"]
-
-
-def test_two_workers_equal_one_process_with_double_batch(ray_local, tmp_path):
+@pytest.fixture(scope="module")
+def both_paths(ray_local, tmp_path_factory):
+    """The same run in this process with the global batch 16, and as 2 Ray Train workers x 8."""
     cfg = TrainConfig(epochs=2, batch_size=16, lr=5e-3, warmup_steps=2)  # global batch 16 = 2 workers x 8
     model, tasks = build_run(RUN)
-    train(model, tasks, cfg, progress=False)
-    ref = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
-    state = fit_distributed(RUN, cfg, tmp_path / "ddp", WorkerSpec(workers=2))
-    assert set(_trainable(state)) == set(ref)
-    for n, t in _trainable(state).items():
+    history = train(model, tasks, cfg, progress=False)
+    prompts = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
+    return history, prompts, fit_distributed(RUN, cfg, tmp_path_factory.mktemp("ddp"), WorkerSpec(workers=2))
+
+
+def test_two_workers_equal_one_process_with_double_batch(both_paths):
+    _, ref, state = both_paths
+    assert set(state["trainable"]) == set(ref)
+    for n, t in state["trainable"].items():
         torch.testing.assert_close(t, ref[n], rtol=0, atol=1e-5, msg=n)
+
+
+def test_both_paths_write_the_same_history_rows(both_paths):
+    """One loop, one row format: the in-process rows and the Ray rows have the same keys in the same
+    order (test accuracy in the last row) and the same values, up to float summation order."""
+    local, _, state = both_paths
+    ray_rows = state["history"]
+    assert [list(r) for r in local] == [list(r) for r in ray_rows]
+    assert {k for k in local[-1] if k.startswith("test/")} == {"test/Art", "test/Product", "test/mean"}
+    for a, b in zip(local, ray_rows, strict=True):
+        for k in a:
+            assert a[k] == pytest.approx(b[k], rel=1e-5, abs=1e-6), k
 
 
 def test_rerunning_a_finished_run_resumes_instead_of_retraining(ray_local, tmp_path):
@@ -44,7 +59,8 @@ def test_impossible_request_fails_fast(ray_local, tmp_path):
     with pytest.raises(ValueError, match=r"need \{'CPU': 3.0, 'GPU': 0.0\} but the Ray cluster has \{'CPU': 2.0"):
         fit_distributed(RUN, TrainConfig(epochs=1), tmp_path, WorkerSpec(workers=3))
     with pytest.raises(ValueError, match=r"'GPU': 2\} but the Ray cluster has \{'CPU': 2.0, 'GPU': 0\}"):
-        fit_distributed(RUN, TrainConfig(epochs=1), tmp_path, WorkerSpec(workers=2, cpus_per_worker=0.5, gpus_per_worker=1))
+        gpus = WorkerSpec(workers=2, cpus_per_worker=0.5, gpus_per_worker=1)
+        fit_distributed(RUN, TrainConfig(epochs=1), tmp_path, gpus)
     assert time.time() - start < 10
 
 
@@ -52,8 +68,9 @@ def test_cli_train_with_workers(ray_local, tmp_path):
     from mmap_ray.cli import main
 
     out = tmp_path / "run"
-    argv = ["train", "--pretrained", "none", "--n-tokens", "2", "--domains", "Art,Product", "--shots", "4",
-            "--epochs", "1", "--batch-size", "16", "--workers", "2", "--cpus-per-worker", "0.5", "--out", str(out)]  # fmt: skip
+    run = ["--pretrained", "none", "--n-tokens", "2", "--domains", "Art,Product", "--shots", "4"]
+    workers = ["--epochs", "1", "--batch-size", "16", "--workers", "2", "--cpus-per-worker", "0.5"]
+    argv = ["train", *run, *workers, "--out", str(out)]
     assert main(argv) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["test"]) == {"Art", "Product", "mean"}

@@ -1,12 +1,14 @@
-"""The train/eval loop: prompt-only checkpoints, bit-for-bit resume, baselines as configurations."""
+"""The train/eval loop: prompt-only checkpoints, bit-for-bit resume, baselines as configurations, one
+history row format, and the checkpoint module (atomic, validated, weights only)."""
 
 import json
 
 import pytest
 import torch
 
+from mmap_ray import checkpoint
 from mmap_ray.data.toy import ToyConfig, load_toy_tasks
-from mmap_ray.engine import TrainConfig, evaluate, train
+from mmap_ray.engine import Context, TrainConfig, evaluate, fit, train
 from mmap_ray.model import PromptedCLIP
 from mmap_ray.prompts import MmAPConfig
 
@@ -56,7 +58,60 @@ def test_training_reduces_loss_and_reports_every_task(tiny, toy_tasks):
     model = _model(tiny, toy_tasks)
     hist = train(model, toy_tasks, TrainConfig(epochs=4, batch_size=16, lr=1e-2), progress=False)
     assert hist[-1]["train_loss"] < hist[0]["train_loss"]
-    assert {f"val/{t.name}" for t in toy_tasks} | {"val/mean"} <= set(hist[-1])
+    val = [f"val/{t.name}" for t in toy_tasks] + ["val/mean"]
+    every = ["epoch", "train_loss", "lr", "trainable_params", "total_params", *val]
+    assert [list(r) for r in hist[:-1]] == [every] * 3  # the row format of every path (see test_distributed)
+    assert list(hist[-1]) == every + [k.replace("val/", "test/") for k in val]  # test accuracy after the last epoch
+    assert hist[-1]["test/mean"] == evaluate(model, toy_tasks)["mean"]
+    assert hist[0]["trainable_params"] == sum(p.numel() for p in model.bank.parameters())
+
+
+def test_fit_reports_every_epoch_and_resumes_from_the_context(tiny, toy_tasks, tmp_path):
+    """The loop's context: report gets each row and the state to save; restore() is where a run resumes."""
+    cfg = TrainConfig(epochs=2, batch_size=16, seed=3)
+    rows = []
+
+    def report(row, state):
+        rows.append(row)
+        checkpoint.save(state, tmp_path / f"epoch{row['epoch']}.pt")
+
+    hist = fit(_model(tiny, toy_tasks), toy_tasks, cfg, Context(torch.device("cpu"), report=report))
+    assert rows == hist and checkpoint.load(tmp_path / "epoch1.pt")["history"] == hist[:1]
+    restore = lambda: checkpoint.load(tmp_path / "epoch1.pt")  # noqa: E731
+    resumed = fit(_model(tiny, toy_tasks, seed=9), toy_tasks, cfg, Context(torch.device("cpu"), restore=restore))
+    assert resumed == hist  # epoch 2 trained from the state saved after epoch 1
+
+
+def test_checkpoint_round_trip_from_file_and_bytes(tiny, toy_tasks, tmp_path):
+    model = _model(tiny, toy_tasks)
+    train(model, toy_tasks, TrainConfig(epochs=1, batch_size=16), tmp_path, progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt", "metrics.jsonl"]  # no temporary file left
+    state = checkpoint.load(tmp_path / "checkpoint.pt")
+    again = checkpoint.from_bytes((tmp_path / "checkpoint.pt").read_bytes(), "s3://bucket/state.pt")
+    assert again["history"] == state["history"] and again["train_config"] == state["train_config"]
+    assert all(torch.equal(again["trainable"][n], t) for n, t in state["trainable"].items())
+    checkpoint.save({**state, "history": []}, tmp_path / "checkpoint.pt")  # replaced whole
+    assert checkpoint.load(tmp_path / "checkpoint.pt")["history"] == []
+
+
+@pytest.mark.parametrize(
+    "state, needle",
+    [
+        ({"trainable": {}}, "it lacks ['optimizer', 'scheduler', 'history', 'train_config']"),
+        ([1, 2], "it lacks ['trainable', 'optimizer'"),
+        (dict.fromkeys(checkpoint.KEYS, {}), "history is a dict, not a list"),
+        ({**dict.fromkeys(checkpoint.KEYS, {}), "trainable": {"x": [1.0]}, "history": []}, "['x'] is not a tensor"),
+    ],
+)
+def test_checkpoint_that_is_not_a_run_state_is_named(tmp_path, state, needle):
+    torch.save(state, tmp_path / "state.pt")
+    with pytest.raises(ValueError, match="is not an mmap-ray run checkpoint") as e:
+        checkpoint.load(tmp_path / "state.pt")
+    assert f"checkpoint {tmp_path / 'state.pt'} " in str(e.value) and needle in str(e.value)
+    with pytest.raises(ValueError, match=r"checkpoint s3://b/state.pt is not an mmap-ray run checkpoint"):
+        checkpoint.from_bytes((tmp_path / "state.pt").read_bytes(), "s3://b/state.pt")
+    with pytest.raises(ValueError, match=r"checkpoint s3://b/state.pt is not a PyTorch checkpoint"):
+        checkpoint.from_bytes((tmp_path / "state.pt").read_bytes()[:100], "s3://b/state.pt")  # truncated
 
 
 def test_full_finetune_trains_the_backbone(toy_tasks):

@@ -7,7 +7,6 @@ its outcome from Tune (finished, or errored with the causes from its error file)
 
 from __future__ import annotations
 
-import io
 import re
 from pathlib import Path
 
@@ -19,15 +18,13 @@ from .trials import trial_of
 
 def history(study_dir: str, key: str) -> list[dict]:
     """The metrics history in the trial's newest Ray Train checkpoint ([] before its first epoch)."""
-    import torch
-
+    from .. import checkpoint
     from ..distributed import RUN_NAME
 
     ckpts = (location(study_dir) / "train" / key / RUN_NAME).dirs("checkpoint_*")
     if not ckpts:
         return []
-    data = io.BytesIO((ckpts[-1] / "state.pt").read_bytes())
-    return torch.load(data, map_location="cpu", weights_only=True)["history"]  # tensors and plain values only
+    return checkpoint.load(ckpts[-1] / checkpoint.STATE_FILE)["history"]  # local or object storage; validated
 
 
 def error_message(trial) -> str:
@@ -38,17 +35,24 @@ def error_message(trial) -> str:
     return " <- ".join(causes)[-2000:] or text[-2000:] or "unknown error (see the trial's error file)"
 
 
-def parquet_writer(study: StudyConfig, base: dict, tasks: list[str], failures: list[StorageError]):
-    """A Tune callback writing each ended trial's rows; storage errors are also kept in `failures`."""
+def parquet_writer(study: StudyConfig, base: dict, tasks: list[str], failures: list[StorageError], interrupt):
+    """A Tune callback writing each ended trial's rows; storage errors are also kept in `failures`.
+
+    Once the study is interrupted (`interrupt.requested`), a trial stopped part-way or failing is not a
+    result: it gets no row, and --resume runs it (from its last checkpoint).
+    """
     from ray.tune import Callback
 
     class ParquetWriter(Callback):
         def _write(self, trial, status: str, error: str = "") -> None:
             planned = trial_of(trial.config, base)
             wall = float((trial.last_result or {}).get("time_total_s", 0.0))
+            done = history(study.study_dir, planned["key"])
+            if interrupt.requested and (status == "ERROR" or len(done) < planned["train"]["epochs"]):
+                return
             row, epochs = trial_rows(
-                study.name, study.k, tasks, planned, history(study.study_dir, planned["key"]), trial_id=trial.trial_id,
-                status=status, error=error, wall_s=wall, workers=base["workers"],
+                study.name, study.k, tasks, planned, done, trial_id=trial.trial_id, status=status, error=error,
+                wall_s=wall, workers=base["workers"],
             )  # fmt: skip
             root = location(study.study_dir) / "results"
             key = row_key(row["config_id"], row["seed"])

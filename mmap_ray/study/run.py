@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import signal
+import sys
 import time
 from dataclasses import asdict
 
@@ -35,6 +38,47 @@ class Interrupted(Exception):
     def __init__(self, done: int, total: int):
         super().__init__(f"interrupted: {done} of {total} trials have results; continue with --resume")
         self.done, self.total = done, total
+
+
+class Interrupt:
+    """Ctrl-C during a study: the first one stops the trials cleanly (a Tune stopper ends the experiment
+    and unfinished trials get no row); a second one stops at once. Tune's own SIGINT handler is off:
+    it would end the run as if it had finished."""
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def __enter__(self) -> Interrupt:
+        self._saved = signal.signal(signal.SIGINT, self._handle)
+        self._env = os.environ.get("TUNE_DISABLE_SIGINT_HANDLER")
+        os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+        return self
+
+    def __exit__(self, *exc) -> None:
+        signal.signal(signal.SIGINT, self._saved)
+        if self._env is None:
+            os.environ.pop("TUNE_DISABLE_SIGINT_HANDLER", None)
+        else:
+            os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = self._env
+
+    def _handle(self, signum, frame) -> None:
+        self.requested = True
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # a second Ctrl-C: KeyboardInterrupt
+        print("stopping the study's trials (Ctrl-C again to quit at once)", file=sys.stderr, flush=True)
+
+    def stopper(self):
+        from ray import tune
+
+        interrupt = self
+
+        class StopOnInterrupt(tune.Stopper):
+            def __call__(self, trial_id: str, result: dict) -> bool:
+                return False
+
+            def stop_all(self) -> bool:
+                return interrupt.requested
+
+        return StopOnInterrupt()
 
 
 def trial_driver(config: dict, base: dict) -> None:
@@ -136,17 +180,20 @@ def _run_trials(study: StudyConfig, base: dict, tasks: list[str], resume: bool, 
         return total, 0
     failures: list[StorageError] = []
     trainable = tune.with_resources(tune.with_parameters(trial_driver, base=base), {"cpu": TRIAL_DRIVER_CPU})
-    tuner = tune.Tuner(trainable, **args, run_config=tune.RunConfig(
-        name=time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()), **(folder / "tune").ray_storage(),
-        callbacks=[parquet_writer(study, base, tasks, failures)], failure_config=tune.FailureConfig(max_failures=0),
-        verbose=1,
-    ))  # fmt: skip
-    try:
-        tuner.fit()
-    except TuneError:
-        if failures:  # the study stopped because results could not be stored: say that, plainly
-            raise failures[0] from None
-        raise
+    with Interrupt() as interrupt:
+        tuner = tune.Tuner(trainable, **args, run_config=tune.RunConfig(
+            name=time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()), **(folder / "tune").ray_storage(),
+            callbacks=[parquet_writer(study, base, tasks, failures, interrupt)], stop=interrupt.stopper(),
+            failure_config=tune.FailureConfig(max_failures=0), verbose=1,
+        ))  # fmt: skip
+        try:
+            tuner.fit()
+        except TuneError:
+            if failures:  # the study stopped because results could not be stored: say that, plainly
+                raise failures[0] from None
+            raise
+    if interrupt.requested:
+        raise Interrupted(len(stored_rows(folder)), total)
     return total, n
 
 

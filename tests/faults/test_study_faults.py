@@ -13,8 +13,8 @@ import pandas as pd
 import pytest
 
 from conftest import STUDY, VENV_BIN, study_env as _env
-from mmap_ray.distributed import NAN_ENV
 from mmap_ray.results import load
+from plugins.mmap_ray_faults import NAN_ENV, with_plugins
 
 pytestmark = [pytest.mark.slow, pytest.mark.faults]
 SECRETS = {"AWS_ACCESS_KEY_ID": "AKIAMARKERID0000", "AWS_SECRET_ACCESS_KEY": "marker-secret-key-7f3e9a",
@@ -128,8 +128,8 @@ def test_diverging_trial_is_recorded_as_errored_and_every_client_reads_the_folde
     import pyarrow.dataset as pads
 
     argv = [*STUDY, "--smoke", "--storage", str(tmp_path), "--name", "nan", "--seeds", "0", "1"]
-    out = subprocess.run(argv, env=_env(RAY_AUTH_MODE="disabled", **{NAN_ENV: "1"}), capture_output=True, text=True,
-                         timeout=900)  # fmt: skip
+    env = with_plugins(_env(RAY_AUTH_MODE="disabled", **{NAN_ENV: "1"}))  # the test's fault plugin, in every process
+    out = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
     df = load(tmp_path / "nan" / "results").set_index(["scheme", "seed"]).sort_index()
     assert len(df) == 4  # every trial has its row, errored or not

@@ -1,14 +1,20 @@
 """Fault injection: a Ray Train worker (rank 0 or rank 1) dies mid-run; the run resumes from its checkpoint.
 
-The final history and prompts must equal an undisturbed run with the same seed.
+The final history and prompts must equal an undisturbed run with the same seed. The fault comes from
+the test (tests/plugins/mmap_ray_faults.py): the local Ray starts with that plugin on its workers' path
+and a fault plan file, which each test arms before its run and disarms after.
 """
+
+import json
+import os
 
 import pytest
 import torch
 
-from mmap_ray.distributed import FAIL_ENV, FAIL_RANK_ENV, WorkerSpec, fit_distributed
+from mmap_ray.distributed import WorkerSpec, fit_distributed
 from mmap_ray.engine import TrainConfig
 from mmap_ray.runspec import spec
+from plugins.mmap_ray_faults import PLAN_ENV, with_plugins
 
 pytestmark = [pytest.mark.slow, pytest.mark.faults]
 
@@ -17,15 +23,35 @@ CFG = TrainConfig(epochs=3, batch_size=16, lr=5e-3, warmup_steps=2)
 
 
 @pytest.fixture(scope="module")
+def fault_plan(tmp_path_factory):
+    """The plan file the workers read (absent: no fault), in the environment the local Ray will inherit."""
+    plan = tmp_path_factory.mktemp("faults") / "plan.json"
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in with_plugins({"PYTHONPATH": os.environ.get("PYTHONPATH", ""), PLAN_ENV: str(plan)}).items():
+            mp.setenv(k, v)
+        yield plan
+
+
+@pytest.fixture(scope="module")
+def ray_local(fault_plan, ray_local):
+    """conftest's local Ray, started after `fault_plan` set the environment its workers inherit."""
+    return ray_local
+
+
+@pytest.fixture(scope="module")
 def clean(ray_local, tmp_path_factory):
     return fit_distributed(RUN, CFG, tmp_path_factory.mktemp("clean"), WorkerSpec(workers=2))
 
 
 @pytest.mark.parametrize("rank", [0, 1])
-def test_worker_killed_mid_run_recovers_with_same_results(clean, rank, tmp_path, monkeypatch):
-    monkeypatch.setenv(FAIL_ENV, "1")  # the rank exits (os._exit) once, at the start of the second epoch
-    monkeypatch.setenv(FAIL_RANK_ENV, str(rank))
-    hurt = fit_distributed(RUN, CFG, tmp_path, WorkerSpec(workers=2, max_failures=1))
+def test_worker_killed_mid_run_recovers_with_same_results(clean, rank, tmp_path, fault_plan):
+    # the rank exits (os._exit) once, at the start of the second epoch
+    die = {"rank": rank, "epoch": 1, "marker": str(tmp_path / ".test-failed-once")}
+    fault_plan.write_text(json.dumps({"die": die}))
+    try:
+        hurt = fit_distributed(RUN, CFG, tmp_path, WorkerSpec(workers=2, max_failures=1))
+    finally:
+        fault_plan.unlink()
     assert (tmp_path / ".test-failed-once").is_file()  # the failure really happened
     assert [r["epoch"] for r in hurt["history"]] == [1, 2, 3]
     for a, b in zip(clean["history"], hurt["history"], strict=True):

@@ -1,0 +1,126 @@
+"""Run state: the only writer and reader of a training run's checkpoints.
+
+A checkpoint holds what an exact resume needs and nothing more: the trainable tensors (the prompts, or
+the whole backbone for the full fine-tuning baseline; never a frozen backbone), the optimizer and
+schedule state, the metrics history and the training configuration. It is written atomically (readers
+see the old file or the new one, never a part) through `storage.Location`, and read with
+`torch.load(weights_only=True)` (`safeload`, so no code from the file runs), then checked to be a run
+checkpoint before anything uses it.
+
+Where checkpoints live: an in-process run keeps `checkpoint.pt` and `metrics.jsonl` in its run folder;
+each Ray Train checkpoint is a folder holding `state.pt`, which a study reads back (from a local folder
+or object storage) for the trial's history.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+from .safeload import load_tensor_bytes, load_tensor_file
+from .storage import Location, location
+
+if TYPE_CHECKING:
+    from torch.optim.lr_scheduler import LRScheduler
+
+    from .engine import TrainConfig
+    from .model import PromptedCLIP
+
+RUN_FILE = "checkpoint.pt"  # an in-process run's checkpoint, in its run folder
+METRICS_FILE = "metrics.jsonl"  # the history, one JSON row per epoch, next to it
+STATE_FILE = "state.pt"  # the file in each Ray Train checkpoint folder
+KEYS = ("trainable", "optimizer", "scheduler", "history", "train_config")
+# what each key must hold; checked on load, so a damaged or foreign file fails here, not mid-resume
+_TYPES = {"trainable": dict, "optimizer": dict, "scheduler": dict, "history": list, "train_config": dict}
+
+
+def state(
+    model: PromptedCLIP, opt: torch.optim.Optimizer, sched: LRScheduler, history: list[dict], cfg: TrainConfig
+) -> dict:
+    """What a checkpoint holds: trainable tensors only (never the frozen backbone), optimizer, schedule."""
+    return {
+        "trainable": {n: p.detach().cpu() for n, p in model.named_parameters() if p.requires_grad},
+        "optimizer": opt.state_dict(),
+        "scheduler": sched.state_dict(),
+        "history": history,
+        "train_config": asdict(cfg),
+    }
+
+
+def save(run_state: dict, where: str | Path | Location) -> None:
+    """Write `run_state` to a file (local or object storage) atomically; StorageError names a failed write."""
+    buf = io.BytesIO()
+    torch.save(run_state, buf)
+    location(where, "checkpoint").write_bytes(buf.getvalue())
+
+
+def save_run(out: str | Path, run_state: dict) -> None:
+    """An in-process run folder's checkpoint.pt and metrics.jsonl (the whole history, so a resumed run
+    never duplicates a row)."""
+    save(run_state, Path(out) / RUN_FILE)
+    rows = "".join(json.dumps(r) + "\n" for r in run_state["history"])
+    location(Path(out) / METRICS_FILE, "out").write_text(rows)
+
+
+def load(where: str | Path | Location, map_location: str | torch.device = "cpu") -> dict:
+    """A run checkpoint from a local file or an object-storage URI / Location, validated; ValueError
+    (naming the file) if it is not one or would run code, FileNotFoundError if it is missing."""
+    if isinstance(where, str) and "://" in where:
+        where = location(where, "checkpoint")
+    if isinstance(where, Location):
+        if not where.is_local:
+            return from_bytes(where.read_bytes(), where.uri, map_location)
+        where = where.path
+    return _validated(load_tensor_file(where, "checkpoint", map_location), where)
+
+
+def from_bytes(data: bytes, source: str, map_location: str | torch.device = "cpu") -> dict:
+    """A run checkpoint from the bytes of a checkpoint file fetched elsewhere; `source` names it in errors."""
+    return _validated(load_tensor_bytes(data, source, "checkpoint", map_location), source)
+
+
+def _validated(obj: object, source: str | Path) -> dict:
+    """`obj` if it has every key of a run checkpoint, each of the right kind; else ValueError naming `source`."""
+    lacks = [k for k in KEYS if k not in obj] if isinstance(obj, dict) else list(KEYS)
+    if lacks:
+        raise ValueError(
+            f"checkpoint {source} is not an mmap-ray run checkpoint: it lacks {lacks}; delete it to start the "
+            f"run afresh, or point at the run folder that wrote it"
+        )
+    wrong = [
+        f"{k} is a {type(obj[k]).__name__}, not a {t.__name__}" for k, t in _TYPES.items() if not isinstance(obj[k], t)
+    ]
+    if not wrong:
+        wrong = [f"trainable[{n!r}] is not a tensor" for n, t in obj["trainable"].items() if not torch.is_tensor(t)]
+        wrong += [f"history[{i}] is not a dict" for i, r in enumerate(obj["history"]) if not isinstance(r, dict)]
+    if wrong:
+        raise ValueError(f"checkpoint {source} is not an mmap-ray run checkpoint: {'; '.join(wrong[:3])}")
+    return obj
+
+
+def restore(run_state: dict, model: PromptedCLIP, opt: torch.optim.Optimizer, sched: LRScheduler) -> list[dict]:
+    """Load a checkpoint into model, optimizer and schedule; returns the metrics history."""
+    load_trainable(model, run_state["trainable"])
+    opt.load_state_dict(run_state["optimizer"])
+    sched.load_state_dict(run_state["scheduler"])
+    return list(run_state["history"])
+
+
+def load_trainable(model: PromptedCLIP, tensors: dict[str, torch.Tensor]) -> None:
+    """Copy saved trainable tensors into `model`; every saved name must exist with the same shape."""
+    params = dict(model.named_parameters())
+    missing = [n for n in tensors if n not in params]
+    if missing:
+        raise ValueError(f"checkpoint holds parameters the model does not have: {missing[:5]}")
+    with torch.no_grad():
+        for n, t in tensors.items():
+            if params[n].shape != t.shape:
+                raise ValueError(
+                    f"checkpoint parameter {n} has shape {tuple(t.shape)}, model has {tuple(params[n].shape)}"
+                )
+            params[n].copy_(t)

@@ -1,0 +1,89 @@
+"""Test-only fault injection for the training loop, installed from outside the package.
+
+A test that wants a fault puts this folder first on PYTHONPATH (`with_plugins`) of the process it starts,
+or of the local Ray instance it starts (Ray workers inherit that environment), and sets one of the
+variables below. `sitecustomize.py` here then wraps `mmap_ray.engine.train_epoch`, the loop's per-epoch
+hook, as soon as `mmap_ray.engine` is imported. Without the variables nothing is installed, and
+production code never reads them.
+
+- NAN_ENV=SEED: runs with training seed SEED produce NaN logits from their second epoch on.
+- PLAN_ENV=PATH of a JSON file {"die": {"rank": R, "epoch": E, "marker": FILE}}: rank R exits
+  (`os._exit(1)`, no clean-up) at the start of epoch E (0-based), once: it writes FILE first and never
+  dies while FILE exists. The plan is read at every epoch, so a test arms and disarms it while one Ray
+  instance runs; a missing file is no fault.
+"""
+
+from __future__ import annotations
+
+import importlib.abc
+import json
+import os
+import sys
+from pathlib import Path
+
+NAN_ENV = "MMAP_RAY_TEST_NAN_SEED"
+PLAN_ENV = "MMAP_RAY_TEST_FAULT_PLAN"
+FOLDER = Path(__file__).resolve().parent
+HOOKED = "mmap_ray.engine"
+
+
+def with_plugins(env: dict[str, str]) -> dict[str, str]:
+    """`env` with this folder first on PYTHONPATH, so processes started with it load the faults."""
+    path = [str(FOLDER), *filter(None, env.get("PYTHONPATH", "").split(os.pathsep))]
+    return {**env, "PYTHONPATH": os.pathsep.join(path)}
+
+
+def wanted() -> bool:
+    return bool(os.environ.get(NAN_ENV) or os.environ.get(PLAN_ENV))
+
+
+def _maybe_die(rank: int, epoch: int) -> None:
+    plan = Path(os.environ.get(PLAN_ENV, ""))
+    die = json.loads(plan.read_text()).get("die") if os.environ.get(PLAN_ENV) and plan.is_file() else None
+    if not die or rank != die["rank"] or epoch != die["epoch"] or Path(die["marker"]).exists():
+        return
+    Path(die["marker"]).write_text("failed once\n")
+    os._exit(1)
+
+
+def patch(engine) -> None:
+    """Wrap `engine.train_epoch` (which `engine.fit` looks up at every epoch) with the planned faults."""
+    original = engine.train_epoch
+
+    def train_epoch(forward, loader, opt, sched, cfg, ctx, epoch):
+        _maybe_die(ctx.rank, epoch)
+        nan_seed = os.environ.get(NAN_ENV)
+        if nan_seed and cfg.seed == int(nan_seed) and epoch > 0:
+            clean = forward
+            forward = lambda images, task_ids: clean(images, task_ids) * float("nan")  # noqa: E731
+        return original(forward, loader, opt, sched, cfg, ctx, epoch)
+
+    engine.train_epoch = train_epoch
+
+
+class _PatchOnImport(importlib.abc.MetaPathFinder):
+    """Finds `mmap_ray.engine` with the other finders and patches it right after it has run."""
+
+    def find_spec(self, name, path, target=None):
+        if name != HOOKED:
+            return None
+        others = (f for f in sys.meta_path if f is not self and hasattr(f, "find_spec"))
+        spec = next((s for f in others if (s := f.find_spec(name, path, target)) is not None), None)
+        if spec is None or spec.loader is None:
+            return spec
+        run = spec.loader.exec_module
+
+        def exec_module(module):
+            run(module)
+            patch(module)
+
+        spec.loader.exec_module = exec_module
+        return spec
+
+
+def install() -> None:
+    """Patch `mmap_ray.engine` now if it is imported, else when it is."""
+    if HOOKED in sys.modules:
+        patch(sys.modules[HOOKED])
+    elif not any(isinstance(f, _PatchOnImport) for f in sys.meta_path):
+        sys.meta_path.insert(0, _PatchOnImport())
