@@ -94,6 +94,11 @@ class StudyConfig:
                 f"StudyConfig: k={self.k}, grace_period={self.grace_period} and affinity_steps={self.affinity_steps} "
                 f"must be >= 1, affinity_warmup_steps={self.affinity_warmup_steps} >= 0"
             )
+        if self.mode == "search" and self.asha and self.grace_period > self.epochs:
+            raise ValueError(
+                f"StudyConfig: grace_period={self.grace_period} exceeds epochs={self.epochs}; ASHA needs "
+                f"grace_period <= epochs (lower grace_period, raise epochs, or set asha = false)"
+            )
         if self.cpus_per_worker <= 0 or self.gpus_per_worker < 0 or not self.lr > 0:
             raise ValueError(
                 f"StudyConfig: cpus_per_worker={self.cpus_per_worker} and lr={self.lr} must be > 0, "

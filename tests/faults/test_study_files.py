@@ -64,6 +64,7 @@ def test_missing_and_binary_study_files(tmp_path, capsys):
         (["--worker-resources", "{A100: 1}"], "--worker-resources '{A100: 1}' is not JSON"),
         (["--worker-resources", '{"A100": "one"}'], "must be a JSON object of resource name -> amount"),
         (["--epochs", "0"], "StudyConfig.epochs=0 must be >= 1"),
+        (["--mode", "search", "--epochs", "1"], "grace_period=2 exceeds epochs=1; ASHA needs grace_period <= epochs"),
     ],
 )
 def test_bad_flags(argv, needle, tmp_path, capsys):
