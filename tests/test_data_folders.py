@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -304,3 +305,11 @@ def test_domainnet_lists_under_splits_folder(tmp_path):
     make_domainnet(tmp_path, ("sketch",), ("ant", "bee"), 4, 2, tmp_path / "splits")  # Dassl's layout
     (task,) = load_folder_tasks(FolderDataConfig("domainnet", tmp_path))
     assert task.name == "sketch" and len(task.test) == 4 and len(task.train) + len(task.val) == 8
+
+
+@pytest.mark.parametrize("domain, needle", [("mean", "the task name 'mean' is reserved"),
+                                            ("A+B", "contains ['+']"), ("D|E", "contains ['|']")])  # fmt: skip
+def test_domain_names_that_would_clash_are_refused_at_load_time(tmp_path, domain, needle):
+    root = make_tree(tmp_path / "data", domains=("Art", domain))
+    with pytest.raises(ValueError, match=rf"domain folder {tmp_path}/data/.*: .*" + re.escape(needle)):
+        load_folder_tasks(FolderDataConfig(layout="folders", root=root))

@@ -154,7 +154,24 @@ def _resolve_domains(cfg: FolderDataConfig) -> list[tuple[str, str]]:
     names = [t for t, _ in tasks]
     if len(set(names)) < len(names):
         raise ValueError(f"domains={wanted} name the same folder twice (task names {names})")
+    for name, folder in tasks:
+        _check_task_name(name, root / folder)
     return tasks
+
+
+RESERVED_TASK_NAMES = ("mean",)  # the per-task accuracy table's own column
+PARTITION_CHARS = "+|,"  # partitions are written "A+B|C", domain lists "A,B"
+
+
+def _check_task_name(name: str, folder: Path) -> None:
+    """A task name must not clash with the accuracy table's `mean` or the partition and domain-list syntax."""
+    if name in RESERVED_TASK_NAMES:
+        raise ValueError(f"domain folder {folder}: the task name {name!r} is reserved (it names the mean over "
+                         f"tasks); rename the folder")  # fmt: skip
+    bad = sorted({c for c in name if c in PARTITION_CHARS})
+    if bad:
+        raise ValueError(f"domain folder {folder}: the task name {name!r} contains {bad}, which partitions "
+                         f"('A+B|C') and domain lists ('A,B') use; rename the folder")  # fmt: skip
 
 
 def _scan_folders(root: Path, tasks: list[tuple[str, str]]) -> tuple[list[str], dict[str, list[Item]]]:
