@@ -85,6 +85,10 @@ def _describe(holder: dict) -> str:
     return f"pid {holder.get('pid')} on host {holder.get('host')!r}, since {holder.get('started')}"
 
 
+def _held(folder: Location, path: Location, hint: str = "") -> LockHeld:
+    return LockHeld(f"study {folder} is in use by another driver ({_describe(_holder(path))}; lock file {path}){hint}")
+
+
 def acquire(folder: Location, break_lock: bool = False) -> StudyLock:
     """Take the study folder's lock, or raise `LockHeld` naming who holds it."""
     path = folder / LOCK_NAME
@@ -94,10 +98,7 @@ def acquire(folder: Location, break_lock: bool = False) -> StudyLock:
     if path.exists():
         holder = _holder(path)
         if not (break_lock or _stale(holder)):
-            raise LockHeld(
-                f"study {folder} is in use by another driver ({_describe(holder)}; lock file {path}); wait for it "
-                f"to end, or if it crashed on another machine, rerun with --break-lock"
-            )
+            raise _held(folder, path, "; wait for it to end, or if it crashed on another machine, rerun with --break-lock")
         print(f"note: taking over the lock of study {folder} from {_describe(holder)} "
               f"({'--break-lock' if break_lock else 'that process is gone'})", file=sys.stderr)  # fmt: skip
         path.filesystem().delete_file(path.path)
@@ -106,14 +107,12 @@ def acquire(folder: Location, break_lock: bool = False) -> StudyLock:
         try:
             fd = os.open(path.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
-            raise LockHeld(f"study {folder} is in use by another driver ({_describe(_holder(path))}); "
-                           f"lock file {path}") from None  # fmt: skip
+            raise _held(folder, path) from None
         with os.fdopen(fd, "w") as f:
             f.write(text)
     else:
         path.write_text(text)
         time.sleep(SETTLE_S)
-        holder = _holder(path)
-        if holder.get("token") != me["token"]:
-            raise LockHeld(f"study {folder} is in use by another driver ({_describe(holder)}); lock file {path}")
+        if _holder(path).get("token") != me["token"]:
+            raise _held(folder, path)
     return StudyLock(path, me["token"])

@@ -96,7 +96,7 @@ def test_start_and_resume_rules(tmp_path):
     with pytest.raises(ValueError, match=r"--resume: there is no study 'g' in .* to resume"):
         check_start(study, folder, resume=True, overwrite=False)
     check_start(study, folder, resume=False, overwrite=False)  # a new study
-    folder.path and os.makedirs(folder.path)
+    os.makedirs(folder.path)
     (folder / "study.json").write_text(json.dumps(asdict(study)))
     _write_trial(folder / "results", "abc", 0, 0.5)
     with pytest.raises(ValueError, match=r"study 'g' already exists in .* with 1 trial result; continue it with --resume"):

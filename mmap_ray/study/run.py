@@ -151,15 +151,15 @@ def run_study(study: StudyConfig, resume: bool = False, overwrite: bool = False,
             "workers": asdict(worker), "partitions": partitions, "study_dir": study.study_dir, "info": asdict(info),
             "search_seed": study.seeds[0], "projections": list(study.projections), "combines": list(study.combines),
         }  # fmt: skip
-        total, todo = _run_trials(study, base, tasks, resume, log)
+        total, interrupted = _run_trials(study, base, tasks, resume, log)
         done = len(stored_rows(folder))
-        if done < total:
+        if interrupted or done < total:
             raise Interrupted(done, total)
     return (folder / "results").uri
 
 
-def _run_trials(study: StudyConfig, base: dict, tasks: list[str], resume: bool, log) -> tuple[int, int]:
-    """Fit a fresh Tuner over the trials without a finished row; returns (trials owed, trials run)."""
+def _run_trials(study: StudyConfig, base: dict, tasks: list[str], resume: bool, log) -> tuple[int, bool]:
+    """Fit a fresh Tuner over the trials without a finished row; returns (trials owed, interrupted?)."""
     from ray import tune
     from ray.tune.error import TuneError
 
@@ -177,7 +177,7 @@ def _run_trials(study: StudyConfig, base: dict, tasks: list[str], resume: bool, 
     if resume:
         log(f"resuming: {total - n} of {total} trials have results; running {n}")
     if n <= 0:
-        return total, 0
+        return total, False
     failures: list[StorageError] = []
     trainable = tune.with_resources(tune.with_parameters(trial_driver, base=base), {"cpu": TRIAL_DRIVER_CPU})
     with Interrupt() as interrupt:
@@ -192,9 +192,7 @@ def _run_trials(study: StudyConfig, base: dict, tasks: list[str], resume: bool, 
             if failures:  # the study stopped because results could not be stored: say that, plainly
                 raise failures[0] from None
             raise
-    if interrupt.requested:
-        raise Interrupted(len(stored_rows(folder)), total)
-    return total, n
+    return total, interrupt.requested
 
 
 def _compare_args(study: StudyConfig, todo: list[dict]) -> dict:

@@ -97,7 +97,7 @@ def searcher(study: StudyConfig, done: pd.DataFrame):
     ot = optuna.create_study(storage=storage, study_name=study.name, directions=["maximize", "minimize"]
                              if study.objective == "pareto" else ["maximize"])  # fmt: skip
     for row in done.to_dict("records"):
-        params = {k: row[k] for k in space if k != "depth" or row.get("depth") is not None}
+        params = {k: row[k] for k in space}
         values = [row["val_mean_final"]] + ([row["trainable_params"]] if study.objective == "pareto" else [])
         if all(v is not None and v == v for v in values):  # failed trials: nothing to tell
             ot.add_trial(optuna.trial.create_trial(params=params, distributions=space, values=values))
