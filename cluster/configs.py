@@ -8,9 +8,9 @@
 Launcher configs (aws.yaml, gcp.yaml) go through Ray's own validator, exactly as `ray up` does before it
 touches the cloud (`prepare_config` merges the provider defaults, `validate_config` applies the schema
 shipped in the wheel), and then through this project's rules: a GPU-free head with a few CPUs for the
-trial drivers, GPU worker types that scale from zero with explicit CPU/GPU/memory, spot variants, token authentication, no public dashboard,
-a pinned commit, no credentials. The KubeRay manifest is checked against the fields the operator needs
-(its CRD schema is not in the wheel) and the same rules.
+trial drivers, GPU worker types that scale from zero with explicit CPU/GPU/memory, spot variants, token
+authentication, no public dashboard, a pinned commit, no credentials. The KubeRay manifest is checked
+against the fields the operator needs (its CRD schema is not in the wheel) and the same rules.
 
 `node_types` gives what each worker node type offers Ray; `fitting_node_types` says which of them can hold
 a whole trial (its driver and its Train worker group), which is how tests/test_cluster.py ties the
@@ -133,7 +133,9 @@ def fitting_node_types(config: dict, request: dict[str, float]) -> list[str]:
 
 
 def secret_problems(text: str) -> list[str]:
-    return [f"the file contains what looks like {what}" for pattern, what in SECRETS.items() if re.search(pattern, text)]
+    return [
+        f"the file contains what looks like {what}" for pattern, what in SECRETS.items() if re.search(pattern, text)
+    ]
 
 
 def _ray_version_of(image: str) -> str | None:
@@ -255,7 +257,9 @@ def kuberay_problems(manifest: dict, text: str = "") -> list[str]:
     if not isinstance(opts.get("idleTimeoutSeconds"), int) or opts["idleTimeoutSeconds"] <= 0:
         problems.append("spec.autoscalerOptions.idleTimeoutSeconds must be a positive integer")
     if opts.get("upscalingMode", "Default") not in ("Default", "Aggressive", "Conservative"):
-        problems.append(f"autoscalerOptions.upscalingMode={opts.get('upscalingMode')!r} is not Default/Aggressive/Conservative")
+        problems.append(
+            f"autoscalerOptions.upscalingMode={opts.get('upscalingMode')!r} is not Default/Aggressive/Conservative"
+        )
     if opts.get("version", "v1") not in ("v1", "v2"):
         problems.append(f"autoscalerOptions.version={opts.get('version')!r} is not v1 or v2")
     if spec.get("authOptions", {}).get("mode") != "token":
@@ -267,12 +271,20 @@ def kuberay_problems(manifest: dict, text: str = "") -> list[str]:
     head = spec.get("headGroupSpec")
     if not head or not head.get("template", {}).get("spec", {}).get("containers"):
         return problems + ["spec.headGroupSpec.template.spec.containers is required"]
+    return problems + _kuberay_head_problems(head) + _kuberay_worker_problems(spec.get("workerGroupSpecs") or [])
+
+
+def _kuberay_head_problems(head: dict) -> list[str]:
+    """The head group: string start parameters, a few CPUs for the drivers, no GPUs, not exposed."""
+    problems = []
     params = head.get("rayStartParams", {})
     if not _strings(params):
         problems.append("headGroupSpec.rayStartParams values must be strings (the CRD is a string map)")
     if not re.fullmatch(r"[1-9]\d*", str(params.get("num-cpus"))):
-        problems.append(f"headGroupSpec.rayStartParams num-cpus={params.get('num-cpus')!r}: set it to a small "
-                        f"integer >= 1; {HEAD_CPU_WHY}")  # fmt: skip
+        problems.append(
+            f"headGroupSpec.rayStartParams num-cpus={params.get('num-cpus')!r}: set it to a small "
+            f"integer >= 1; {HEAD_CPU_WHY}"
+        )
     if "num-gpus" in params and params["num-gpus"] != "0":
         problems.append("headGroupSpec.rayStartParams gives the head GPUs: the head runs the driver only")
     if head.get("serviceType", "ClusterIP") in ("LoadBalancer", "NodePort"):
@@ -280,8 +292,12 @@ def kuberay_problems(manifest: dict, text: str = "") -> list[str]:
     for c in head["template"]["spec"]["containers"]:
         if "nvidia.com/gpu" in c.get("resources", {}).get("limits", {}):
             problems.append("the head container requests GPUs: the head runs the driver only")
+    return problems
 
-    groups = spec.get("workerGroupSpecs") or []
+
+def _kuberay_worker_problems(groups: list[dict]) -> list[str]:
+    """The worker groups: named, scaling from zero, one integer GPU limit and the GPU taint's toleration."""
+    problems = []
     if not groups:
         problems.append("spec.workerGroupSpecs needs at least one GPU worker group")
     names = [g.get("groupName") for g in groups]
@@ -294,8 +310,10 @@ def kuberay_problems(manifest: dict, text: str = "") -> list[str]:
             problems.append(f"{where}: groupName repeats")
         lo, hi, n = g.get("minReplicas"), g.get("maxReplicas"), g.get("replicas", g.get("minReplicas"))
         if not all(isinstance(v, int) for v in (lo, hi, n)) or not 0 <= lo <= n <= hi or hi < 1:
-            problems.append(f"{where}: need integers 0 <= minReplicas <= replicas <= maxReplicas, maxReplicas >= 1; "
-                            f"got {lo}, {n}, {hi}")  # fmt: skip
+            problems.append(
+                f"{where}: need integers 0 <= minReplicas <= replicas <= maxReplicas, maxReplicas >= 1; "
+                f"got {lo}, {n}, {hi}"
+            )
         elif lo != 0:
             problems.append(f"{where}: minReplicas={lo}, must be 0 (scale from zero)")
         if not _strings(g.get("rayStartParams", {})):

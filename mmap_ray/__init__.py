@@ -6,7 +6,7 @@ The library core (backbone, prompts, model, grouping) is pure PyTorch on open_cl
 from .backbone import Backbone, BackboneConfig, BackboneInfo, load_backbone
 from .grouping import Partition
 from .model import PromptedCLIP, count_parameters
-from .prompts import Combine, MmAPConfig, PromptBank, Projection
+from .prompts import Combine, MmAPConfig, Projection, PromptBank
 
 __all__ = [
     "Backbone",

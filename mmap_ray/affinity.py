@@ -29,6 +29,7 @@ from torch.utils.data import DataLoader
 from .data.base import MultiTaskDataset, TaskData
 from .data.sampler import MultiTaskBatchSampler
 from .engine import train_step
+from .fields import check_types, option
 from .grouping import Partition
 from .model import PromptedCLIP
 from .prompts import MmAPConfig
@@ -40,26 +41,28 @@ METHODS = ("gradient", "lookahead")
 class AffinityConfig:
     """How task affinity is measured."""
 
-    method: str = "gradient"
-    warmup_steps: int = 40  # AdamW steps on the shared MmAP before measuring
-    steps: int = 20  # batches the affinity is averaged over
-    batch_size: int = 64
-    lr: float = 2e-3  # warm-up learning rate
+    method: str = "gradient"  # set by the grouping scheme (gradient or lookahead)
+    affinity_warmup_steps: int = option(40, "steps of training one shared MmAP before affinity is measured")
+    affinity_steps: int = option(20, "batches the affinity is averaged over")
+    affinity_batch_size: int = option(64, "batch size of the affinity warm-up and measurement")
+    affinity_lr: float = option(2e-3, "learning rate of the affinity warm-up")
     # The plain gradient step of the look-ahead. Too large and every step raises every loss (on the toy
     # benchmark Z < 0 everywhere at 1.0 and 0.05); 0.005 keeps the self-step a descent step there.
-    lookahead_lr: float = 0.005
-    seed: int = 0
+    lookahead_lr: float = option(0.005, "the look-ahead's plain gradient step (TAG)")
+    seed: int = 0  # set per grouping seed
 
     def __post_init__(self) -> None:
+        check_types(self)
         if self.method not in METHODS:
             raise ValueError(f"AffinityConfig.method={self.method!r} is not valid; choose one of {METHODS}")
-        for name in ("steps", "batch_size"):
+        for name in ("affinity_steps", "affinity_batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"AffinityConfig.{name}={getattr(self, name)} must be >= 1")
-        if self.warmup_steps < 0:
-            raise ValueError(f"AffinityConfig.warmup_steps={self.warmup_steps} must be >= 0")
-        if not (self.lr > 0 and self.lookahead_lr > 0):
-            raise ValueError(f"AffinityConfig lr={self.lr} and lookahead_lr={self.lookahead_lr} must be > 0")
+        if self.affinity_warmup_steps < 0:
+            raise ValueError(f"AffinityConfig.affinity_warmup_steps={self.affinity_warmup_steps} must be >= 0")
+        for name in ("affinity_lr", "lookahead_lr"):
+            if not 0 < getattr(self, name) < float("inf"):
+                raise ValueError(f"AffinityConfig.{name}={getattr(self, name)} must be > 0 and finite")
 
 
 def per_task_loss(logits: Tensor, labels: Tensor, task_ids: Tensor, num_tasks: int) -> Tensor:
@@ -126,7 +129,7 @@ def _stream(tasks, cfg: AffinityConfig, stream: int, device: torch.device):
     """Endless multi-task batches, reshuffled every pass; `stream` separates warm-up from measuring."""
     epoch = 0
     while True:
-        for batch in _batches(tasks, cfg.batch_size, cfg.seed, 1000 * stream + epoch):
+        for batch in _batches(tasks, cfg.affinity_batch_size, cfg.seed, 1000 * stream + epoch):
             yield tuple(x.to(device) for x in batch)
         epoch += 1
 
@@ -140,14 +143,14 @@ def shared_model(backbone, tasks: Sequence[TaskData], mmap: MmAPConfig | None = 
 
 
 def warm_up(model: PromptedCLIP, tasks: Sequence[TaskData], cfg: AffinityConfig) -> None:
-    """Train the shared MmAP on all tasks for `cfg.warmup_steps` steps: AdamW at a constant `cfg.lr`,
+    """Train the shared MmAP on all tasks for `cfg.affinity_warmup_steps` steps: AdamW at a constant `cfg.affinity_lr`,
     through the training loop's step (`engine.train_step`), in full precision like the measuring phase."""
-    if cfg.warmup_steps == 0:
+    if cfg.affinity_warmup_steps == 0:
         return
     device = next(model.parameters()).device
     model.train()
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
-    for step, batch in zip(range(cfg.warmup_steps), _stream(tasks, cfg, 0, device)):
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.affinity_lr)
+    for step, batch in zip(range(cfg.affinity_warmup_steps), _stream(tasks, cfg, 0, device)):
         train_step(model, batch, opt, step=step, where="of the affinity warm-up", autocast=False)
 
 
@@ -157,18 +160,18 @@ def measure_affinity(
     cfg: AffinityConfig,
     reduce: Callable[[Tensor], Tensor] | None = None,
 ) -> Tensor:
-    """Affinity matrix (T, T) at the model's current weights, averaged over `cfg.steps` batches."""
+    """Affinity matrix (T, T) at the model's current weights, averaged over `cfg.affinity_steps` batches."""
     device = next(model.parameters()).device
     T = len(tasks)
     total = torch.zeros(T, T)
-    for _, batch in zip(range(cfg.steps), _stream(tasks, cfg, 1, device)):
+    for _, batch in zip(range(cfg.affinity_steps), _stream(tasks, cfg, 1, device)):
         grads, losses = task_gradients(model, batch, T, reduce)
         if cfg.method == "gradient":
             unit = F.normalize(grads, dim=1)
             total += (unit @ unit.T).cpu()
         else:
             total += _lookahead(model, batch, grads, losses, cfg.lookahead_lr)
-    return total / cfg.steps
+    return total / cfg.affinity_steps
 
 
 def task_affinity(backbone, tasks: Sequence[TaskData], cfg: AffinityConfig, mmap: MmAPConfig | None = None) -> Tensor:

@@ -86,7 +86,9 @@ def check_promptable(model: nn.Module, tokenizer: object, name: str = "backbone"
     """Raise ValueError unless `model` is a CLIP whose two towers we know how to prompt."""
     problems = []
     if not isinstance(model, CLIP):
-        problems.append(f"its class is {type(model).__name__}, not open_clip.model.CLIP (custom text towers are not supported)")
+        problems.append(
+            f"its class is {type(model).__name__}, not open_clip.model.CLIP (custom text towers are not supported)"
+        )
     else:
         if not isinstance(model.visual, VisionTransformer):
             problems.append(f"its image tower is {type(model.visual).__name__}, not a VisionTransformer")
@@ -183,26 +185,45 @@ def load_weights_file(model: CLIP, path: Path, name: str) -> None:
     state = load_tensor_file(path, what)
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
-    if not (isinstance(state, dict) and state and all(isinstance(k, str) and isinstance(v, torch.Tensor)
-                                                      for k, v in state.items())):
+    if not (
+        isinstance(state, dict)
+        and state
+        and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items())
+    ):
         held = f"a {type(state).__name__}" + (f" with keys {list(state)[:5]}" if isinstance(state, dict) else "")
-        raise ValueError(f"{what} {path} holds {held}, not a state dict (parameter name -> tensor) of an open_clip "
-                         f"model; save one with torch.save(model.state_dict(), path)")
+        raise ValueError(
+            f"{what} {path} holds {held}, not a state dict (parameter name -> tensor) of an open_clip "
+            f"model; save one with torch.save(model.state_dict(), path)"
+        )
     state = {k.removeprefix("module."): v for k, v in state.items()}
     own = model.state_dict()
     if "logit_scale" in state and state["logit_scale"].ndim != own["logit_scale"].ndim:
         state["logit_scale"] = state["logit_scale"].reshape(own["logit_scale"].shape)
-    for key, resize in (("visual.positional_embedding", resize_pos_embed), ("positional_embedding", resize_text_pos_embed)):
+    for key, resize in (
+        ("visual.positional_embedding", resize_pos_embed),
+        ("positional_embedding", resize_text_pos_embed),
+    ):
         if key in state and key in own and state[key].shape[-1] == own[key].shape[-1]:  # same width: other length
             resize(state, model)
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
-    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
-              if k in state and state[k].shape != v.shape]
+    shapes = [
+        f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}"
+        for k, v in own.items()
+        if k in state and state[k].shape != v.shape
+    ]
     if missing or unexpected or shapes:
-        said = [f"{len(items)} {kind}: {items[:3]}{' ...' if len(items) > 3 else ''}" for kind, items in
-                (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches (file vs model)", shapes))
-                if items]
-        raise ValueError(f"{what} {path} does not match the architecture {name!r}: {'; '.join(said)}. Give the "
-                         f"weights of {name}, or the --model these weights were saved from")
+        said = [
+            f"{len(items)} {kind}: {items[:3]}{' ...' if len(items) > 3 else ''}"
+            for kind, items in (
+                ("missing keys", missing),
+                ("unexpected keys", unexpected),
+                ("shape mismatches (file vs model)", shapes),
+            )
+            if items
+        ]
+        raise ValueError(
+            f"{what} {path} does not match the architecture {name!r}: {'; '.join(said)}. Give the "
+            f"weights of {name}, or the --model these weights were saved from"
+        )
     model.load_state_dict(state, strict=True)

@@ -22,13 +22,15 @@ from __future__ import annotations
 
 import os
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from . import checkpoint
-from .engine import Context, TrainConfig, fit
+from .config import RunConfig
+from .engine import Context, fit
+from .fields import check_types, from_dict, json_resources, option, to_dict
 from .storage import Location, location
 
 RUN_NAME = "ray-train"  # Ray's folder inside the run folder: fixed, so re-running resumes
@@ -38,28 +40,33 @@ RUN_NAME = "ray-train"  # Ray's folder inside the run folder: fixed, so re-runni
 class WorkerSpec:
     """How many Ray Train workers a run uses and what each one reserves."""
 
-    workers: int = 2
-    cpus_per_worker: float = 1.0
-    gpus_per_worker: float = 0.0
-    max_failures: int = 2
-    # Custom resources each worker also reserves, e.g. {"A100": 1} to pin a node type.
-    extra_resources: dict[str, float] = field(default_factory=dict)
-    # An autoscaler will add nodes: skip the "cluster too small" check (it would see only today's nodes).
-    autoscale: bool = False
+    workers: int = option(1, "Ray Train DDP workers per run")
+    cpus_per_worker: float = option(1.0, "CPUs each worker reserves; fractions allowed")
+    gpus_per_worker: float = option(0.0, "GPUs each worker reserves (NCCL when > 0)")
+    max_failures: int = option(2, "worker-group restarts from the last checkpoint")
+    worker_resources: dict[str, float] = option(
+        {}, "custom resources each worker also reserves, as JSON, e.g. '{\"A100\": 1}'", parse=json_resources
+    )
+    autoscale: bool = option(False, "an autoscaler adds nodes: skip the 'cluster too small' check")
 
     def __post_init__(self) -> None:
+        check_types(self)
         if self.workers < 1:
-            raise ValueError(f"workers={self.workers} must be >= 1 for Ray Train (0 means in-process training)")
+            raise ValueError(
+                f"WorkerSpec.workers={self.workers} must be >= 1 for Ray Train (0 means in-process training)"
+            )
         if self.cpus_per_worker <= 0:
-            raise ValueError(f"cpus_per_worker={self.cpus_per_worker} must be > 0 (fractions such as 0.5 are fine)")
+            raise ValueError(
+                f"WorkerSpec.cpus_per_worker={self.cpus_per_worker} must be > 0 (fractions such as 0.5 are fine)"
+            )
         if self.gpus_per_worker < 0:
-            raise ValueError(f"gpus_per_worker={self.gpus_per_worker} must be >= 0")
+            raise ValueError(f"WorkerSpec.gpus_per_worker={self.gpus_per_worker} must be >= 0")
         if self.max_failures < 0:
-            raise ValueError(f"max_failures={self.max_failures} must be >= 0")
+            raise ValueError(f"WorkerSpec.max_failures={self.max_failures} must be >= 0")
 
     @property
     def resources_per_worker(self) -> dict[str, float]:
-        res = {"CPU": self.cpus_per_worker, **self.extra_resources}
+        res = {"CPU": self.cpus_per_worker, **self.worker_resources}
         if self.gpus_per_worker:
             res["GPU"] = self.gpus_per_worker
         return res
@@ -98,9 +105,11 @@ def warn_unshared_storage(folder: Location, log=print) -> None:
 
     nodes = [n for n in ray.nodes() if n.get("Alive")]
     if folder.is_local and len(nodes) > 1:
-        log(f"warning: the study folder {folder} is on local disk, but the Ray cluster has {len(nodes)} nodes: "
+        log(
+            f"warning: the study folder {folder} is on local disk, but the Ray cluster has {len(nodes)} nodes: "
             f"trials on other nodes cannot write there. Use --storage s3://BUCKET/PREFIX (or gs://) or a "
-            f"filesystem shared by every node")  # fmt: skip
+            f"filesystem shared by every node"
+        )
 
 
 def _all_reduce_sum(t: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -157,15 +166,16 @@ def train_loop_per_worker(config: dict) -> None:
     then the engine's loop with the Ray context."""
     import ray.train.torch
 
-    from .runspec import build_run
+    from .build import build_run
 
-    model, tasks = build_run(config["run"])
+    run = from_dict(RunConfig, config["run"])
+    model, tasks = build_run(run)
     device = ray.train.torch.get_device()
-    fit(model, tasks, TrainConfig(**config["train"]), ray_context(device))
+    fit(model, tasks, run.train, ray_context(device))
 
 
 def fit_distributed(
-    run: dict, cfg: TrainConfig, out: str | Path | Location, spec: WorkerSpec, callbacks: list | None = None
+    run: RunConfig, out: str | Path | Location, spec: WorkerSpec, callbacks: list | None = None
 ) -> dict:
     """Train the run with Ray Train in `out` (a folder or object-storage URI); returns the final checkpoint state.
 
@@ -176,13 +186,10 @@ def fit_distributed(
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    out = location(out, "out")  # absolute: workers chdir into their own folders
-    run = dict(run)
-    if run.get("root"):
-        run["root"] = str(Path(run["root"]).resolve())
+    out = location(out, "out")  # absolute: workers chdir into their own folders (data roots are absolute)
     ensure_ray()
     check_resources(spec)
-    config = {"run": run, "train": asdict(cfg)}
+    config = {"run": to_dict(run)}
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=config,

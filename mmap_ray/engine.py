@@ -33,6 +33,7 @@ from . import checkpoint
 from .checkpoint import load as load_checkpoint  # noqa: F401  (the name callers and tests know)
 from .data.base import MultiTaskDataset, TaskData
 from .data.sampler import MODES, MultiTaskBatchSampler
+from .fields import check_types, option, optional_float
 from .model import PromptedCLIP
 from .storage import location
 
@@ -43,20 +44,23 @@ OPTIMIZERS = ("adamw", "sgd")
 class TrainConfig:
     """How to train. Defaults suit prompt tuning of the tiny toy CLIP on the toy benchmark."""
 
-    epochs: int = 10
-    batch_size: int = 64  # global batch, shared among tasks (see `sampling`)
-    lr: float = 2e-3
-    optimizer: str = "adamw"
-    weight_decay: float = 0.0
-    warmup_steps: int = 10
-    grad_clip: float | None = 1.0
-    sampling: str = "equal"  # per-task share of a batch: "equal" or "proportional"
-    seed: int = 0
-    full_finetune: bool = False  # baseline: train the whole backbone too
-    eval_batch_size: int = 256
-    num_workers: int = 0
+    epochs: int = option(10, "training epochs")
+    batch_size: int = option(64, "global batch, shared among tasks (see sampling)")
+    lr: float = option(2e-3, "peak learning rate")
+    optimizer: str = option("adamw", "optimizer of the trainable parameters", choices=OPTIMIZERS)
+    weight_decay: float = option(0.0, "weight decay")
+    warmup_steps: int = option(10, "linear warm-up steps before the cosine decay")
+    grad_clip: float | None = option(
+        1.0, "clip the gradient norm to this value ('none': no clipping)", parse=optional_float
+    )
+    sampling: str = option("equal", "per-task share of a batch", choices=MODES)
+    seed: int = option(0, "seed of the initial prompts, random weights and batch order")
+    full_finetune: bool = option(False, "baseline: train the whole backbone too (use with layers 'none')")
+    eval_batch_size: int = option(256, "batch size of evaluation")
+    loader_workers: int = option(0, "data-loading processes per trainer")
 
     def __post_init__(self) -> None:
+        check_types(self)
         checks = [
             ("epochs", self.epochs >= 0, ">= 0"),
             ("batch_size", self.batch_size >= 1, ">= 1"),
@@ -65,15 +69,11 @@ class TrainConfig:
             ("warmup_steps", self.warmup_steps >= 0, ">= 0"),
             ("grad_clip", self.grad_clip is None or 0 < self.grad_clip < math.inf, "> 0 and finite, or None"),
             ("eval_batch_size", self.eval_batch_size >= 1, ">= 1"),
-            ("num_workers", self.num_workers >= 0, ">= 0"),
+            ("loader_workers", self.loader_workers >= 0, ">= 0"),
         ]
         for name, ok, valid in checks:
             if not ok:
                 raise ValueError(f"TrainConfig.{name}={getattr(self, name)!r} must be {valid}")
-        if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"TrainConfig.optimizer={self.optimizer!r} is not valid; choose one of {OPTIMIZERS}")
-        if self.sampling not in MODES:
-            raise ValueError(f"TrainConfig.sampling={self.sampling!r} is not valid; choose one of {MODES}")
 
 
 def _autocast(device: torch.device):
@@ -278,7 +278,9 @@ def fit(
     forward = ctx.wrap_model(model)
     lengths = [len(t.train) for t in tasks]
     sampler = MultiTaskBatchSampler(lengths, cfg.batch_size, cfg.sampling, cfg.seed, ctx.rank, ctx.world_size)
-    loader = DataLoader(MultiTaskDataset([t.train for t in tasks]), batch_sampler=sampler, num_workers=cfg.num_workers)
+    loader = DataLoader(
+        MultiTaskDataset([t.train for t in tasks]), batch_sampler=sampler, num_workers=cfg.loader_workers
+    )
     loader = ctx.wrap_loader(loader)
     opt, sched = make_optimizer(params, cfg, cfg.epochs * len(sampler))
     saved = ctx.restore()

@@ -9,8 +9,8 @@ print equal however they were written.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -18,6 +18,22 @@ if TYPE_CHECKING:
 
 GROUP_SEP = "|"
 TASK_SEP = "+"
+SCHEMES = ("single", "independent", "gradient", "lookahead", "random")
+
+
+def parse_groups(text: str) -> tuple[tuple[str, ...], ...]:
+    """The one parser of the string form: "A+B|C" -> (("A", "B"), ("C",)); whitespace is ignored."""
+    return tuple(tuple(t for t in (t.strip() for t in g.split(TASK_SEP)) if t) for g in text.split(GROUP_SEP))
+
+
+def format_groups(groups: Sequence[Sequence[str]]) -> str:
+    """(("A", "B"), ("C",)) -> "A+B|C"."""
+    return GROUP_SEP.join(TASK_SEP.join(g) for g in groups)
+
+
+def is_partition_text(scheme: str) -> bool:
+    """Whether a scheme is an explicit partition ("A+B|C", or one group "A+B") rather than a scheme name."""
+    return scheme not in SCHEMES and (GROUP_SEP in scheme or TASK_SEP in scheme)
 
 
 @dataclass(frozen=True)
@@ -46,7 +62,7 @@ class Partition:
         if repeated:
             problems.append(f"it repeats tasks {repeated}")
         if problems:
-            shown = GROUP_SEP.join(TASK_SEP.join(g) for g in groups)
+            shown = format_groups(groups)
             raise ValueError(
                 f"partition={shown!r} is not a partition of tasks {list(tasks)}: {'; '.join(problems)}. "
                 f"Every task must appear in exactly one group, e.g. {TASK_SEP.join(tasks)!r}"
@@ -57,14 +73,12 @@ class Partition:
         object.__setattr__(self, "groups", tuple(canon))
 
     @classmethod
-    def parse(cls, text: str, tasks: Sequence[str]) -> "Partition":
+    def parse(cls, text: str, tasks: Sequence[str]) -> Partition:
         """Parse "A+B|C+D" (whitespace ignored) into a validated partition of `tasks`."""
-        groups = [tuple(t.strip() for t in g.split(TASK_SEP)) for g in text.split(GROUP_SEP)]
-        groups = [tuple(t for t in g if t) for g in groups]
-        return cls(tuple(tasks), tuple(groups))
+        return cls(tuple(tasks), parse_groups(text))
 
     @classmethod
-    def from_rgs(cls, tasks: Sequence[str], rgs: Sequence[int]) -> "Partition":
+    def from_rgs(cls, tasks: Sequence[str], rgs: Sequence[int]) -> Partition:
         """From a restricted growth string: rgs[i] is task i's group (see `set_partitions`)."""
         if len(rgs) != len(tasks):
             raise ValueError(f"rgs={list(rgs)} has {len(rgs)} entries for {len(tasks)} tasks")
@@ -74,12 +88,12 @@ class Partition:
         return cls(tuple(tasks), tuple(tuple(g) for g in groups.values()))
 
     @classmethod
-    def single(cls, tasks: Sequence[str]) -> "Partition":
+    def single(cls, tasks: Sequence[str]) -> Partition:
         """One group holding every task."""
         return cls(tuple(tasks), (tuple(tasks),))
 
     @classmethod
-    def independent(cls, tasks: Sequence[str]) -> "Partition":
+    def independent(cls, tasks: Sequence[str]) -> Partition:
         """Every task in a group of its own."""
         return cls(tuple(tasks), tuple((t,) for t in tasks))
 
@@ -93,7 +107,7 @@ class Partition:
         return [where[t] for t in self.tasks]
 
     def __str__(self) -> str:
-        return GROUP_SEP.join(TASK_SEP.join(g) for g in self.groups)
+        return format_groups(self.groups)
 
 
 # ---- enumeration and encoding ---------------------------------------------------------------------
@@ -171,7 +185,7 @@ def partition_index(p: Partition, k: int | None = None) -> int:
 EXHAUSTIVE_MAX_TASKS = 8  # Bell(8) = 4140 partitions; beyond that, agglomerative merging
 
 
-def partition_score(affinity: "torch.Tensor", p: Partition) -> float:
+def partition_score(affinity: torch.Tensor, p: Partition) -> float:
     """Mean within-group affinity: the mean of A[i, j] over ordered pairs i != j in the same group.
 
     A partition of singletons has no such pairs and scores -inf. A may be asymmetric (look-ahead).
@@ -183,7 +197,7 @@ def partition_score(affinity: "torch.Tensor", p: Partition) -> float:
     return float(sum(float(affinity[i, j]) for i, j in pairs) / len(pairs))
 
 
-def separation_score(affinity: "torch.Tensor", p: Partition) -> float:
+def separation_score(affinity: torch.Tensor, p: Partition) -> float:
     """Mean within-group minus mean between-group affinity: the criterion that picks k when k is free."""
     idx = p.group_index()
     n = len(idx)
@@ -194,7 +208,7 @@ def separation_score(affinity: "torch.Tensor", p: Partition) -> float:
     return sum(within) / len(within) - sum(between) / len(between)
 
 
-def best_partition(affinity: "torch.Tensor", tasks: Sequence[str], k: int | None = None) -> Partition:
+def best_partition(affinity: torch.Tensor, tasks: Sequence[str], k: int | None = None) -> Partition:
     """The partition with the highest mean within-group affinity among those with exactly k groups.
 
     k=None chooses k too, by the highest `separation_score` over 2 <= k <= n-1 (one group when n <= 2).
@@ -244,7 +258,7 @@ def fixed_partition(scheme: str, tasks: Sequence[str], k: int | None = None, see
         return partition_from_index(tasks, random.Random(seed).randrange(num_partitions(len(tasks), k)), k)
     if scheme in AFFINITY_SCHEMES:
         raise ValueError(f"scheme {scheme!r} needs an affinity matrix: use mmap_ray.affinity.task_affinity")
-    if any(t in scheme for t in tasks) or GROUP_SEP in scheme or TASK_SEP in scheme:
+    if any(t in scheme for t in tasks) or is_partition_text(scheme):
         return Partition.parse(scheme, tasks)
     raise ValueError(
         f"scheme={scheme!r} is not valid; choose one of {FIXED_SCHEMES + AFFINITY_SCHEMES} or give a partition "

@@ -92,15 +92,25 @@ def _held(folder: Location, path: Location, hint: str = "") -> LockHeld:
 def acquire(folder: Location, break_lock: bool = False) -> StudyLock:
     """Take the study folder's lock, or raise `LockHeld` naming who holds it."""
     path = folder / LOCK_NAME
-    me = {"host": socket.gethostname(), "pid": os.getpid(), "token": secrets.token_hex(8),
-          "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "argv": sys.argv[:8]}  # fmt: skip
+    me = {
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "token": secrets.token_hex(8),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "argv": sys.argv[:8],
+    }
     text = json.dumps(me, indent=2) + "\n"
     if path.exists():
         holder = _holder(path)
         if not (break_lock or _stale(holder)):
-            raise _held(folder, path, "; wait for it to end, or if it crashed on another machine, rerun with --break-lock")
-        print(f"note: taking over the lock of study {folder} from {_describe(holder)} "
-              f"({'--break-lock' if break_lock else 'that process is gone'})", file=sys.stderr)  # fmt: skip
+            raise _held(
+                folder, path, "; wait for it to end, or if it crashed on another machine, rerun with --break-lock"
+            )
+        print(
+            f"note: taking over the lock of study {folder} from {_describe(holder)} "
+            f"({'--break-lock' if break_lock else 'that process is gone'})",
+            file=sys.stderr,
+        )
         path.filesystem().delete_file(path.path)
     if folder.is_local:
         os.makedirs(folder.path, exist_ok=True)

@@ -194,7 +194,7 @@ class PromptedCLIP(nn.Module):
                     p = prompts[:, self.text_layers[i]].to(x.dtype)  # (R, m, d_text)
                     if i == first:  # the learned context takes the slots' positions (CoOp, MaPLe)
                         p = p + clip.positional_embedding[1 : 1 + p.shape[1]].to(x.dtype)
-                    x = torch.cat([x[:, :1], p, x[:, 1 + p.shape[1]:]], dim=1)  # replace the m slots after SOT
+                    x = torch.cat([x[:, :1], p, x[:, 1 + p.shape[1] :]], dim=1)  # replace the m slots after SOT
                 x = _run_block(clip.transformer, blk, x, mask)
         x = clip.ln_final(x)
         x = text_global_pool(x, tokens, clip.text_pool_type, eos_token_id=getattr(clip, "text_eos_id", None))

@@ -22,17 +22,18 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import Enum, StrEnum
 from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
 
 from .backbone import BackboneInfo
+from .fields import check_types, option
 from .grouping import Partition
 
 
-class Projection(str, Enum):
+class Projection(StrEnum):
     KRON = "kron"
     LINEAR = "linear"
     INDEPENDENT = "independent"
@@ -40,7 +41,7 @@ class Projection(str, Enum):
     VISUAL = "visual"
 
 
-class Combine(str, Enum):
+class Combine(StrEnum):
     CONCAT = "concat"
     ADD = "add"
 
@@ -74,48 +75,43 @@ class MmAPConfig:
     every model constructor calls, so a bad config fails before any training starts.
     """
 
-    # Learnable tokens per prompt per layer (the paper's prompt length).
-    n_tokens: int = 8
-    # Alignment layers shared by both towers (block indices). None: every block but the last of the
-    # shallower tower (11 of 12 for ViT-B/16, DESIGN.md's worked example). (): no prompts at all.
-    layers: tuple[int, ...] | None = None
-    # Per-tower overrides of `layers`; None means "same as layers".
-    text_layers: tuple[int, ...] | None = None
-    vision_layers: tuple[int, ...] | None = None
-    # Width d_s of the kron source prompt; None: gcd(d_text, d_vis), 256 for ViT-B/16.
-    source_dim: int | None = None
-    projection: Projection = Projection.KRON
-    combine: Combine = Combine.CONCAT
-    # Give every task its own prompt on top of its group's; False: group-shared prompts only.
-    task_prompts: bool = True
-    # Std of the normal init of source / text / visual prompt parameters (CoOp/MaPLe use 0.02).
-    init_std: float = 0.02
-    # Class prompt for a tower that has no text prompts (zero-shot, `visual`); "{}" is the class name.
-    template: str = "a photo of a {}."
+    n_tokens: int = option(8, "learnable tokens per prompt per layer (the paper's prompt length)")
+    # None: every block but the last of the shallower tower (11 of 12 for ViT-B/16, DESIGN.md). (): none.
+    layers: tuple[int, ...] | None = option(
+        None,
+        "alignment layers shared by both towers: '0-10', '0,2,4', '0-3,8' or 'none' "
+        "(default: every block but the last of the shallower tower)",
+        parse=parse_layers,
+    )
+    text_layers: tuple[int, ...] | None = option(
+        None, "text-tower alignment layers (overrides layers)", parse=parse_layers
+    )
+    vision_layers: tuple[int, ...] | None = option(
+        None, "vision-tower alignment layers (overrides layers)", parse=parse_layers
+    )
+    source_dim: int | None = option(None, "width d_s of the kron source prompt (default: gcd of the tower widths)")
+    projection: Projection = option(Projection.KRON, "how prompts are generated (kron = MmAP)")
+    combine: Combine = option(Combine.CONCAT, "group + task prompt: concatenated tokens or added")
+    task_prompts: bool = option(True, "give every task its own prompt on top of its group's")
+    init_std: float = option(0.02, "std of the normal init of prompt parameters (CoOp/MaPLe use 0.02)")
+    template: str = option("a photo of a {}.", "class prompt of a tower without text prompts; {} is the class name")
 
     def __post_init__(self) -> None:
-        if not isinstance(self.n_tokens, int) or self.n_tokens < 1:
+        check_types(self)
+        if self.n_tokens < 1:
             raise ValueError(f"MmAPConfig.n_tokens={self.n_tokens!r} must be an integer >= 1")
-        for name in ("projection", "combine"):
-            enum = Projection if name == "projection" else Combine
-            value = getattr(self, name)
-            try:
-                object.__setattr__(self, name, enum(value))
-            except ValueError:
-                raise ValueError(f"MmAPConfig.{name}={value!r} is not valid; choose one of {_choices(enum)}") from None
+        object.__setattr__(self, "projection", Projection(self.projection))
+        object.__setattr__(self, "combine", Combine(self.combine))
         for name in ("layers", "text_layers", "vision_layers"):
             value = getattr(self, name)
             if value is None:
                 continue
-            if isinstance(value, str):
-                value = parse_layers(value)
-            value = tuple(value)
-            if any(not isinstance(i, int) or i < 0 for i in value):
+            if any(i < 0 for i in value):
                 raise ValueError(f"MmAPConfig.{name}={value!r} must hold block indices >= 0")
             if len(set(value)) != len(value):
                 raise ValueError(f"MmAPConfig.{name}={value!r} repeats a layer; give each block index once")
             object.__setattr__(self, name, tuple(sorted(value)))
-        if self.source_dim is not None and (not isinstance(self.source_dim, int) or self.source_dim < 1):
+        if self.source_dim is not None and self.source_dim < 1:
             raise ValueError(f"MmAPConfig.source_dim={self.source_dim!r} must be a positive integer or None")
         if not self.init_std > 0:
             raise ValueError(f"MmAPConfig.init_std={self.init_std!r} must be > 0")
@@ -127,7 +123,7 @@ class MmAPConfig:
         """Prompt tokens a task sees per layer after combining group and task prompts."""
         return 2 * self.n_tokens if self.task_prompts and self.combine == Combine.CONCAT else self.n_tokens
 
-    def resolve(self, info: BackboneInfo) -> "ResolvedLayers":
+    def resolve(self, info: BackboneInfo) -> ResolvedLayers:
         """Check this config against a loaded backbone and return each tower's alignment layers."""
         shared = self.layers
         if shared is None:
@@ -195,8 +191,12 @@ class PromptGenerator(nn.Module):
         Lt, Lv, U = len(layers.text), len(layers.vision), len(layers.union)
         slot = {layer: i for i, layer in enumerate(layers.union)}
         # Positions of each tower's layers within the union of alignment layers.
-        self.register_buffer("text_idx", torch.tensor([slot[i] for i in layers.text], dtype=torch.long), persistent=False)
-        self.register_buffer("vision_idx", torch.tensor([slot[i] for i in layers.vision], dtype=torch.long), persistent=False)
+        self.register_buffer(
+            "text_idx", torch.tensor([slot[i] for i in layers.text], dtype=torch.long), persistent=False
+        )
+        self.register_buffer(
+            "vision_idx", torch.tensor([slot[i] for i in layers.vision], dtype=torch.long), persistent=False
+        )
         self.kind = cfg.projection
         std = cfg.init_std
         if self.kind == Projection.KRON:

@@ -42,6 +42,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .grouping import format_groups
 from .storage import Location, location
 
 SCHEMA_VERSION = 2
@@ -51,21 +52,62 @@ TRIALS, EPOCHS = "trials", "epochs"
 _I, _F, _S, _B = pa.int64(), pa.float64(), pa.string(), pa.bool_()
 # The trial table's fixed columns, in file order; per-task accuracy columns follow the outcome columns.
 TRIAL_FIELDS: tuple[tuple[str, pa.DataType], ...] = (
-    ("study", _S), ("config_id", _S), ("seed", _I), ("trial_id", _S), ("status", _S), ("error", _S),
-    ("early_stopped", _B), ("scheme", _S), ("partition", _S), ("k", _I), ("n_tokens", _I), ("depth", _I),
-    ("layers", pa.list_(_I)), ("projection", _S), ("combine", _S), ("lr", _F), ("epochs", _I),
-    ("batch_size", _I), ("dataset", _S), ("model", _S), ("pretrained", _S), ("data_seed", _I),
-    ("epochs_run", _I), ("trainable_params", _I), ("total_params", _I), ("val_mean_final", _F),
-    ("val_mean_best", _F), ("test_mean", _F), ("wall_s", _F), ("device_hours", _F), ("device_kind", _S),
-)  # fmt: skip
+    ("study", _S),
+    ("config_id", _S),
+    ("seed", _I),
+    ("trial_id", _S),
+    ("status", _S),
+    ("error", _S),
+    ("early_stopped", _B),
+    ("scheme", _S),
+    ("partition", _S),
+    ("k", _I),
+    ("n_tokens", _I),
+    ("depth", _I),
+    ("layers", pa.list_(_I)),
+    ("projection", _S),
+    ("combine", _S),
+    ("lr", _F),
+    ("epochs", _I),
+    ("batch_size", _I),
+    ("dataset", _S),
+    ("model", _S),
+    ("pretrained", _S),
+    ("data_seed", _I),
+    ("epochs_run", _I),
+    ("trainable_params", _I),
+    ("total_params", _I),
+    ("val_mean_final", _F),
+    ("val_mean_best", _F),
+    ("test_mean", _F),
+    ("wall_s", _F),
+    ("device_hours", _F),
+    ("device_kind", _S),
+)
 PROVENANCE_FIELDS: tuple[tuple[str, pa.DataType], ...] = (
-    ("schema_version", _I), ("git_commit", _S), ("python", _S), ("torch", _S), ("open_clip", _S), ("ray", _S),
-    ("optuna", _S), ("pandas", _S), ("config", _S),
-)  # fmt: skip
-EPOCH_SCHEMA = pa.schema([
-    ("study", _S), ("config_id", _S), ("seed", _I), ("trial_id", _S), ("epoch", _I), ("task", _S),
-    ("val_acc", _F), ("train_loss", _F), ("test_acc", _F),
-])  # fmt: skip
+    ("schema_version", _I),
+    ("git_commit", _S),
+    ("python", _S),
+    ("torch", _S),
+    ("open_clip", _S),
+    ("ray", _S),
+    ("optuna", _S),
+    ("pandas", _S),
+    ("config", _S),
+)
+EPOCH_SCHEMA = pa.schema(
+    [
+        ("study", _S),
+        ("config_id", _S),
+        ("seed", _I),
+        ("trial_id", _S),
+        ("epoch", _I),
+        ("task", _S),
+        ("val_acc", _F),
+        ("train_loss", _F),
+        ("test_acc", _F),
+    ]
+)
 CATEGORIES = ("status", "scheme", "partition", "projection", "combine", "study")
 # UPGRADES[v] turns a DataFrame of schema v into schema v + 1; add one whenever SCHEMA_VERSION grows.
 UPGRADES: dict[int, Callable[[pd.DataFrame], pd.DataFrame]] = {}
@@ -92,39 +134,86 @@ def row_key(cid: str, seed: int) -> str:
     return f"{cid}-s{seed}"
 
 
-def trial_rows(study: str, k: int, tasks: list[str], trial: dict, history: list[dict], *, trial_id: str, status: str,
-               error: str, wall_s: float, workers: dict) -> tuple[dict, list[dict]]:  # fmt: skip
+def trial_rows(
+    study: str,
+    k: int,
+    tasks: list[str],
+    trial: dict,
+    history: list[dict],
+    *,
+    trial_id: str,
+    status: str,
+    error: str,
+    wall_s: float,
+    workers: int,
+    device_per_worker: float,
+    device_kind: str,
+) -> tuple[dict, list[dict]]:
     """A trial's row (`trial_schema(tasks)`) and its per-epoch, per-task rows (`EPOCH_SCHEMA`).
 
-    Built from the trial as planned (`mmap_ray.study.trials.make_trial`: run spec, training settings,
-    identity, resolved layers) and the metrics history its training wrote, whatever ran it.
+    Built from the trial as planned (`mmap_ray.study.trials.make_trial`: its RunConfig, identity,
+    resolved layers) and the metrics history its training wrote, whatever ran it. Cost: `workers` x
+    `device_per_worker` (GPUs, or CPUs on a CPU run) for `wall_s`.
     """
-    run, train = trial["run"], trial["train"]
+    from .config import RunConfig
+    from .fields import from_dict
+
+    run = from_dict(RunConfig, trial["run"])
     last = history[-1] if history else {}
     best = {n: max((h[f"val/{n}"] for h in history), default=None) for n in ["mean", *tasks]}
-    cost = workers["workers"] * (workers["gpus_per_worker"] or workers["cpus_per_worker"])
     ident = {"study": study, "config_id": trial["config_id"], "seed": trial["seed"], "trial_id": trial_id}
     row = {
-        **ident, "status": status, "error": error,
-        "early_stopped": status == "TERMINATED" and len(history) < train["epochs"],
-        "scheme": trial["scheme"], "partition": run["partition"], "k": k, "n_tokens": run["n_tokens"],
-        "depth": trial["depth"], "layers": trial["layers"], "projection": run["projection"], "combine": run["combine"],
-        "lr": train["lr"], "epochs": train["epochs"], "batch_size": train["batch_size"], "dataset": run["dataset"],
-        "model": run["model"], "pretrained": str(run["pretrained"]), "data_seed": run["data_seed"],
-        "epochs_run": len(history), "trainable_params": last.get("trainable_params"),
-        "total_params": last.get("total_params"), "val_mean_final": last.get("val/mean"),
-        "val_mean_best": best["mean"], "test_mean": last.get("test/mean"),
-        "wall_s": wall_s, "device_hours": wall_s * cost / 3600, "device_kind": "gpu" if workers["gpus_per_worker"] else "cpu",
-        **{f"val_{n}_final": last.get(f"val/{n}") for n in tasks}, **{f"val_{n}_best": best[n] for n in tasks},
-        **{f"test_{n}": last.get(f"test/{n}") for n in tasks}, **provenance(), "config": trial["config"],
-    }  # fmt: skip
-    epochs = [
-        {**ident, "epoch": h["epoch"], "task": n, "val_acc": h[f"val/{n}"], "train_loss": h["train_loss"],
-         "test_acc": h.get(f"test/{n}")}  # fmt: skip
+        **ident,
+        "status": status,
+        "error": error,
+        "early_stopped": status == "TERMINATED" and len(history) < run.train.epochs,
+        "scheme": trial["scheme"],
+        "partition": format_groups(run.partition) if run.partition else None,
+        "k": k,
+        "n_tokens": run.prompts.n_tokens,
+        "depth": trial["depth"],
+        "layers": trial["layers"],
+        "projection": run.prompts.projection.value,
+        "combine": run.prompts.combine.value,
+        "lr": run.train.lr,
+        "epochs": run.train.epochs,
+        "batch_size": run.train.batch_size,
+        "dataset": run.data.dataset,
+        "model": run.backbone.model,
+        "pretrained": str(run.backbone.pretrained),
+        "data_seed": run.data.data_seed,
+        "epochs_run": len(history),
+        "trainable_params": last.get("trainable_params"),
+        "total_params": last.get("total_params"),
+        "val_mean_final": last.get("val/mean"),
+        "val_mean_best": best["mean"],
+        "test_mean": last.get("test/mean"),
+        "wall_s": wall_s,
+        "device_hours": wall_s * workers * device_per_worker / 3600,
+        "device_kind": device_kind,
+        **{f"val_{n}_final": last.get(f"val/{n}") for n in tasks},
+        **{f"val_{n}_best": best[n] for n in tasks},
+        **{f"test_{n}": last.get(f"test/{n}") for n in tasks},
+        **provenance(),
+        "config": trial["config"],
+    }
+    return row, epoch_rows(ident, tasks, history)
+
+
+def epoch_rows(ident: dict, tasks: list[str], history: list[dict]) -> list[dict]:
+    """One `EPOCH_SCHEMA` row per (epoch, task and mean) of a run's history; `ident` names the run."""
+    return [
+        {
+            **ident,
+            "epoch": h["epoch"],
+            "task": n,
+            "val_acc": h[f"val/{n}"],
+            "train_loss": h["train_loss"],
+            "test_acc": h.get(f"test/{n}"),
+        }
         for h in history
         for n in [*tasks, "mean"]
     ]
-    return row, epochs
 
 
 def _safe(value: object) -> str:
@@ -213,8 +302,24 @@ def _v1_to_v2(df: pd.DataFrame) -> pd.DataFrame:
         df["layers"] = [None if s in ("None", "nan", "default") else list(parse_layers(s)) for s in text]
         df["depth"] = pd.array([None if v is None else len(v) for v in df["layers"]], dtype="Int64")
     if "config_id" not in df and "seed" in df:
-        keys = [c for c in ("scheme", "partition", "n_tokens", "layers", "projection", "combine", "lr", "epochs",
-                            "batch_size", "dataset", "model", "pretrained") if c in df]  # fmt: skip
+        keys = [
+            c
+            for c in (
+                "scheme",
+                "partition",
+                "n_tokens",
+                "layers",
+                "projection",
+                "combine",
+                "lr",
+                "epochs",
+                "batch_size",
+                "dataset",
+                "model",
+                "pretrained",
+            )
+            if c in df
+        ]
         df["config_id"] = [
             "v1-" + config_id({k: r[k] for k in keys})[:13] for r in df[keys].astype(object).to_dict("records")
         ]

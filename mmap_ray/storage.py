@@ -104,7 +104,9 @@ class Location:
                 with self.filesystem().open_output_stream(self.path) as f:  # one PUT, or a multipart upload
                     f.write(data)  # completed at close: an object appears whole or not at all
         except OSError as e:
-            raise StorageError(f"cannot write {self.uri}: {e.strerror or e}; any earlier version of it is intact") from e
+            raise StorageError(
+                f"cannot write {self.uri}: {e.strerror or e}; any earlier version of it is intact"
+            ) from e
 
     def _write_local(self, data: bytes) -> None:
         path = Path(self.path)
@@ -136,10 +138,13 @@ class Location:
             return []
         infos = fs.get_file_info(pafs.FileSelector(self.path))
         return sorted(
-            (self / posixpath.basename(i.path) for i in infos if i.type == pafs.FileType.Directory
-             and fnmatch.fnmatchcase(posixpath.basename(i.path), pattern)),
+            (
+                self / posixpath.basename(i.path)
+                for i in infos
+                if i.type == pafs.FileType.Directory and fnmatch.fnmatchcase(posixpath.basename(i.path), pattern)
+            ),
             key=lambda loc: loc.path,
-        )  # fmt: skip
+        )
 
 
 @functools.lru_cache(maxsize=32)
@@ -168,7 +173,8 @@ def location(where: str | os.PathLike | Location, field: str = "storage_path") -
     if secrets:
         raise ValueError(
             f"{field}={text!r} carries credentials ({secrets}); the URI is saved with the study, so pass them "
-            f"through the environment (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, a profile, or GOOGLE_APPLICATION_CREDENTIALS)"
+            f"through the environment (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, a profile, or "
+            f"GOOGLE_APPLICATION_CREDENTIALS)"
         )
     path = (parts.netloc + parts.path).rstrip("/")
     return Location(parts.scheme, path, parts.query)

@@ -25,60 +25,30 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
-import shutil
 import sys
 import time
 from dataclasses import asdict, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
 
-from mmap_ray import bench
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench*.py next to this script, however it is loaded
+import bench  # noqa: E402
+from bench_ray import ray_overhead  # noqa: E402
+from bench_table import load_average, machine, markdown, row, write_markdown  # noqa: E402
+
 from mmap_ray.backbone import TINY_MODEL
 from mmap_ray.results import provenance, write_table
 
 REPO = Path(__file__).resolve().parents[1]
 TABLE = "benchmarks"
-BEGIN, END = "<!-- benchmark:begin -->", "<!-- benchmark:end -->"
 # (model, batch) per mode: a small CPU batch for ViT-B-16; the tiny CLIP at its training batch.
 MODELS = {
     "cpu": (("ViT-B-16", 4), (TINY_MODEL, 64)),
     "quick": ((TINY_MODEL, 16),),
     "cuda": (("ViT-B-16", 128), (TINY_MODEL, 256)),
 }
-# figure -> (comparison, threshold): the goals of the issue the table is judged against.
-GOALS = {
-    "MmAP step / frozen forward": ("<=", 2.3),
-    "MmAP peak memory / full FT peak memory": ("<=", 0.6),
-    "all-reduced bytes per step, MmAP / full FT": ("<=", 0.001),
-    "text tower step, 77 tokens / truncated": (">=", 3.0),
-    "text logits max |truncated - 77 tokens|": ("<=", 1e-5),
-    "Tune + Train (1 worker) / in-process": ("<=", 1.15),
-    "Tune + Train (2 workers) / in-process": ("<=", 1.15),
-}
-COLUMNS = {
-    "group": "", "model": "", "device": "", "batch_size": 0, "layers": "", "figure": "",
-    "ratio_min": None, "ratio_median": None, "ratio_max": None, "repeats": 0,
-    "numerator_s": None, "denominator_s": None, "flop_ratio": None, "max_abs_diff": None,
-    "numerator_bytes": None, "denominator_bytes": None, "goal": "", "goal_met": None, "note": "",
-}  # fmt: skip
-
-
-def row(group: str, setup: bench.Setup | None, figure: str, **values) -> dict:
-    """One flat result row; the goal (if any) is judged on ratio_median, or max_abs_diff for a check."""
-    r = dict(COLUMNS, group=group, figure=figure, **values)
-    if setup is not None:
-        r.update(model=setup.model, device=setup.device, batch_size=setup.batch_size, layers=str(setup.layers or "default"))
-    if figure in GOALS:
-        op, limit = GOALS[figure]
-        value = r["max_abs_diff"] if r["ratio_median"] is None else r["ratio_median"]
-        r["goal"] = f"{op} {limit:g}"
-        r["goal_met"] = bool(value <= limit if op == "<=" else value >= limit)
-    return r
-
-
 # ---- 1 and 6: step cost --------------------------------------------------------------------------------
 
 
@@ -106,17 +76,43 @@ def step_cost(setup: bench.Setup, repeats: int) -> list[dict]:
     full_flops = bench.count_flops(full_step)
     t = bench.measure(variants, repeats, warmup=0, device=setup.device)
     rows = [
-        row("step_cost", setup, "forward with autograd / frozen forward", **bench.ratio_stats(t["grad_forward"], t["forward"]),
-            flop_ratio=1.0, note="same forward; the graph is built (prompts require grad), no backward"),
-        row("step_cost", setup, "MmAP step / frozen forward", **bench.ratio_stats(t["mmap"], t["forward"]),
-            flop_ratio=mmap_flops / fwd_flops, note=_rate_note(mmap_flops, t["mmap"], setup.device)),
-        row("step_cost", setup, "full FT step / frozen forward", **bench.ratio_stats(t["full"], t["forward"]),
-            flop_ratio=full_flops / fwd_flops, note=_rate_note(full_flops, t["full"], setup.device)),
-        row("step_cost", setup, "full FT step / MmAP step", **bench.ratio_stats(t["full"], t["mmap"]), flop_ratio=full_flops / mmap_flops),
-    ]  # fmt: skip
+        row(
+            "step_cost",
+            setup,
+            "forward with autograd / frozen forward",
+            **bench.ratio_stats(t["grad_forward"], t["forward"]),
+            flop_ratio=1.0,
+            note="same forward; the graph is built (prompts require grad), no backward",
+        ),
+        row(
+            "step_cost",
+            setup,
+            "MmAP step / frozen forward",
+            **bench.ratio_stats(t["mmap"], t["forward"]),
+            flop_ratio=mmap_flops / fwd_flops,
+            note=_rate_note(mmap_flops, t["mmap"], setup.device),
+        ),
+        row(
+            "step_cost",
+            setup,
+            "full FT step / frozen forward",
+            **bench.ratio_stats(t["full"], t["forward"]),
+            flop_ratio=full_flops / fwd_flops,
+            note=_rate_note(full_flops, t["full"], setup.device),
+        ),
+        row(
+            "step_cost",
+            setup,
+            "full FT step / MmAP step",
+            **bench.ratio_stats(t["full"], t["mmap"]),
+            flop_ratio=full_flops / mmap_flops,
+        ),
+    ]
     if setup.device == "cuda":
-        rows += [_tflops_row(setup, name, flops, t[key]) for name, flops, key in
-                 (("MmAP step", mmap_flops, "mmap"), ("full FT step", full_flops, "full"))]  # fmt: skip
+        rows += [
+            _tflops_row(setup, name, flops, t[key])
+            for name, flops, key in (("MmAP step", mmap_flops, "mmap"), ("full FT step", full_flops, "full"))
+        ]
     return rows
 
 
@@ -131,11 +127,20 @@ def _tflops_row(setup: bench.Setup, name: str, flops: int, times: list[float]) -
     peak = bench.bf16_peak_tflops(device_name)
     achieved = [flops / s / 1e12 for s in times]
     if peak is None:
-        return row("gpu", setup, f"{name} achieved TFLOP/s", note=f"{device_name}: bf16 peak unknown; median "
-                   f"{sorted(achieved)[len(achieved) // 2]:.1f} TFLOP/s")  # fmt: skip
+        return row(
+            "gpu",
+            setup,
+            f"{name} achieved TFLOP/s",
+            note=f"{device_name}: bf16 peak unknown; median {sorted(achieved)[len(achieved) // 2]:.1f} TFLOP/s",
+        )
     stats = {**bench.ratio_stats(achieved, [peak] * len(achieved)), "numerator_s": None, "denominator_s": None}
-    return row("gpu", setup, f"{name} TFLOP/s / bf16 peak", **stats,
-               note=f"{device_name}: median {stats['ratio_median'] * peak:.1f} of {peak:g} TFLOP/s")  # fmt: skip
+    return row(
+        "gpu",
+        setup,
+        f"{name} TFLOP/s / bf16 peak",
+        **stats,
+        note=f"{device_name}: median {stats['ratio_median'] * peak:.1f} of {peak:g} TFLOP/s",
+    )
 
 
 def no_grad_below(backbone, setup: bench.Setup, repeats: int) -> list[dict]:
@@ -151,10 +156,19 @@ def no_grad_below(backbone, setup: bench.Setup, repeats: int) -> list[dict]:
         with bench.grad_below_first_layer(model):
             bench.train_step(model, opt, batch)
 
-    t = bench.measure({"no_grad": lambda: bench.train_step(model, opt, batch), "all_grad": all_grad}, repeats, device=setup.device)
-    return [row("no_grad_below", half, "MmAP step, all blocks with grad / no-grad below first layer",
-                **bench.ratio_stats(t["all_grad"], t["no_grad"]), max_abs_diff=diff,
-                note="max_abs_diff: prompt gradients")]  # fmt: skip
+    t = bench.measure(
+        {"no_grad": lambda: bench.train_step(model, opt, batch), "all_grad": all_grad}, repeats, device=setup.device
+    )
+    return [
+        row(
+            "no_grad_below",
+            half,
+            "MmAP step, all blocks with grad / no-grad below first layer",
+            **bench.ratio_stats(t["all_grad"], t["no_grad"]),
+            max_abs_diff=diff,
+            note="max_abs_diff: prompt gradients",
+        )
+    ]
 
 
 def text_context(backbone, setup: bench.Setup, repeats: int) -> list[dict]:
@@ -163,12 +177,28 @@ def text_context(backbone, setup: bench.Setup, repeats: int) -> list[dict]:
     full = bench.prompted(backbone, replace(setup, truncate_context=False))
     batch = bench.make_batch(truncated, setup.batch_size, setup.seed)
     diff = bench.check_truncation(truncated, full, batch)
-    t = bench.measure({"full": lambda: bench.text_tower_step(full), "truncated": lambda: bench.text_tower_step(truncated)},
-                      repeats, device=setup.device)  # fmt: skip
-    tokens = f"{truncated.text_tokens.shape[1]} vs {full.text_tokens.shape[1]} tokens, {len(truncated.text_tokens)} class prompts"
+    t = bench.measure(
+        {"full": lambda: bench.text_tower_step(full), "truncated": lambda: bench.text_tower_step(truncated)},
+        repeats,
+        device=setup.device,
+    )
+    n_short, n_full = truncated.text_tokens.shape[1], full.text_tokens.shape[1]
+    tokens = f"{n_short} vs {n_full} tokens, {len(truncated.text_tokens)} class prompts"
     return [
-        row("text_context", setup, "text tower step, 77 tokens / truncated", **bench.ratio_stats(t["full"], t["truncated"]), note=tokens),
-        row("text_context", setup, "text logits max |truncated - 77 tokens|", max_abs_diff=diff, note="logits of the whole model"),
+        row(
+            "text_context",
+            setup,
+            "text tower step, 77 tokens / truncated",
+            **bench.ratio_stats(t["full"], t["truncated"]),
+            note=tokens,
+        ),
+        row(
+            "text_context",
+            setup,
+            "text logits max |truncated - 77 tokens|",
+            max_abs_diff=diff,
+            note="logits of the whole model",
+        ),
     ]
 
 
@@ -182,10 +212,24 @@ def multitask(backbone, setup: bench.Setup, repeats: int) -> list[dict]:
     def loop(images, task_ids):
         return bench.loop_forward(model, images, task_ids)
 
-    t = bench.measure({"fused": lambda: bench.train_step(model, opt, batch), "loop": lambda: bench.train_step(model, opt, batch, loop)},
-                      repeats, device=setup.device)  # fmt: skip
-    return [row("multitask", setup, "MmAP step, loop over tasks / fused", **bench.ratio_stats(t["loop"], t["fused"]),
-                max_abs_diff=diff, note=f"{len(model.task_names)} tasks; max_abs_diff: logits")]  # fmt: skip
+    t = bench.measure(
+        {
+            "fused": lambda: bench.train_step(model, opt, batch),
+            "loop": lambda: bench.train_step(model, opt, batch, loop),
+        },
+        repeats,
+        device=setup.device,
+    )
+    return [
+        row(
+            "multitask",
+            setup,
+            "MmAP step, loop over tasks / fused",
+            **bench.ratio_stats(t["loop"], t["fused"]),
+            max_abs_diff=diff,
+            note=f"{len(model.task_names)} tasks; max_abs_diff: logits",
+        )
+    ]
 
 
 # ---- 2 and 3: memory, communication ------------------------------------------------------------------
@@ -200,9 +244,20 @@ def memory(setup: bench.Setup) -> list[dict]:
         mmap, full = bench.memory_in_subprocess(setup, False), bench.memory_in_subprocess(setup, True)
         how = "peak RSS above the process before the model was built (weights included), fresh process each"
     ratio = mmap["peak_bytes"] / full["peak_bytes"]
-    return [row("memory", setup, "MmAP peak memory / full FT peak memory", ratio_min=ratio, ratio_median=ratio, ratio_max=ratio,
-                repeats=1, numerator_bytes=mmap["peak_bytes"], denominator_bytes=full["peak_bytes"],
-                note=f"{how}; weights {mmap['model_bytes'] / 2**20:.0f} MiB")]  # fmt: skip
+    return [
+        row(
+            "memory",
+            setup,
+            "MmAP peak memory / full FT peak memory",
+            ratio_min=ratio,
+            ratio_median=ratio,
+            ratio_max=ratio,
+            repeats=1,
+            numerator_bytes=mmap["peak_bytes"],
+            denominator_bytes=full["peak_bytes"],
+            note=f"{how}; weights {mmap['model_bytes'] / 2**20:.0f} MiB",
+        )
+    ]
 
 
 def communication(setup: bench.Setup, out: Path, confirm: bool) -> list[dict]:
@@ -211,153 +266,41 @@ def communication(setup: bench.Setup, out: Path, confirm: bool) -> list[dict]:
     mmap_bytes = bench.trainable_bytes(model)
     full_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     ratio = mmap_bytes / full_bytes
-    rows = [row("communication", setup, "all-reduced bytes per step, MmAP / full FT", ratio_min=ratio, ratio_median=ratio,
-                ratio_max=ratio, repeats=1, numerator_bytes=mmap_bytes, denominator_bytes=full_bytes,
-                note="counted from the trainable parameters")]  # fmt: skip
+    rows = [
+        row(
+            "communication",
+            setup,
+            "all-reduced bytes per step, MmAP / full FT",
+            ratio_min=ratio,
+            ratio_median=ratio,
+            ratio_max=ratio,
+            repeats=1,
+            numerator_bytes=mmap_bytes,
+            denominator_bytes=full_bytes,
+            note="counted from the trainable parameters",
+        )
+    ]
     if confirm:
         cpu = replace(setup, device="cpu")
         for name, full_ft in (("MmAP", False), ("full FT", True)):
             ranks = bench.ddp_bucket_bytes(cpu, full_ft, out / "ddp")
             hooked, expected = ranks[0]["bytes"], ranks[0]["trainable_bytes"]
             same = all(r["bytes"] == hooked for r in ranks)
-            rows.append(row("communication", cpu, f"{name}: DDP hook bytes / trainable-parameter bytes",
-                            ratio_min=hooked / expected, ratio_median=hooked / expected, ratio_max=hooked / expected, repeats=1,
-                            numerator_bytes=hooked, denominator_bytes=expected,
-                            note=f"2 gloo ranks, {ranks[0]['buckets']} buckets, ranks agree: {same}"))  # fmt: skip
+            rows.append(
+                row(
+                    "communication",
+                    cpu,
+                    f"{name}: DDP hook bytes / trainable-parameter bytes",
+                    ratio_min=hooked / expected,
+                    ratio_median=hooked / expected,
+                    ratio_max=hooked / expected,
+                    repeats=1,
+                    numerator_bytes=hooked,
+                    denominator_bytes=expected,
+                    note=f"2 gloo ranks, {ranks[0]['buckets']} buckets, ranks agree: {same}",
+                )
+            )
     return rows
-
-
-# ---- 4: Ray overhead ---------------------------------------------------------------------------------
-
-
-def _trial(config: dict) -> None:
-    """A Tune trial whose driver runs the toy run through Ray Train (the study's trial_driver pattern)."""
-    from ray.tune.integration.ray_train import TuneReportCallback
-
-    from mmap_ray.distributed import WorkerSpec, fit_distributed
-    from mmap_ray.engine import TrainConfig
-
-    fit_distributed(config["run"], TrainConfig(**config["train"]), Path(config["out"]), WorkerSpec(**config["workers"]),
-                    callbacks=[TuneReportCallback()])  # fmt: skip
-
-
-def ray_overhead(out: Path, epochs: int) -> list[dict]:
-    """Wall time of one toy run through Tune + Train (1 and 2 workers) / in-process (build, train, test)."""
-    import ray
-    from ray import tune
-
-    from mmap_ray.engine import TrainConfig, evaluate, train
-    from mmap_ray.runspec import build_run, spec
-    from mmap_ray.toyclip import pretrained_toy_clip
-
-    run, cfg = spec(seed=0), TrainConfig(epochs=epochs, batch_size=64)
-    pretrained_toy_clip()  # build the cached toy CLIP now, outside every timing
-    t0 = time.perf_counter()
-    model, tasks = build_run(run)
-    train(model, tasks, cfg, progress=False)
-    evaluate(model, tasks, "test")
-    in_process = time.perf_counter() - t0
-
-    ncpu = os.cpu_count() or 1
-    t0 = time.perf_counter()
-    # One logical CPU more than the cores, so the trial driver's 0.01 CPU and the workers' whole cores fit.
-    ray.init(address="local", num_cpus=ncpu + 1, include_dashboard=False, log_to_driver=False)
-    init_s = time.perf_counter() - t0
-    rows = []
-    try:
-        for workers in (1, 2):
-            folder = (out / "ray" / f"workers{workers}").resolve()
-            shutil.rmtree(folder, ignore_errors=True)  # a fresh run: never resume an old checkpoint
-            config = {"run": run, "train": asdict(cfg), "out": str(folder / "train"),
-                      "workers": {"workers": workers, "cpus_per_worker": ncpu / workers, "max_failures": 0}}  # fmt: skip
-            tuner = tune.Tuner(tune.with_resources(_trial, {"cpu": 0.01}), param_space=config,
-                               run_config=tune.RunConfig(name="tune", storage_path=str(folder), verbose=0))  # fmt: skip
-            t0 = time.perf_counter()
-            grid = tuner.fit()
-            wall = time.perf_counter() - t0
-            if grid.errors:
-                raise RuntimeError(f"the Ray overhead trial with {workers} workers failed: {grid.errors[0]}")
-            rows.append(row("ray", None, f"Tune + Train ({workers} worker{'s' * (workers > 1)}) / in-process",
-                            ratio_min=wall / in_process, ratio_median=wall / in_process, ratio_max=wall / in_process, repeats=1,
-                            numerator_s=wall, denominator_s=in_process, model=TINY_MODEL, device="cpu", batch_size=cfg.batch_size,
-                            note=f"toy run, {epochs} epochs; ray.init {init_s:.1f} s not included"))  # fmt: skip
-    finally:
-        ray.shutdown()
-    return rows
-
-
-# ---- the table ---------------------------------------------------------------------------------------
-
-
-def machine() -> dict:
-    """Where the benchmark ran: CPU model, cores, GPU, library versions, load."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "none"
-    return {"cpu_model": cpu, "cores": os.cpu_count() or 0, "torch_threads": torch.get_num_threads(), "gpu": gpu,
-            "torch_version": torch.__version__, "platform": platform.platform()}  # fmt: skip
-
-
-def _fmt(r: dict) -> str:
-    if r["ratio_median"] is None:
-        return "-"
-    if r["repeats"] > 1:
-        return f"**{r['ratio_median']:.3g}** ({r['ratio_min']:.3g}-{r['ratio_max']:.3g})"
-    return f"**{r['ratio_median']:.3g}**"
-
-
-def _detail(r: dict) -> str:
-    parts = []
-    if r["numerator_s"] is not None:
-        parts.append(f"{r['numerator_s']:.3g} s / {r['denominator_s']:.3g} s")
-    if r["numerator_bytes"] is not None:
-        parts.append(f"{r['numerator_bytes']:,} B / {r['denominator_bytes']:,} B")
-    if r["flop_ratio"] is not None:
-        parts.append(f"FLOP ratio {r['flop_ratio']:.3f}")
-    if r["max_abs_diff"] is not None:
-        parts.append(f"max abs diff {r['max_abs_diff']:.2g}")
-    if r["note"]:
-        parts.append(r["note"])
-    return "; ".join(parts)
-
-
-def markdown(rows: list[dict], info: dict, command: str) -> str:
-    """The generated section of BENCHMARKS.md: how to reproduce, where it ran, the table."""
-    met = {True: "met", False: "**missed**", None: ""}
-    lines = [
-        f"Command: `{command}` ({info['finished']}, {info['wall_s']:.0f} s).",
-        "",
-        (f"Machine: {info['cpu_model']}, {info['cores']} cores ({info['torch_threads']} torch threads), GPU {info['gpu']}; "
-         f"torch {info['torch_version']}, {info['platform']}. Load average (1, 5, 15 min) before "
-         f"{info['load_before']}, after {info['load_after']}."),
-        "",
-        "| group | model (batch) | figure | ratio: median (min-max) | n | detail | goal | |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        model = f"{r['model']} ({r['batch_size']})" if r["model"] else ""
-        if r["layers"] not in ("", "default"):
-            model += f", layers {r['layers']}"
-        lines.append(f"| {r['group']} | {model} | {r['figure']} | {_fmt(r)} | {r['repeats'] or ''} | {_detail(r)} | "
-                     f"{r['goal']} | {met[r['goal_met']]} |")  # fmt: skip
-    return "\n".join(lines) + "\n"
-
-
-def write_markdown(path: Path, section: str) -> None:
-    """Put `section` between the markers of `path`, keeping the hand-written text around it."""
-    text = path.read_text() if path.is_file() else f"# Benchmarks\n\n{BEGIN}\n{END}\n"
-    if BEGIN not in text or END not in text:
-        text += f"\n{BEGIN}\n{END}\n"
-    head, rest = text.split(BEGIN, 1)
-    tail = rest.split(END, 1)[1]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(f"{head}{BEGIN}\n{section}{END}{tail}")
 
 
 def run_all(args: argparse.Namespace, out: Path) -> list[dict]:
@@ -371,7 +314,10 @@ def run_all(args: argparse.Namespace, out: Path) -> list[dict]:
         # On a CPU, ViT-B-16 steps take seconds: its loop-over-tasks and 2-process DDP runs (minutes) are left to
         # the tiny CLIP, whose DDP run confirms the byte count that ViT-B-16's row counts from its parameters.
         light = name == TINY_MODEL or device == "cuda"
-        print(f"[benchmark] {name} batch {batch} on {device}: step cost, no-grad, text, multi-task, memory, DDP", flush=True)
+        print(
+            f"[benchmark] {name} batch {batch} on {device}: step cost, no-grad, text, multi-task, memory, DDP",
+            flush=True,
+        )
         rows += step_cost(setup, args.repeats)
         backbone = bench.load(setup)
         backbone.model.to(device)
@@ -400,11 +346,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--models", default=None, help="override the backbones: NAME[:BATCH],... e.g. mmap-ViT-Tiny-8:64")
     p.add_argument("--skip-ray", action="store_true", help="skip the Ray overhead figure (it starts a local Ray)")
     p.add_argument("--ray-epochs", type=int, default=3, help="epochs of the toy trial for the Ray overhead figure")
-    p.add_argument("--markdown", default=None, help="where the table goes (default BENCHMARKS.md; <out>/BENCHMARKS.md with --quick)")
+    p.add_argument(
+        "--markdown",
+        default=None,
+        help="where the table goes (default BENCHMARKS.md; <out>/BENCHMARKS.md with --quick)",
+    )
     args = p.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
-        print("error: --device cuda but torch.cuda.is_available() is False: no CUDA device or a CPU-only torch "
-              f"({torch.__version__}); run on a GPU machine or use --device cpu", file=sys.stderr)  # fmt: skip
+        print(
+            "error: --device cuda but torch.cuda.is_available() is False: no CUDA device or a CPU-only torch "
+            f"({torch.__version__}); run on a GPU machine or use --device cpu",
+            file=sys.stderr,
+        )
         return 2
     args.repeats = args.repeats or (2 if args.quick else 3)
     if args.repeats < 1:
@@ -415,22 +368,27 @@ def main(argv: list[str] | None = None) -> int:
     if args.device == "cpu":
         torch.set_flush_denormal(True)  # random weights must not cost denormal arithmetic (no change seen here)
     rows = run_all(args, out)
-    info = {**machine(), "load_before": _load(load_before), "load_after": _load(os.getloadavg()),
-            "wall_s": time.perf_counter() - t0, "finished": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}  # fmt: skip
+    info = {
+        **machine(),
+        "load_before": load_average(load_before),
+        "load_after": load_average(os.getloadavg()),
+        "wall_s": time.perf_counter() - t0,
+        "finished": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+    }
     command = "python studies/benchmark.py " + " ".join(argv if argv is not None else sys.argv[1:])
     extra = {**provenance(), **{k: str(v) for k, v in info.items()}, "command": command.strip()}
     for group in dict.fromkeys(r["group"] for r in rows):
-        write_table(out / "results", TABLE, f"{group}-{'quick' if args.quick else args.device}",
-                    [{**r, **extra} for r in rows if r["group"] == group])  # fmt: skip
+        write_table(
+            out / "results",
+            TABLE,
+            f"{group}-{'quick' if args.quick else args.device}",
+            [{**r, **extra} for r in rows if r["group"] == group],
+        )
     section = markdown(rows, info, command.strip())
     write_markdown(md, section)
     print(section)
     print(f"[benchmark] rows in {out / 'results' / TABLE}, table in {md}")
     return 0
-
-
-def _load(avg: tuple[float, float, float]) -> str:
-    return ", ".join(f"{x:.2f}" for x in avg)
 
 
 if __name__ == "__main__":

@@ -29,7 +29,9 @@ def main(argv: list[str] | None = None) -> int:
         chosen = []
         for seed in args.seeds:
             path = out / f"{scheme}-seed{seed}.json"
-            if not path.is_file() and mmap_ray(["group", "--scheme", scheme, "--k", "2", "--seed", str(seed), "--out", str(path)]):
+            if not path.is_file() and mmap_ray(
+                ["group", "--scheme", scheme, "--k", "2", "--seed", str(seed), "--out", str(path)]
+            ):
                 return 1
             chosen.append(json.loads(path.read_text())["partition"])
         hits = sum(c == PAIRS for c in chosen)

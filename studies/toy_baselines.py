@@ -50,8 +50,21 @@ def measure(out: Path, seeds: list[int], epochs: int) -> list[dict]:
                 code = mmap_ray(["eval", "--out", str(run / "test.json")])
                 acc = json.loads((run / "test.json").read_text())
             else:
-                code = mmap_ray(["train", "--partition", PARTITION, "--epochs", str(epochs), "--seed", str(seed),
-                                 "--out", str(run), "--no-progress", *extra])  # fmt: skip
+                code = mmap_ray(
+                    [
+                        "train",
+                        "--partition",
+                        PARTITION,
+                        "--epochs",
+                        str(epochs),
+                        "--seed",
+                        str(seed),
+                        "--out",
+                        str(run),
+                        "--no-progress",
+                        *extra,
+                    ]
+                )
                 summary = json.loads((run / "summary.json").read_text())
                 acc = summary["test"] | {"trainable": summary["trainable_params"], "total": summary["total_params"]}
             if code:
@@ -64,11 +77,15 @@ def parquet_row(row: dict) -> dict:
     """A rows.json row in the study's column names (test_<task>, test_mean, trainable_params)."""
     skip = {"method", "seed", "epochs", "mean", "trainable", "total"}
     return {
-        "method": row["method"], "seed": row["seed"], "epochs": row.get("epochs"),
-        **{f"test_{k}": v for k, v in row.items() if k not in skip}, "test_mean": row["mean"],
-        "trainable_params": row.get("trainable", 0), "total_params": row.get("total"),
+        "method": row["method"],
+        "seed": row["seed"],
+        "epochs": row.get("epochs"),
+        **{f"test_{k}": v for k, v in row.items() if k not in skip},
+        "test_mean": row["mean"],
+        "trainable_params": row.get("trainable", 0),
+        "total_params": row.get("total"),
         "schema_version": SCHEMA_VERSION,
-    }  # fmt: skip
+    }
 
 
 def write_outputs(rows: list[dict], out: Path) -> str:

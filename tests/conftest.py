@@ -10,6 +10,8 @@ import pytest
 import torch
 
 from mmap_ray.backbone import TINY_MODEL, Backbone, BackboneConfig, load_backbone
+from mmap_ray.config import DataConfig, ModelConfig, RunConfig
+from mmap_ray.prompts import MmAPConfig
 
 TASKS = {
     "Art": ["alarm clock", "backpack", "bike"],
@@ -21,6 +23,13 @@ TASKS = {
 
 REPO = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
+# A seconds-scale run on random weights: two toy tasks in two groups, 4 images per class
+TWO_TASK_RUN = RunConfig(
+    data=DataConfig(domains=("Art", "Product"), shots=4),
+    backbone=ModelConfig(pretrained=None),
+    prompts=MmAPConfig(n_tokens=2),
+    partition=(("Art",), ("Product",)),
+)
 STUDY = [sys.executable, str(REPO / "studies" / "grouping.py")]  # the main study, as a user runs it
 
 
@@ -90,8 +99,13 @@ def s3():
     from moto.server import ThreadedMotoServer
 
     port = free_port()
-    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1",
-           "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}  # fmt: skip
+    env = {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_REGION": "us-east-1",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)

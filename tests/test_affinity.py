@@ -10,7 +10,7 @@ from mmap_ray.affinity import AffinityConfig, measure_affinity, shared_model, ta
 from mmap_ray.cli import main
 from mmap_ray.data.toy import PAIRS, ToyConfig, load_toy_tasks
 
-FAST = AffinityConfig(warmup_steps=2, steps=2, batch_size=8)
+FAST = AffinityConfig(affinity_warmup_steps=2, affinity_steps=2, affinity_batch_size=8)
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +31,7 @@ def test_measuring_leaves_weights_grads_and_optimizer_bit_identical(tiny, toy_ta
     grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     saved = opt.state_dict()["state"].items()
     state = {k: {n: t.clone() if torch.is_tensor(t) else t for n, t in v.items()} for k, v in saved}
-    a = measure_affinity(model, toy_tasks, AffinityConfig(method=method, steps=2, batch_size=8))
+    a = measure_affinity(model, toy_tasks, AffinityConfig(method=method, affinity_steps=2, affinity_batch_size=8))
     assert a.shape == (4, 4) and torch.isfinite(a).all()
     assert all(torch.equal(v, weights[k]) for k, v in model.state_dict().items())
     assert all(torch.equal(p.grad, grads[n]) for n, p in model.named_parameters() if p.grad is not None)
@@ -52,7 +52,7 @@ def test_reduce_is_one_call_per_step_on_grads_and_losses(tiny, toy_tasks):
 
     measure_affinity(model, toy_tasks, FAST, reduce=reduce)
     n_params = sum(p.numel() for p in model.bank.groups.parameters())
-    assert calls == [(4, n_params + 1)] * FAST.steps
+    assert calls == [(4, n_params + 1)] * FAST.affinity_steps
 
 
 def test_task_gradients_match_separate_backward_passes(tiny, toy_tasks):
@@ -82,7 +82,7 @@ def test_warm_up_takes_the_training_step_and_stops_on_divergence(tiny, toy_tasks
     """The warm-up is the training loop's step: a non-finite loss stops it before any weight is updated."""
     model = shared_model(tiny, toy_tasks)
     with pytest.raises(FloatingPointError, match=r"training loss is (nan|inf) at step \d+ of the affinity warm-up"):
-        warm_up(model, toy_tasks, AffinityConfig(warmup_steps=5, batch_size=8, lr=1e30))
+        warm_up(model, toy_tasks, AffinityConfig(affinity_warmup_steps=5, affinity_batch_size=8, affinity_lr=1e30))
     assert torch.isfinite(model.bank.groups.source).all()
 
 
@@ -90,13 +90,13 @@ def test_affinity_config_errors():
     with pytest.raises(ValueError, match="method='tag' is not valid; choose one of"):
         AffinityConfig(method="tag")
     with pytest.raises(ValueError, match="steps=0 must be >= 1"):
-        AffinityConfig(steps=0)
+        AffinityConfig(affinity_steps=0)
 
 
 def test_group_cli_writes_a_partition_train_accepts(tmp_path, capsys):
     out = tmp_path / "group.json"
     common = ["--pretrained", "none", "--n-tokens", "2"]
-    fast = ["--warmup-steps", "1", "--steps", "1", "--batch-size", "8"]
+    fast = ["--affinity-warmup-steps", "1", "--affinity-steps", "1", "--affinity-batch-size", "8"]
     assert main(["group", *common, "--k", "2", *fast, "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     result = json.loads(out.read_text())

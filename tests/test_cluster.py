@@ -111,14 +111,26 @@ BROKEN_LAUNCHER = {
     "min_workers over the cap": (_set("available_node_types.gpu_1x_spot.min_workers", 20), "Ray's validator rejects"),
     "no provider type": (_set("provider.type", _DELETE), "Ray's validator rejects"),
     # this project's rules
-    "GPU on the head": (_set("available_node_types.ray_head_cpu.resources.GPU", 1), "head node type ray_head_cpu has GPUs"),
+    "GPU on the head": (
+        _set("available_node_types.ray_head_cpu.resources.GPU", 1),
+        "head node type ray_head_cpu has GPUs",
+    ),
     "no CPU on the head": (_set("available_node_types.ray_head_cpu.resources.CPU", 0), "AutoscalingCoordinator"),
     "warm GPU node": (_set("available_node_types.gpu_1x_ondemand.min_workers", 1), "min_workers=1, must be 0"),
-    "undeclared memory": (_set("available_node_types.gpu_4x_spot.resources.memory", _DELETE), "does not declare ['memory']"),
+    "undeclared memory": (
+        _set("available_node_types.gpu_4x_spot.resources.memory", _DELETE),
+        "does not declare ['memory']",
+    ),
     "no idle timeout": (_set("idle_timeout_minutes", 0), "idle_timeout_minutes must be > 0"),
     "no spot": (_no_spot, "no spot / preemptible node type"),
-    "token auth off": (_replace("worker_start_ray_commands", "RAY_AUTH_MODE=token ", ""), "without RAY_AUTH_MODE=token"),
-    "public dashboard": (_replace("head_start_ray_commands", "127.0.0.1", "0.0.0.0"), "dashboard listens on every interface"),
+    "token auth off": (
+        _replace("worker_start_ray_commands", "RAY_AUTH_MODE=token ", ""),
+        "without RAY_AUTH_MODE=token",
+    ),
+    "public dashboard": (
+        _replace("head_start_ray_commands", "127.0.0.1", "0.0.0.0"),
+        "dashboard listens on every interface",
+    ),
     "unpinned install": (_replace("setup_commands", "--detach ${MMAP_RAY_COMMIT}", "main"), "pinned commit"),
     "old Ray image": (_set("docker.image", "rayproject/ray:2.9.0-py310-gpu"), "has Ray 2.9.0"),
 }
@@ -187,7 +199,10 @@ BROKEN_KUBERAY = {
     "min above max": (_group(0, "minReplicas", 9), "minReplicas <= replicas <= maxReplicas"),
     "replicas above max": (_group(1, "replicas", 3), "minReplicas <= replicas <= maxReplicas"),
     "string replicas": (_group(0, "maxReplicas", "8"), "minReplicas <= replicas <= maxReplicas"),
-    "warm GPU pod": (lambda m: (_group(0, "minReplicas", 1)(m), _group(0, "replicas", 1)(m)), "minReplicas=1, must be 0"),
+    "warm GPU pod": (
+        lambda m: (_group(0, "minReplicas", 1)(m), _group(0, "replicas", 1)(m)),
+        "minReplicas=1, must be 0",
+    ),
     "no GPU limit": (_gpu_limit(0, _DELETE), "nvidia.com/gpu limit"),
     "fractional GPU": (_gpu_limit(1, "0.5"), "nvidia.com/gpu limit"),
     "no toleration": (_group(0, "template.spec.tolerations", []), "no toleration"),
@@ -202,7 +217,10 @@ BROKEN_KUBERAY = {
     "integer start param": (_set("spec.headGroupSpec.rayStartParams.num-cpus", 2), "must be strings"),
     "public head service": (_set("spec.headGroupSpec.serviceType", "LoadBalancer"), "use ClusterIP"),
     "wrong kind": (_set("kind", "RayJob"), "not a ray.io/v1 RayCluster"),
-    "literal token": (_group(0, "template.spec.containers.0.env", [{"name": "RAY_AUTH_TOKEN", "value": "x"}]), "literal"),
+    "literal token": (
+        _group(0, "template.spec.containers.0.env", [{"name": "RAY_AUTH_TOKEN", "value": "x"}]),
+        "literal",
+    ),
 }
 
 
@@ -287,18 +305,14 @@ def _study(argv: list[str], monkeypatch):
 
 
 def _trial_request(study) -> dict[str, float]:
-    from mmap_ray.distributed import WorkerSpec
-
-    worker = WorkerSpec(study.workers_per_trial, study.cpus_per_worker, study.gpus_per_worker,
-                        extra_resources=dict(study.worker_resources))  # fmt: skip
-    return configs.trial_request(study.workers_per_trial, worker.resources_per_worker)
+    return configs.trial_request(study.resources.workers, study.resources.resources_per_worker)
 
 
 @pytest.mark.parametrize("name", ALL)
 def test_trial_requests_fit_the_node_types(name, tmp_path, monkeypatch):
     config, _ = _load(name)
-    data = str(tmp_path)  # the real-data presets check that --data-root exists
-    single = _study(["--preset", "office-home", "--data-root", data, "--gpus-per-worker", "1"], monkeypatch)
+    data = str(tmp_path)  # the real-data presets check that --root exists
+    single = _study(["--preset", "office-home", "--root", data, "--gpus-per-worker", "1"], monkeypatch)
     request = _trial_request(single)
     assert request == {"CPU": 1.01, "GPU": 1.0}
     fitting = configs.fitting_node_types(config, request)
@@ -307,7 +321,7 @@ def test_trial_requests_fit_the_node_types(name, tmp_path, monkeypatch):
     cheapest = min(fitting, key=lambda t: (types[t]["GPU"], types[t]["CPU"]))
     assert types[cheapest]["GPU"] == 1
 
-    multi = _study(["--preset", "office-home", "--data-root", data, "--gpus-per-worker", "1", "--workers", "4"], monkeypatch)
+    multi = _study(["--preset", "office-home", "--root", data, "--gpus-per-worker", "1", "--workers", "4"], monkeypatch)
     request = _trial_request(multi)
     fitting = configs.fitting_node_types(config, request)
     assert fitting and all(types[t]["GPU"] == 4 for t in fitting)  # only the multi-GPU type holds 4 workers
@@ -322,6 +336,7 @@ def test_trial_requests_fit_the_node_types(name, tmp_path, monkeypatch):
 
 
 # ---- a local autoscaling run --------------------------------------------------------------------------
+
 
 def _descendants(root: int) -> list[int]:
     """Every live process below `root` (from /proc), children first in no particular order."""
@@ -410,13 +425,25 @@ class LocalAutoscalingCluster(AutoscalingCluster):
         config_path = Path(self.temp_dir) / "autoscaling.json"
         config_path.write_text(json.dumps(self._config))
         head = dict(self._head_resources)
-        cmd = [str(VENV_BIN / "ray"), "start", "--head", "--block", f"--port={self.port}", f"--temp-dir={self.temp_dir}",
-               f"--autoscaling-config={config_path}", f"--num-cpus={head.pop('CPU', 0)}",
-               f"--object-store-memory={head.pop('object_store_memory', 150 * 2**20)}",
-               # every listening port its own, so a Ray started elsewhere on this machine is never in the way
-               f"--ray-client-server-port={free_port()}", f"--dashboard-port={free_port()}",
-               f"--dashboard-agent-listen-port={free_port()}", "--min-worker-port=0", "--max-worker-port=0",
-               "--dashboard-host=127.0.0.1", "--disable-usage-stats"]  # fmt: skip
+        cmd = [
+            str(VENV_BIN / "ray"),
+            "start",
+            "--head",
+            "--block",
+            f"--port={self.port}",
+            f"--temp-dir={self.temp_dir}",
+            f"--autoscaling-config={config_path}",
+            f"--num-cpus={head.pop('CPU', 0)}",
+            f"--object-store-memory={head.pop('object_store_memory', 150 * 2**20)}",
+            # every listening port its own, so a Ray started elsewhere on this machine is never in the way
+            f"--ray-client-server-port={free_port()}",
+            f"--dashboard-port={free_port()}",
+            f"--dashboard-agent-listen-port={free_port()}",
+            "--min-worker-port=0",
+            "--max-worker-port=0",
+            "--dashboard-host=127.0.0.1",
+            "--disable-usage-stats",
+        ]
         if head:
             cmd.append(f"--resources={json.dumps(head)}")
         env = self.env(AUTOSCALER_UPDATE_INTERVAL_S="1", RAY_FAKE_CLUSTER="1")
@@ -438,9 +465,11 @@ class LocalAutoscalingCluster(AutoscalingCluster):
 
     def nodes(self) -> list[dict]:
         """Every node the GCS has seen, dead ones included: alive flag and resources."""
-        code = ("import json, ray; ray.init(log_to_driver=False); "
-                "print(json.dumps([{'id': n['NodeID'], 'alive': n['Alive'], 'resources': n['Resources']} "
-                "for n in ray.nodes()]))")  # fmt: skip
+        code = (
+            "import json, ray; ray.init(log_to_driver=False); "
+            "print(json.dumps([{'id': n['NodeID'], 'alive': n['Alive'], 'resources': n['Resources']} "
+            "for n in ray.nodes()]))"
+        )
         out = subprocess.run([sys.executable, "-c", code], env=self.env(), capture_output=True, text=True, timeout=120)
         if out.returncode != 0:
             raise RuntimeError(out.stderr[-2000:])
@@ -500,10 +529,21 @@ def test_autoscaler_adds_gpu_nodes_for_a_smoke_study_and_removes_them_when_idle(
         storage = tmp_path / "studies"
         started = time.time()
         study = subprocess.run(
-            [sys.executable, str(REPO / "studies" / "grouping.py"), "--smoke", "--storage", str(storage),
-             "--worker-resources", json.dumps({"fake_gpu": 1}), "--autoscale"],
-            env=cluster.env(), capture_output=True, text=True, timeout=900,
-        )  # fmt: skip
+            [
+                sys.executable,
+                str(REPO / "studies" / "grouping.py"),
+                "--smoke",
+                "--storage",
+                str(storage),
+                "--worker-resources",
+                json.dumps({"fake_gpu": 1}),
+                "--autoscale",
+            ],
+            env=cluster.env(),
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
         study_s = time.time() - started
         assert study.returncode == 0, study.stdout[-3000:] + study.stderr[-3000:]
         df = load(storage / "smoke" / "results")
@@ -520,4 +560,7 @@ def test_autoscaler_adds_gpu_nodes_for_a_smoke_study_and_removes_them_when_idle(
         log = cluster.monitor_log.read_text()
         idle = set(re.findall(r"Terminating the node with id (\w+) and ip \w+\. \(idle\)", log))
         assert {n["id"] for n in added} <= idle, (added, log[-3000:])  # each removed by the autoscaler as idle
-        print(f"smoke study on the autoscaling cluster: {study_s:.0f} s; {len(added)} GPU node(s) added, removed when idle")
+        print(
+            f"smoke study on the autoscaling cluster: {study_s:.0f} s; {len(added)} GPU node(s) added, "
+            "removed when idle"
+        )

@@ -48,8 +48,16 @@ def split_of(task, root: Path) -> dict[str, list[tuple[str, int]]]:
     return {s: rels(task.split(s), root) for s in SPLITS}
 
 
-@pytest.mark.parametrize("raw, text", [("Alarm_Clock", "alarm clock"), ("The_Eiffel_Tower", "the eiffel tower"),
-                                       ("desk_lamp", "desk lamp"), ("t-shirt", "t-shirt"), ("  Big__Cat ", "big cat")])
+@pytest.mark.parametrize(
+    "raw, text",
+    [
+        ("Alarm_Clock", "alarm clock"),
+        ("The_Eiffel_Tower", "the eiffel tower"),
+        ("desk_lamp", "desk lamp"),
+        ("t-shirt", "t-shirt"),
+        ("  Big__Cat ", "big cat"),
+    ],
+)
 def test_natural_class_name(raw, text):
     assert natural_class_name(raw) == text
 
@@ -170,8 +178,13 @@ def test_domainnet_official_lists(tmp_path):
     assert [t.name for t in tasks] == ["clipart", "real"]
     assert tasks[0].class_names == ["the eiffel tower", "aircraft carrier", "zebra"]
     for task in tasks:
-        official = {s: [(line.split()[0], int(line.split()[1])) for line in
-                        (root / f"{task.name}_{s}.txt").read_text().splitlines()] for s in ("train", "test")}
+        official = {
+            s: [
+                (line.split()[0], int(line.split()[1]))
+                for line in (root / f"{task.name}_{s}.txt").read_text().splitlines()
+            ]
+            for s in ("train", "test")
+        }
         split = split_of(task, root)
         assert sorted(split["test"]) == sorted(official["test"])
         assert sorted(split["train"] + split["val"]) == sorted(official["train"])
@@ -215,13 +228,16 @@ def test_getitem_returns_transformed_tensor(office):
 # ---- bad configs and bad data ---------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kw, match", [
-    ({"layout": "imagenet"}, r"layout='imagenet' is not valid; choose one of .*office-home"),
-    ({"val_fraction": 1.0}, r"val_fraction=1.0 must be in \[0, 1\)"),
-    ({"val_fraction": 0.5, "test_fraction": 0.5}, r"must be < 1"),
-    ({"shots": 0}, r"shots=0 must be None"),
-    ({"domains": ("Art", "Art")}, r"domains=.*unique"),
-])
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        ({"layout": "imagenet"}, r"layout='imagenet' is not valid; choose one of .*office-home"),
+        ({"val_fraction": 1.0}, r"val_fraction=1.0 must be in \[0, 1\)"),
+        ({"val_fraction": 0.5, "test_fraction": 0.5}, r"must be < 1"),
+        ({"shots": 0}, r"shots=0 must be None"),
+        ({"domains": ("Art", "Art")}, r"domains=.*unique"),
+    ],
+)
 def test_config_rejects_bad_values(office, kw, match):
     with pytest.raises(ValueError, match=match):
         FolderDataConfig(**{"layout": "office-home", "root": office, **kw})
@@ -257,8 +273,11 @@ def test_class_sets_must_match(office):
 
 
 def test_corrupt_images_fail_or_are_skipped(office):
-    bad = [office / "Art" / "Alarm_Clock" / "broken.jpg", office / "Product" / "t-shirt" / "empty.png",
-           office / "Real World" / "Desk_Lamp" / "bad_crc.png"]
+    bad = [
+        office / "Art" / "Alarm_Clock" / "broken.jpg",
+        office / "Product" / "t-shirt" / "empty.png",
+        office / "Real World" / "Desk_Lamp" / "bad_crc.png",
+    ]
     bad[0].write_bytes(b"this is not a jpeg")
     bad[1].write_bytes(b"")
     Image.new("RGB", (8, 8), (1, 2, 3)).save(bad[2], "PNG")
@@ -307,8 +326,10 @@ def test_domainnet_lists_under_splits_folder(tmp_path):
     assert task.name == "sketch" and len(task.test) == 4 and len(task.train) + len(task.val) == 8
 
 
-@pytest.mark.parametrize("domain, needle", [("mean", "the task name 'mean' is reserved"),
-                                            ("A+B", "contains ['+']"), ("D|E", "contains ['|']")])  # fmt: skip
+@pytest.mark.parametrize(
+    "domain, needle",
+    [("mean", "the task name 'mean' is reserved"), ("A+B", "contains ['+']"), ("D|E", "contains ['|']")],
+)
 def test_domain_names_that_would_clash_are_refused_at_load_time(tmp_path, domain, needle):
     root = make_tree(tmp_path / "data", domains=("Art", domain))
     with pytest.raises(ValueError, match=rf"domain folder {tmp_path}/data/.*: .*" + re.escape(needle)):

@@ -6,14 +6,14 @@ import time
 
 import pytest
 import torch
+from conftest import TWO_TASK_RUN as RUN
 
+from mmap_ray.build import build_run
 from mmap_ray.distributed import RUN_NAME, WorkerSpec, fit_distributed
 from mmap_ray.engine import TrainConfig, train
-from mmap_ray.runspec import build_run, spec
+from mmap_ray.fields import replace
 
 pytestmark = pytest.mark.slow
-
-RUN = spec(pretrained="none", n_tokens=2, domains="Art,Product", partition="Art|Product", shots=4)
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +23,11 @@ def both_paths(ray_local, tmp_path_factory):
     model, tasks = build_run(RUN)
     history = train(model, tasks, cfg, progress=False)
     prompts = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
-    return history, prompts, fit_distributed(RUN, cfg, tmp_path_factory.mktemp("ddp"), WorkerSpec(workers=2))
+    return (
+        history,
+        prompts,
+        fit_distributed(replace(RUN, train=cfg), tmp_path_factory.mktemp("ddp"), WorkerSpec(workers=2)),
+    )
 
 
 def test_two_workers_equal_one_process_with_double_batch(both_paths):
@@ -47,9 +51,9 @@ def test_both_paths_write_the_same_history_rows(both_paths):
 
 def test_rerunning_a_finished_run_resumes_instead_of_retraining(ray_local, tmp_path):
     cfg = TrainConfig(epochs=1, batch_size=16)
-    first = fit_distributed(RUN, cfg, tmp_path, WorkerSpec(workers=2))
+    first = fit_distributed(replace(RUN, train=cfg), tmp_path, WorkerSpec(workers=2))
     ckpts = sorted(p.name for p in (tmp_path / RUN_NAME).glob("checkpoint_*"))
-    again = fit_distributed(RUN, cfg, tmp_path, WorkerSpec(workers=2))
+    again = fit_distributed(replace(RUN, train=cfg), tmp_path, WorkerSpec(workers=2))
     assert sorted(p.name for p in (tmp_path / RUN_NAME).glob("checkpoint_*")) == ckpts  # nothing retrained
     assert again["history"] == first["history"]
 
@@ -57,10 +61,10 @@ def test_rerunning_a_finished_run_resumes_instead_of_retraining(ray_local, tmp_p
 def test_impossible_request_fails_fast(ray_local, tmp_path):
     start = time.time()
     with pytest.raises(ValueError, match=r"need \{'CPU': 3.0, 'GPU': 0.0\} but the Ray cluster has \{'CPU': 2.0"):
-        fit_distributed(RUN, TrainConfig(epochs=1), tmp_path, WorkerSpec(workers=3))
+        fit_distributed(replace(RUN, train=TrainConfig(epochs=1)), tmp_path, WorkerSpec(workers=3))
     with pytest.raises(ValueError, match=r"'GPU': 2\} but the Ray cluster has \{'CPU': 2.0, 'GPU': 0\}"):
         gpus = WorkerSpec(workers=2, cpus_per_worker=0.5, gpus_per_worker=1)
-        fit_distributed(RUN, TrainConfig(epochs=1), tmp_path, gpus)
+        fit_distributed(replace(RUN, train=TrainConfig(epochs=1)), tmp_path, gpus)
     assert time.time() - start < 10
 
 

@@ -3,8 +3,8 @@
 import pytest
 import torch
 import torch.nn.functional as F
-
 from conftest import TASKS, images_for
+
 from mmap_ray.model import PromptedCLIP, count_parameters
 from mmap_ray.prompts import MmAPConfig
 
@@ -100,12 +100,12 @@ def _ref_text(model: PromptedCLIP, tokenizer, classname: str, prompts: dict[int,
     x = clip.token_embedding(ids)
     first = min(prompts)
     if first == 0:
-        x = torch.cat([x[:, :1], prompts[0][None], x[:, 1 + m:]], 1)
+        x = torch.cat([x[:, :1], prompts[0][None], x[:, 1 + m :]], 1)
     x = x + clip.positional_embedding
     for i, blk in enumerate(clip.transformer.resblocks):
         if i in prompts and i > 0:
             p = prompts[i] + (clip.positional_embedding[1 : 1 + m] if i == first else 0)
-            x = torch.cat([x[:, :1], p[None], x[:, 1 + m:]], 1)
+            x = torch.cat([x[:, :1], p[None], x[:, 1 + m :]], 1)
         x = blk(x, attn_mask=clip.attn_mask)
     x = clip.ln_final(x)
     return x[0, ids[0].argmax()] @ clip.text_projection
@@ -128,9 +128,11 @@ def test_prompted_forward_matches_reference(name, combine, request):
         scale = model.clip.logit_scale.exp()
         for i, t in enumerate(task_ids.tolist()):
             img = _ref_image(model, images[i], _ref_prompts(model, "vision", t))
-            got_img = model.encode_image(images[i:i + 1], model.bank(task_ids[i:i + 1]).vision)
+            got_img = model.encode_image(images[i : i + 1], model.bank(task_ids[i : i + 1]).vision)
             torch.testing.assert_close(got_img, img, rtol=0, atol=1e-6)
-            txt = torch.stack([_ref_text(model, backbone.tokenizer, c, _ref_prompts(model, "text", t)) for c in TASKS[names[t]]])
+            txt = torch.stack(
+                [_ref_text(model, backbone.tokenizer, c, _ref_prompts(model, "text", t)) for c in TASKS[names[t]]]
+            )
             ref = scale * F.normalize(img, dim=-1) @ F.normalize(txt, dim=-1).T  # (1, C_t)
             n = len(TASKS[names[t]])
             torch.testing.assert_close(logits[i, :n], ref[0], rtol=0, atol=1e-5)  # logit scale is 14.3
@@ -209,7 +211,10 @@ def test_blocks_below_first_alignment_layer_build_no_graph(tiny):
     seen = {}
     hooks = [
         blk.register_forward_hook(lambda mod, args, out, key=(tower, i): seen.__setitem__(key, out.requires_grad))
-        for tower, blocks in (("text", model.clip.transformer.resblocks), ("vision", model.clip.visual.transformer.resblocks))
+        for tower, blocks in (
+            ("text", model.clip.transformer.resblocks),
+            ("vision", model.clip.visual.transformer.resblocks),
+        )
         for i, blk in enumerate(blocks)
     ]
     model(images_for(tiny, 2), torch.tensor([0, 3])).sum().backward()
@@ -249,7 +254,9 @@ def test_task_prompt_changes_only_its_task(tiny, projection):
     images = images_for(tiny, 6)
     with torch.no_grad():
         base = model(images, task_ids)
-    first_param = lambda gen: next(p for p in gen.parameters() if p.numel() and p.shape[0] > 1)  # (P, ...)
+
+    def first_param(gen):
+        return next(p for p in gen.parameters() if p.numel() and p.shape[0] > 1)  # (P, ...)
 
     def bump_task(bank, t=1):
         first_param(bank.task_specific)[t] += 0.3

@@ -5,7 +5,7 @@ import torch
 
 from mmap_ray.cli import main
 from mmap_ray.grouping import Partition
-from mmap_ray.prompts import Combine, MmAPConfig, PromptBank, Projection, parse_layers
+from mmap_ray.prompts import Combine, MmAPConfig, Projection, PromptBank, parse_layers
 
 TASKS = ["Art", "Clipart", "Product", "RealWorld"]
 TWO_GROUPS = Partition.parse("Art+Clipart|Product+RealWorld", TASKS)

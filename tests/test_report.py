@@ -57,23 +57,62 @@ PLANTED = "Art+Clipart|Product+RealWorld"
 SHARED = "Art+Clipart+Product+RealWorld"
 
 
-def _trial(tid: str, scheme: str, seed: int, acc: float, *, status: str = "TERMINATED", early: bool = False,
-           n_tokens: int = 8, layers: tuple[int, ...] = (0, 1, 2, 3), params: int = 4698, epochs_run: int = 4,
-           partition: str = PLANTED, lr: float = 2e-3) -> dict:  # fmt: skip
+def _trial(
+    tid: str,
+    scheme: str,
+    seed: int,
+    acc: float,
+    *,
+    status: str = "TERMINATED",
+    early: bool = False,
+    n_tokens: int = 8,
+    layers: tuple[int, ...] = (0, 1, 2, 3),
+    params: int = 4698,
+    epochs_run: int = 4,
+    partition: str = PLANTED,
+    lr: float = 2e-3,
+) -> dict:
     """A schema-v2 trial row; its config_id hashes the configuration (not the scheme, not the seed)."""
     ok = status == "TERMINATED"
-    config = {"partition": partition, "n_tokens": n_tokens, "layers": list(layers), "projection": "kron",
-              "combine": "concat", "lr": lr, "epochs": 4, "batch_size": 16, "dataset": "toy", "model": "tiny",
-              "pretrained": "none", "data_seed": 0}  # fmt: skip
+    config = {
+        "partition": partition,
+        "n_tokens": n_tokens,
+        "layers": list(layers),
+        "projection": "kron",
+        "combine": "concat",
+        "lr": lr,
+        "epochs": 4,
+        "batch_size": 16,
+        "dataset": "toy",
+        "model": "tiny",
+        "pretrained": "none",
+        "data_seed": 0,
+    }
     row = {
-        **config, "study": "fab", "config_id": config_id(config), "config": canonical_json(config), "seed": seed,
-        "trial_id": tid, "scheme": scheme, "status": status, "error": "" if ok else f"/tmp/{tid}/error.txt",
-        "early_stopped": early, "k": partition.count("|") + 1, "depth": len(layers), "epochs_run": epochs_run,
-        "trainable_params": params if ok else None, "total_params": 3_845_000 + params if ok else None,
-        "val_mean_final": acc if ok else None, "val_mean_best": acc + 0.01 if ok else None,
-        "test_mean": acc if ok else None, "wall_s": 36.0, "device_hours": 0.01, "device_kind": "cpu",
-        "schema_version": SCHEMA_VERSION, "git_commit": "abc123",
-    }  # fmt: skip
+        **config,
+        "study": "fab",
+        "config_id": config_id(config),
+        "config": canonical_json(config),
+        "seed": seed,
+        "trial_id": tid,
+        "scheme": scheme,
+        "status": status,
+        "error": "" if ok else f"/tmp/{tid}/error.txt",
+        "early_stopped": early,
+        "k": partition.count("|") + 1,
+        "depth": len(layers),
+        "epochs_run": epochs_run,
+        "trainable_params": params if ok else None,
+        "total_params": 3_845_000 + params if ok else None,
+        "val_mean_final": acc if ok else None,
+        "val_mean_best": acc + 0.01 if ok else None,
+        "test_mean": acc if ok else None,
+        "wall_s": 36.0,
+        "device_hours": 0.01,
+        "device_kind": "cpu",
+        "schema_version": SCHEMA_VERSION,
+        "git_commit": "abc123",
+    }
     if ok:  # a failed trial has no history: its per-task columns are typed nulls
         for i, t in enumerate(TASKS):
             row |= {
@@ -122,20 +161,33 @@ def fabricate(
     for scheme, partition, base in (("single", SHARED, 0.70), ("gradient", PLANTED, 0.74)):
         for n_tokens, layers, bonus in ((2, (0, 1), 0.0), (8, (0, 1, 2, 3), 0.02)):
             for seed in (0, 1, 2):
-                rows.append(_trial(f"t{n:03d}", scheme, seed, base + bonus + 0.01 * seed, n_tokens=n_tokens,
-                                   layers=layers, params=1000 * n_tokens, partition=partition))  # fmt: skip
+                rows.append(
+                    _trial(
+                        f"t{n:03d}",
+                        scheme,
+                        seed,
+                        base + bonus + 0.01 * seed,
+                        n_tokens=n_tokens,
+                        layers=layers,
+                        params=1000 * n_tokens,
+                        partition=partition,
+                    )
+                )
                 n += 1
     rows.append(_trial("t100", "gradient", 3, 0.0, status="ERROR", epochs_run=0))
     rows.append(_trial("t101", "gradient", 4, 0.40, early=True, epochs_run=2))
     rows.append(_trial("t102", "single", 4, 0.35, early=True, epochs_run=2, partition=SHARED))
-    write_rows(results, [{k: v for k, v in r.items() if not any(k.startswith(d) for d in drop)} for r in rows],
-               epochs=epochs)  # fmt: skip
+    write_rows(
+        results, [{k: v for k, v in r.items() if not any(k.startswith(d) for d in drop)} for r in rows], epochs=epochs
+    )
     if partitions:
         affinity = {
             f"gradient/{s}": {"tasks": list(TASKS), "matrix": (np.eye(4) * 0.8 + 0.1 * s).tolist()} for s in (0, 1)
         }
-        saved = {"partitions": {"gradient/0": PLANTED, "gradient/1": "Art+Product|Clipart+RealWorld",
-                                "single/0": SHARED}, "affinity": affinity}  # fmt: skip
+        saved = {
+            "partitions": {"gradient/0": PLANTED, "gradient/1": "Art+Product|Clipart+RealWorld", "single/0": SHARED},
+            "affinity": affinity,
+        }
         (root / "partitions.json").write_text(json.dumps(saved))
     return results
 
@@ -144,8 +196,14 @@ def fabricate_baselines(root: Path) -> Path:
     for slug, label, _ in COMPARISONS:
         for seed in (0, 1):
             params = {"zero-shot": 0, "full-ft": 3_845_249}.get(slug, 9000)
-            row = {"method": label, "seed": seed, "test_mean": 0.6 + 0.03 * len(slug) + 0.01 * seed,
-                   **{f"test_{t}": 0.6 for t in TASKS}, "trainable_params": params, "total_params": 3_850_000}  # fmt: skip
+            row = {
+                "method": label,
+                "seed": seed,
+                "test_mean": 0.6 + 0.03 * len(slug) + 0.01 * seed,
+                **{f"test_{t}": 0.6 for t in TASKS},
+                "trainable_params": params,
+                "total_params": 3_850_000,
+            }
             write_table(root / "results", "baselines", f"{slug}-seed{seed}", [row])
     return root
 
@@ -188,11 +246,14 @@ def test_tables_count_outcomes_and_average_completed_trials(tmp_path):
 def test_leaderboard_groups_by_configuration_not_by_scheme_label(tmp_path):
     other = "Art|Clipart+Product+RealWorld"
     rows = [  # random drew two partitions; gradient and lookahead chose one configuration for seeds 0 and 1
-        _trial("r0", "random", 0, 0.70, partition=other), _trial("r1", "random", 1, 0.72, partition=other),
+        _trial("r0", "random", 0, 0.70, partition=other),
+        _trial("r1", "random", 1, 0.72, partition=other),
         _trial("r2", "random", 2, 0.60, partition="Art+Clipart+RealWorld|Product"),
-        _trial("g0", "gradient, lookahead", 0, 0.80), _trial("g1", "gradient, lookahead", 1, 0.82),
-        _trial("g2", "gradient", 2, 0.81), _trial("l2", "lookahead", 2, 0.75, partition="Art+Product|Clipart+RealWorld"),
-    ]  # fmt: skip
+        _trial("g0", "gradient, lookahead", 0, 0.80),
+        _trial("g1", "gradient, lookahead", 1, 0.82),
+        _trial("g2", "gradient", 2, 0.81),
+        _trial("l2", "lookahead", 2, 0.75, partition="Art+Product|Clipart+RealWorld"),
+    ]
     write_rows(tmp_path, rows)
     trials = load_study(tmp_path).trials
     board = leaderboard(trials)
@@ -217,8 +278,11 @@ def test_leaderboard_shows_a_setting_only_when_it_varies(tmp_path):
     board = leaderboard(load_study(tmp_path).trials)
     assert len(board) == 3 and {"lr", "layers"} <= set(board.index.names)  # depth 4 both: the layers tell them apart
     assert sorted(board.index.get_level_values("layers")) == ["0,2,4,6", "0-3", "0-3"]
-    assert config_labels(board.index) == ["single, layers 0-3, lr 0.001", "single, layers 0-3, lr 0.002",
-                                          "single, layers 0,2,4,6, lr 0.002"]  # fmt: skip
+    assert config_labels(board.index) == [
+        "single, layers 0-3, lr 0.001",
+        "single, layers 0-3, lr 0.002",
+        "single, layers 0,2,4,6, lr 0.002",
+    ]
     only_depth = leaderboard(load_study(fabricate(tmp_path / "fab")).trials)
     assert "layers" not in only_depth.index.names and "lr" not in only_depth.index.names
 
@@ -290,8 +354,15 @@ def test_report_from_a_study_with_failed_and_early_stopped_trials(tmp_path):
     assert names == ["ablation-depth.png", "ablation-prompt-length.png", "affinity.png", "curves.png", "tradeoff.png"]
     _check_pngs(paths.figures)
     md, page = paths.markdown.read_text(), paths.html.read_text()
-    for heading in ("Leaderboard", "Comparisons", "Accuracy vs trainable parameters", "Task affinity", "Learning curves",
-                    "Accuracy vs prompt length", "Accuracy vs alignment depth"):  # fmt: skip
+    for heading in (
+        "Leaderboard",
+        "Comparisons",
+        "Accuracy vs trainable parameters",
+        "Task affinity",
+        "Learning curves",
+        "Accuracy vs prompt length",
+        "Accuracy vs alignment depth",
+    ):
         assert f"## {heading}" in md and f"<h2>{heading}</h2>" in page
     assert "/tmp/t100/error.txt" in md  # the failed trial is listed with its error
     assert "77.0 ± 1.0" in md and "75.5 ± 1.0" in page  # mean ± std cells, from pandas
@@ -384,8 +455,14 @@ def _env(**extra) -> dict:
 def smoke(tmp_path_factory) -> tuple[Path, str]:
     """`python studies/grouping.py --smoke`: the study's own run, which ends by writing the report."""
     storage = tmp_path_factory.mktemp("studies")
-    out = subprocess.run([sys.executable, str(REPO / "studies" / "grouping.py"), "--smoke", "--storage", str(storage)],
-                         env=_env(RAY_AUTH_MODE="disabled"), check=False, capture_output=True, text=True, timeout=900)  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, str(REPO / "studies" / "grouping.py"), "--smoke", "--storage", str(storage)],
+        env=_env(RAY_AUTH_MODE="disabled"),
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     return storage / "smoke" / "results", out.stdout
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from conftest import free_port
 
 from mmap_ray.results import SCHEMA_KEY, SCHEMA_VERSION, load, write_table
-from conftest import free_port
 from mmap_ray.storage import check_reachable, location
 
 ROWS = [{"trial_id": "t1", "status": "TERMINATED", "val_mean_final": 0.5, "seed": 0, "schema_version": SCHEMA_VERSION}]
@@ -68,14 +68,19 @@ def test_newer_schema_is_refused_with_the_version(tmp_path):
     assert meta[SCHEMA_KEY] == str(SCHEMA_VERSION).encode()
     newer = pa.Table.from_pylist([{**ROWS[0], "schema_version": SCHEMA_VERSION + 1}])
     pq.write_table(newer.replace_schema_metadata({SCHEMA_KEY: str(SCHEMA_VERSION + 1).encode()}), path.path)
-    with pytest.raises(ValueError, match=rf"schema v{SCHEMA_VERSION + 1}, written by a newer mmap-ray; this one reads up to v{SCHEMA_VERSION}"):
+    with pytest.raises(
+        ValueError,
+        match=rf"schema v{SCHEMA_VERSION + 1}, written by a newer mmap-ray; this one reads up to v{SCHEMA_VERSION}",
+    ):
         load(tmp_path)
 
 
 def test_v1_layout_files_without_the_metadata_key_read_as_version_1(tmp_path):
     (tmp_path / "epochs" / "scheme=single").mkdir(parents=True)
-    pq.write_table(pa.Table.from_pylist([{"trial_id": "t1", "epoch": 1, "task": "Art", "val_acc": 0.5}]),
-                   tmp_path / "epochs" / "scheme=single" / "t1.parquet")  # fmt: skip
+    pq.write_table(
+        pa.Table.from_pylist([{"trial_id": "t1", "epoch": 1, "task": "Art", "val_acc": 0.5}]),
+        tmp_path / "epochs" / "scheme=single" / "t1.parquet",
+    )
     df = load(tmp_path, "epochs")
     assert list(df["trial_id"]) == ["t1"] and list(df["scheme"]) == ["single"]
 

@@ -5,23 +5,32 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import REPO, STUDY, VENV_BIN, free_port
+from conftest import study_env as _env
 
+from mmap_ray.fields import from_dict
 from mmap_ray.results import load
 from mmap_ray.study import StudyConfig
 
-from conftest import REPO, STUDY, VENV_BIN, free_port, study_env as _env
-
 
 def _ray(*args, env=None, timeout=120):
-    return subprocess.run([str(VENV_BIN / "ray"), *args], env=env or _env(), capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [str(VENV_BIN / "ray"), *args], env=env or _env(), capture_output=True, text=True, timeout=timeout
+    )
 
 
 def _check_smoke_results(results: Path, schemes: set[str]) -> pd.DataFrame:
     df = load(results)
     assert len(df) == len(schemes) and set(df["scheme"]) == schemes
     assert df["trial_id"].is_unique and (df["status"] == "TERMINATED").all()
-    for col, kind in (("val_mean_final", "f"), ("test_mean", "f"), ("trainable_params", "i"), ("epochs_run", "i"),
-                      ("device_hours", "f"), ("seed", "i")):  # fmt: skip
+    for col, kind in (
+        ("val_mean_final", "f"),
+        ("test_mean", "f"),
+        ("trainable_params", "i"),
+        ("epochs_run", "i"),
+        ("device_hours", "f"),
+        ("seed", "i"),
+    ):
         assert df[col].dtype.kind == kind, col
     assert isinstance(df["status"].dtype, pd.CategoricalDtype)
     assert {"partition", "git_commit", "schema_version", "val_Art_final", "test_RealWorld"} <= set(df.columns)
@@ -34,14 +43,34 @@ def _check_smoke_results(results: Path, schemes: set[str]) -> pd.DataFrame:
 @pytest.mark.slow
 def test_ray_job_submit_smoke_study_with_token_auth(tmp_path):
     port, dash = free_port(), free_port()
-    start = _ray("start", "--head", f"--port={port}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
-                 "--num-cpus=2", "--include-dashboard=true")  # fmt: skip
+    start = _ray(
+        "start",
+        "--head",
+        f"--port={port}",
+        "--dashboard-host=127.0.0.1",
+        f"--dashboard-port={dash}",
+        "--num-cpus=2",
+        "--include-dashboard=true",
+    )
     assert start.returncode == 0, start.stderr
     try:
         assert (Path.home() / ".ray" / "auth_token").is_file()  # token authentication is on
         storage = tmp_path / "studies"
-        submit = _ray("job", "submit", "--address", f"http://127.0.0.1:{dash}", "--working-dir", str(REPO), "--",
-                      "python", "studies/grouping.py", "--smoke", "--storage", str(storage), timeout=900)  # fmt: skip
+        submit = _ray(
+            "job",
+            "submit",
+            "--address",
+            f"http://127.0.0.1:{dash}",
+            "--working-dir",
+            str(REPO),
+            "--",
+            "python",
+            "studies/grouping.py",
+            "--smoke",
+            "--storage",
+            str(storage),
+            timeout=900,
+        )
         assert submit.returncode == 0, submit.stdout[-3000:] + submit.stderr[-3000:]
         assert "succeeded" in (submit.stdout + submit.stderr).lower()
         _check_smoke_results(storage / "smoke" / "results", {"single", "gradient"})
@@ -59,15 +88,20 @@ def test_study_on_an_s3_server_end_to_end(s3, tmp_path):
     base, creds = s3
     storage = base.format(prefix="studies")
     argv = [*STUDY, "--smoke", "--storage", storage, "--name", "s3"]
-    out = subprocess.run(argv, env=_env(RAY_AUTH_MODE="disabled", **creds), capture_output=True, text=True, timeout=900,
-                         cwd=tmp_path)  # the report of an object-store study is written in the current folder
+    out = subprocess.run(
+        argv, env=_env(RAY_AUTH_MODE="disabled", **creds), capture_output=True, text=True, timeout=900, cwd=tmp_path
+    )  # the report of an object-store study is written in the current folder
     assert out.returncode == 0, out.stderr[-3000:]
     results = storage.replace("/studies?", "/studies/s3/results?")
     assert results in out.stdout
     _check_smoke_results(results, {"single", "gradient"})
     endpoint = "http://" + storage.split("endpoint_override=")[1].split("&")[0]
-    keys = [o["Key"] for o in boto3.client("s3", endpoint_url=endpoint).list_objects_v2(Bucket="mmap-test",
-            Prefix="studies/s3/")["Contents"]]  # fmt: skip
+    keys = [
+        o["Key"]
+        for o in boto3.client("s3", endpoint_url=endpoint).list_objects_v2(Bucket="mmap-test", Prefix="studies/s3/")[
+            "Contents"
+        ]
+    ]
     assert {"studies/s3/study.json", "studies/s3/partitions.json"} <= set(keys)
     assert any(k.startswith("studies/s3/tune/") for k in keys)  # Tune's experiment state, for --resume
     assert sum(k.endswith("/state.pt") and "/ray-train/checkpoint_" in k for k in keys) >= 2  # Train checkpoints
@@ -80,14 +114,19 @@ def test_study_on_an_s3_server_end_to_end(s3, tmp_path):
     "argv, needle",
     [
         (["--preset", "imagenet"], "--preset 'imagenet' is not valid"),
-        (["--preset", "office-home"], "needs --data-root"),
-        (["--preset", "office-home", "--data-root", "/no/such/data"], "/no/such/data does not exist"),
+        (["--preset", "office-home"], "needs --root"),
+        (["--preset", "office-home", "--root", "/no/such/data"], "/no/such/data does not exist"),
         (["--smoke", "--gpus-per-worker", "4"], "but the Ray cluster has"),
     ],
 )
 def test_bad_study_settings_fail_before_any_trial(argv, needle, tmp_path):
-    out = subprocess.run([*STUDY, *argv, "--storage", str(tmp_path)], env=_env(RAY_AUTH_MODE="disabled"),
-                         capture_output=True, text=True, timeout=300)  # fmt: skip
+    out = subprocess.run(
+        [*STUDY, *argv, "--storage", str(tmp_path)],
+        env=_env(RAY_AUTH_MODE="disabled"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 2, out.stderr[-2000:]
     assert needle in out.stderr
     assert not list(tmp_path.glob("*/tune"))  # no trial was started
@@ -98,19 +137,31 @@ def test_study_config_errors():
         StudyConfig(schemes=())
     with pytest.raises(ValueError, match="mode='grid' is not valid"):
         StudyConfig(mode="grid")
-    with pytest.raises(ValueError, match=r"unknown run settings \['datset'\]"):
-        StudyConfig(run={"datset": "toy"})
-    with pytest.raises(ValueError, match=r"StudyConfig.storage_path='hdfs://nn/x': unsupported scheme 'hdfs'"):
-        StudyConfig(storage_path="hdfs://nn/x")
+    with pytest.raises(ValueError, match=r"StudyConfig.run.data has unknown settings \['datset'\]"):
+        from_dict(StudyConfig, {"run": {"data": {"datset": "toy"}}})
+    with pytest.raises(ValueError, match=r"StudyConfig.storage='hdfs://nn/x': unsupported scheme 'hdfs'"):
+        StudyConfig(storage="hdfs://nn/x")
     with pytest.raises(ValueError, match=r"StudyConfig.name='a/b': use letters"):
         StudyConfig(name="a/b")
-    assert StudyConfig(storage_path="s3://bucket/x/", name="g").study_dir == "s3://bucket/x/g"
+    assert StudyConfig(storage="s3://bucket/x/", name="g").study_dir == "s3://bucket/x/g"
 
 
 @pytest.mark.slow
 def test_search_mode_pareto_with_optuna_and_asha(tmp_path):
-    argv = [*STUDY, "--smoke", "--mode", "search", "--objective", "pareto", "--num-samples", "3", "--name", "pareto",
-            "--storage", str(tmp_path)]  # fmt: skip
+    argv = [
+        *STUDY,
+        "--smoke",
+        "--mode",
+        "search",
+        "--objective",
+        "pareto",
+        "--num-samples",
+        "3",
+        "--name",
+        "pareto",
+        "--storage",
+        str(tmp_path),
+    ]
     out = subprocess.run(argv, env=_env(RAY_AUTH_MODE="disabled"), capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
     df = load(tmp_path / "pareto" / "results")

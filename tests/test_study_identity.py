@@ -7,13 +7,16 @@ import os
 import socket
 import subprocess
 import sys
-from dataclasses import asdict
 
 import pandas as pd
 import pyarrow.dataset as pads
 import pytest
 
+from mmap_ray.config import RunConfig
+from mmap_ray.distributed import WorkerSpec
 from mmap_ray.engine import TrainConfig
+from mmap_ray.fields import to_dict
+from mmap_ray.grouping import format_groups
 from mmap_ray.lock import LockHeld, acquire
 from mmap_ray.results import EPOCH_SCHEMA, EPOCHS, TRIALS, load, row_key, trial_schema, write_table
 from mmap_ray.storage import location, resolve_storage
@@ -23,43 +26,48 @@ TASKS = ["Art", "Clipart", "Product", "RealWorld"]
 PLANTED, OTHER = "Art+Clipart|Product+RealWorld", "Art|Clipart+Product+RealWorld"
 
 
-def _base(tiny, partitions: dict[str, str]) -> dict:
-    return {"run": StudyConfig().run, "train": asdict(TrainConfig(epochs=2)), "partitions": partitions,
-            "info": asdict(tiny.info)}  # fmt: skip
+def _base(tiny, partitions: dict[str, str], study: StudyConfig) -> dict:
+    return {"study": study, "partitions": partitions, "info": tiny.info}
+
+
+def _trials(tiny, partitions: dict[str, str], **settings) -> list[dict]:
+    study = StudyConfig(**settings)
+    return grid_trials(study, _base(tiny, partitions, study))
 
 
 def test_grid_covers_every_axis_once_and_seed_is_not_identity(tiny):
-    study = StudyConfig(schemes=("single", "independent"), seeds=(0, 1), n_tokens=(2, 4), depths=(1, 3), autoscale=True)
-    parts = {f"{s}/{seed}": p for seed in (0, 1) for s, p in (("single", "|".join(["+".join(TASKS)])),
-                                                               ("independent", "|".join(TASKS)))}  # fmt: skip
-    trials = grid_trials(study, _base(tiny, parts))
+    parts = {
+        f"{s}/{seed}": p
+        for seed in (0, 1)
+        for s, p in (("single", "|".join(["+".join(TASKS)])), ("independent", "|".join(TASKS)))
+    }
+    trials = _trials(tiny, parts, schemes=("single", "independent"), seeds=(0, 1), prompt_lengths=(2, 4), depths=(1, 3))
     assert len(trials) == 2 * 2 * 2 * 2 and len({t["key"] for t in trials}) == 16
-    ids = {(t["scheme"], t["run"]["n_tokens"], t["depth"]): set() for t in trials}
+    ids = {(t["scheme"], t["run"]["prompts"]["n_tokens"], t["depth"]): set() for t in trials}
     for t in trials:
-        ids[(t["scheme"], t["run"]["n_tokens"], t["depth"])].add(t["config_id"])
+        ids[(t["scheme"], t["run"]["prompts"]["n_tokens"], t["depth"])].add(t["config_id"])
     assert all(len(v) == 1 for v in ids.values())  # seeds 0 and 1 of one configuration share its config_id
     assert len({next(iter(v)) for v in ids.values()}) == 8  # and different configurations never do
     assert {t["depth"] for t in trials} == {1, 3} and all(t["layers"] == list(range(t["depth"])) for t in trials)
 
 
 def test_explicit_partitions_are_two_configurations_and_equal_choices_are_one(tiny):
-    study = StudyConfig(schemes=(PLANTED, OTHER, "gradient", "lookahead"), seeds=(0,), autoscale=True)
     parts = {f"{PLANTED}/0": PLANTED, f"{OTHER}/0": OTHER, "gradient/0": PLANTED, "lookahead/0": PLANTED}
-    trials = grid_trials(study, _base(tiny, parts))
+    trials = _trials(tiny, parts, schemes=(PLANTED, OTHER, "gradient", "lookahead"), seeds=(0,))
     assert len(trials) == 2  # gradient and lookahead chose the planted partition: the same run, trained once
-    by_partition = {t["run"]["partition"]: t for t in trials}
-    assert set(by_partition) == {PLANTED, OTHER} and by_partition[PLANTED]["config_id"] != by_partition[OTHER]["config_id"]
+    by_partition = {format_groups(t["run"]["partition"]): t for t in trials}
+    assert (
+        set(by_partition) == {PLANTED, OTHER} and by_partition[PLANTED]["config_id"] != by_partition[OTHER]["config_id"]
+    )
     assert by_partition[PLANTED]["scheme"] == f"{PLANTED}, gradient, lookahead"
 
 
 def test_config_id_resolves_default_layers(tiny):
-    base = _base(tiny, {"single/0": "+".join(TASKS)})
-    default = grid_trials(StudyConfig(schemes=("single",), seeds=(0,), autoscale=True), base)[0]
-    explicit = grid_trials(StudyConfig(schemes=("single",), seeds=(0,), depths=(tiny.info.text_layers - 1,),
-                                       autoscale=True), base)[0]  # fmt: skip
+    parts = {"single/0": "+".join(TASKS)}
+    default = _trials(tiny, parts, schemes=("single",), seeds=(0,))[0]
+    explicit = _trials(tiny, parts, schemes=("single",), seeds=(0,), depths=(tiny.info.text_layers - 1,))[0]
     assert default["config_id"] == explicit["config_id"]  # "default" and "0-2" are the same layers on this backbone
-    longer = grid_trials(StudyConfig(schemes=("single",), seeds=(0,), epochs=3, autoscale=True),
-                         {**base, "train": asdict(TrainConfig(epochs=3))})[0]  # fmt: skip
+    longer = _trials(tiny, parts, schemes=("single",), seeds=(0,), run=RunConfig(train=TrainConfig(epochs=3)))[0]
     assert longer["config_id"] != default["config_id"]
 
 
@@ -83,28 +91,36 @@ def test_bad_identity_settings_are_refused(kwargs, needle):
 def test_default_storage_and_ray_job_working_dir(tmp_path, monkeypatch):
     monkeypatch.setenv("MMAP_RAY_STORAGE", str(tmp_path / "durable"))
     monkeypatch.delenv("RAY_JOB_ID", raising=False)
-    assert StudyConfig().storage_path == str(tmp_path / "durable")
+    assert StudyConfig().storage == str(tmp_path / "durable")
     assert resolve_storage("rel") == "rel"  # outside a job: relative to the current folder, as any path
     monkeypatch.setenv("RAY_JOB_ID", "02000000")  # inside `ray job submit`: never Ray's temporary copy
-    assert StudyConfig(storage_path="runs/studies").storage_path == str(tmp_path / "durable" / "runs" / "studies")
+    assert StudyConfig(storage="runs/studies").storage == str(tmp_path / "durable" / "runs" / "studies")
     assert resolve_storage("s3://b/x") == "s3://b/x" and resolve_storage("/abs") == "/abs"
 
 
 def test_start_and_resume_rules(tmp_path):
-    study = StudyConfig(storage_path=str(tmp_path), name="g", autoscale=True)
+    study = StudyConfig(storage=str(tmp_path), name="g")
     folder = location(study.study_dir)
     with pytest.raises(ValueError, match=r"--resume: there is no study 'g' in .* to resume"):
         check_start(study, folder, resume=True, overwrite=False)
     check_start(study, folder, resume=False, overwrite=False)  # a new study
     os.makedirs(folder.path)
-    (folder / "study.json").write_text(json.dumps(asdict(study)))
+    (folder / "study.json").write_text(json.dumps(to_dict(study)))
     _write_trial(folder / "results", "abc", 0, 0.5)
-    with pytest.raises(ValueError, match=r"study 'g' already exists in .* with 1 trial result; continue it with --resume"):
+    with pytest.raises(
+        ValueError, match=r"study 'g' already exists in .* with 1 trial result; continue it with --resume"
+    ):
         check_start(study, folder, resume=False, overwrite=False)
-    changed = StudyConfig(storage_path=str(tmp_path), name="g", autoscale=True, epochs=3, seeds=(0, 1, 2, 3))
-    with pytest.raises(ValueError, match=r"epochs: stored 8, now 3; seeds: stored \[0, 1, 2\], now \[0, 1, 2, 3\]"):
+    changed = StudyConfig(
+        storage=str(tmp_path), name="g", run=RunConfig(train=TrainConfig(epochs=3)), seeds=(0, 1, 2, 3)
+    )
+    with pytest.raises(
+        ValueError, match=r"run.train.epochs: stored 10, now 3; seeds: stored \[0, 1, 2\], now \[0, 1, 2, 3\]"
+    ):
         check_start(changed, folder, resume=True, overwrite=False)
-    faster = StudyConfig(storage_path=str(tmp_path), name="g", autoscale=False, max_concurrent_trials=1)
+    faster = StudyConfig(
+        storage=str(tmp_path), name="g", resources=WorkerSpec(workers=1, autoscale=True), max_concurrent_trials=1
+    )
     check_start(faster, folder, resume=True, overwrite=False)  # concurrency and autoscaling may change
 
 
@@ -126,13 +142,30 @@ def test_lock_refuses_a_second_driver_and_takes_over_a_dead_one(tmp_path):
 
 def _write_trial(root, cid: str, seed: int, acc: float | None) -> None:
     status = "TERMINATED" if acc is not None else "ERROR"
-    row = {"study": "t", "config_id": cid, "seed": seed, "trial_id": f"t{seed}", "status": status,
-           "error": "" if acc is not None else "FloatingPointError: nan", "scheme": "single", "layers": [0, 1],
-           "depth": 2, "val_mean_final": acc, "test_mean": acc, "val_Art_final": acc, "schema_version": 2}  # fmt: skip
+    row = {
+        "study": "t",
+        "config_id": cid,
+        "seed": seed,
+        "trial_id": f"t{seed}",
+        "status": status,
+        "error": "" if acc is not None else "FloatingPointError: nan",
+        "scheme": "single",
+        "layers": [0, 1],
+        "depth": 2,
+        "val_mean_final": acc,
+        "test_mean": acc,
+        "val_Art_final": acc,
+        "schema_version": 2,
+    }
     write_table(root, TRIALS, row_key(cid, seed), [row], trial_schema(["Art"]))
     if acc is not None:
-        write_table(root, EPOCHS, row_key(cid, seed), [{"config_id": cid, "seed": seed, "epoch": 1, "task": "Art",
-                                                        "val_acc": acc}], EPOCH_SCHEMA)  # fmt: skip
+        write_table(
+            root,
+            EPOCHS,
+            row_key(cid, seed),
+            [{"config_id": cid, "seed": seed, "epoch": 1, "task": "Art", "val_acc": acc}],
+            EPOCH_SCHEMA,
+        )
 
 
 @pytest.mark.parametrize("failed_first", [True, False])
@@ -149,8 +182,9 @@ def test_every_parquet_client_reads_a_folder_with_a_failed_trial(tmp_path, faile
     assert len(df) == 3 and df["val_mean_final"].dtype.kind == "f" and df["layers"].map(list).tolist() == [[0, 1]] * 3
     table = pads.dataset(folder, partitioning="hive").to_table()
     assert table.num_rows == 3 and str(table.schema.field("test_mean").type) == "double"
-    assert duckdb.sql(f"select count(*), avg(val_mean_final) from read_parquet('{folder}/*.parquet', "
-                      f"hive_partitioning=true)").fetchall() == [(3, pytest.approx(0.55))]  # fmt: skip
+    assert duckdb.sql(
+        f"select count(*), avg(val_mean_final) from read_parquet('{folder}/*.parquet', hive_partitioning=true)"
+    ).fetchall() == [(3, pytest.approx(0.55))]
     assert pl.scan_parquet(folder, hive_partitioning=True).collect().height == 3
     assert len(load(root)) == 3 and list(load(root)["status"]).count("ERROR") == 1
 
@@ -195,16 +229,45 @@ def test_lock_on_object_storage(s3):
 
 
 def test_a_resumed_search_tells_optuna_the_finished_trials():
-    study = StudyConfig(mode="search", schemes=("single", "gradient"), n_tokens=(2, 4), depths=(1, 2),
-                        objective="pareto", num_samples=5, autoscale=True)  # fmt: skip
-    done = pd.DataFrame([
-        {"scheme": "single", "n_tokens": 2, "depth": 1, "projection": "kron", "lr": 1e-3, "val_mean_final": 0.6,
-         "trainable_params": 100},
-        {"scheme": "gradient", "n_tokens": 4, "depth": 2, "projection": "kron", "lr": 2e-3, "val_mean_final": 0.7,
-         "trainable_params": 300},
-        {"scheme": "gradient", "n_tokens": 4, "depth": 2, "projection": "kron", "lr": 3e-3, "val_mean_final": None,
-         "trainable_params": None},  # failed: nothing to tell
-    ])  # fmt: skip
+    study = StudyConfig(
+        mode="search",
+        schemes=("single", "gradient"),
+        prompt_lengths=(2, 4),
+        depths=(1, 2),
+        objective="pareto",
+        num_samples=5,
+    )
+    done = pd.DataFrame(
+        [
+            {
+                "scheme": "single",
+                "n_tokens": 2,
+                "depth": 1,
+                "projection": "kron",
+                "lr": 1e-3,
+                "val_mean_final": 0.6,
+                "trainable_params": 100,
+            },
+            {
+                "scheme": "gradient",
+                "n_tokens": 4,
+                "depth": 2,
+                "projection": "kron",
+                "lr": 2e-3,
+                "val_mean_final": 0.7,
+                "trainable_params": 300,
+            },
+            {
+                "scheme": "gradient",
+                "n_tokens": 4,
+                "depth": 2,
+                "projection": "kron",
+                "lr": 3e-3,
+                "val_mean_final": None,
+                "trainable_params": None,
+            },  # failed: nothing to tell
+        ]
+    )
     search = searcher(study, done)
     trials = search._ot_study.get_trials()  # the Optuna study the searcher samples from
     assert [t.values for t in trials] == [[0.6, 100], [0.7, 300]]

@@ -53,8 +53,10 @@ class ImageListDataset(Dataset):
             with Image.open(path) as im:
                 image = im.convert("RGB")
         except (OSError, SyntaxError, ValueError) as e:  # what PIL raises for a non-image or truncated file
-            raise ValueError(f"image {path} cannot be decoded ({type(e).__name__}: {e}); repair or remove it "
-                             f"(folder datasets check every image at load time: skip_bad_images drops bad ones)") from e
+            raise ValueError(
+                f"image {path} cannot be decoded ({type(e).__name__}: {e}); repair or remove it "
+                f"(folder datasets check every image at load time: skip_bad_images drops bad ones)"
+            ) from e
         return (self.transform(image) if self.transform else image), label
 
     @property

@@ -13,18 +13,16 @@ leaves it), and every error names the path or value at fault and what would be v
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import random
-import warnings
 from collections import defaultdict
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 from .base import SPLITS, ImageListDataset, TaskData
+from .images import SHOW, check_inside, drop_unreadable
 
 LAYOUTS = ("office-home", "minidomainnet", "domainnet", "folders")
 DEFAULT_DOMAINS = {
@@ -34,8 +32,6 @@ DEFAULT_DOMAINS = {
 }
 OFFICIAL_SPLITS = ("domainnet", "minidomainnet")  # layouts that ship train/test lists
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
-SHOW = 5  # how many offending paths an error message names
-JPEG_END = b"\xff\xd9"  # EOI marker: a JPEG cut short lacks it (one with trailing bytes gets a full decode)
 
 Item = tuple[str, int]  # (image path relative to root, label)
 
@@ -64,8 +60,9 @@ class FolderDataConfig:
             raise ValueError(f"layout={self.layout!r} is not valid; choose one of {LAYOUTS}")
         self.root = Path(self.root).expanduser()
         if not self.root.is_dir():
-            raise FileNotFoundError(f"root={str(self.root)!r} is not an existing directory; "
-                                    f"point it at the {self.layout} dataset folder")
+            raise FileNotFoundError(
+                f"root={str(self.root)!r} is not an existing directory; point it at the {self.layout} dataset folder"
+            )
         if self.domains is not None:
             domains = (self.domains,) if isinstance(self.domains, str) else tuple(self.domains)
             if not domains or not all(isinstance(d, str) and d for d in domains) or len(set(domains)) < len(domains):
@@ -76,15 +73,19 @@ class FolderDataConfig:
             if not 0 <= value < 1:
                 raise ValueError(f"{name}={value!r} must be in [0, 1)")
         if self.val_fraction + self.test_fraction >= 1:
-            raise ValueError(f"val_fraction + test_fraction = {self.val_fraction} + {self.test_fraction} "
-                             f"must be < 1 to leave images for training")
-        if self.shots is not None and (isinstance(self.shots, bool) or not isinstance(self.shots, int)
-                                       or self.shots < 1):
+            raise ValueError(
+                f"val_fraction + test_fraction = {self.val_fraction} + {self.test_fraction} "
+                f"must be < 1 to leave images for training"
+            )
+        if self.shots is not None and (
+            isinstance(self.shots, bool) or not isinstance(self.shots, int) or self.shots < 1
+        ):
             raise ValueError(f"shots={self.shots!r} must be None (all images) or an integer >= 1")
 
 
-def load_folder_tasks(cfg: FolderDataConfig, transform_train: Callable | None = None,
-                      transform_eval: Callable | None = None) -> list[TaskData]:
+def load_folder_tasks(
+    cfg: FolderDataConfig, transform_train: Callable | None = None, transform_eval: Callable | None = None
+) -> list[TaskData]:
     """One `TaskData` per domain, in domain order; train uses `transform_train`, val/test `transform_eval`."""
     root = Path(cfg.root)
     tasks = _resolve_domains(cfg)
@@ -94,9 +95,14 @@ def load_folder_tasks(cfg: FolderDataConfig, transform_train: Callable | None = 
         classes, pools = _scan_folders(root, tasks)
         tests = {task: None for task, _ in tasks}
 
-    meta = {"layout": cfg.layout, "seed": cfg.seed, "val_fraction": cfg.val_fraction,
-            "test_fraction": None if cfg.layout in OFFICIAL_SPLITS else cfg.test_fraction,
-            "shots": cfg.shots, "classes": classes}
+    meta = {
+        "layout": cfg.layout,
+        "seed": cfg.seed,
+        "val_fraction": cfg.val_fraction,
+        "test_fraction": None if cfg.layout in OFFICIAL_SPLITS else cfg.test_fraction,
+        "shots": cfg.shots,
+        "classes": classes,
+    }
     split_file = {task: Path(cfg.splits_dir) / f"{task}.json" if cfg.splits_dir else None for task, _ in tasks}
     reused = {task: _read_split_file(f, root, meta) if f and f.is_file() else None for task, f in split_file.items()}
 
@@ -104,7 +110,7 @@ def load_folder_tasks(cfg: FolderDataConfig, transform_train: Callable | None = 
     for task, _ in tasks:
         listed = [it for s in SPLITS for it in reused[task][s]] if reused[task] else pools[task] + (tests[task] or [])
         candidates.update(rel for rel, _ in listed)
-    bad = _drop_unreadable(root, sorted(candidates), cfg.skip_bad_images)
+    bad = drop_unreadable(root, sorted(candidates), cfg.skip_bad_images)
 
     out = []
     for task, _ in tasks:
@@ -122,8 +128,12 @@ def load_folder_tasks(cfg: FolderDataConfig, transform_train: Callable | None = 
                 _write_split_file(split_file[task], meta, split)
         if not split["train"]:
             raise ValueError(f"domain {task!r} under {root} has no usable train images")
-        datasets = {s: ImageListDataset([(root / rel, label) for rel, label in split[s]],
-                                        transform_train if s == "train" else transform_eval) for s in SPLITS}
+        datasets = {
+            s: ImageListDataset(
+                [(root / rel, label) for rel, label in split[s]], transform_train if s == "train" else transform_eval
+            )
+            for s in SPLITS
+        }
         out.append(TaskData(task, [natural_class_name(c) for c in classes], **datasets))
     return out
 
@@ -138,8 +148,10 @@ def _resolve_domains(cfg: FolderDataConfig) -> list[tuple[str, str]]:
         defaults = DEFAULT_DOMAINS[cfg.layout]
         wanted = [d for d in defaults if _list_path(cfg, d, "train").is_file()]
         if not wanted:
-            raise FileNotFoundError(f"no split lists for layout={cfg.layout!r}: expected e.g. "
-                                    f"{_list_path(cfg, defaults[0], 'train')} for one of the domains {defaults}")
+            raise FileNotFoundError(
+                f"no split lists for layout={cfg.layout!r}: expected e.g. "
+                f"{_list_path(cfg, defaults[0], 'train')} for one of the domains {defaults}"
+            )
     else:
         wanted = list(DEFAULT_DOMAINS.get(cfg.layout, found))
         if not wanted:
@@ -148,8 +160,9 @@ def _resolve_domains(cfg: FolderDataConfig) -> list[tuple[str, str]]:
     for d in wanted:
         folder = d if d in found else next((f for f in found if f.replace(" ", "") == d), None)
         if folder is None:
-            raise FileNotFoundError(f"domain {d!r} has no folder: expected {root / d}; "
-                                    f"domains found under {root}: {found}")
+            raise FileNotFoundError(
+                f"domain {d!r} has no folder: expected {root / d}; domains found under {root}: {found}"
+            )
         tasks.append((folder.replace(" ", ""), folder))
     names = [t for t, _ in tasks]
     if len(set(names)) < len(names):
@@ -166,12 +179,16 @@ PARTITION_CHARS = "+|,"  # partitions are written "A+B|C", domain lists "A,B"
 def _check_task_name(name: str, folder: Path) -> None:
     """A task name must not clash with the accuracy table's `mean` or the partition and domain-list syntax."""
     if name in RESERVED_TASK_NAMES:
-        raise ValueError(f"domain folder {folder}: the task name {name!r} is reserved (it names the mean over "
-                         f"tasks); rename the folder")  # fmt: skip
+        raise ValueError(
+            f"domain folder {folder}: the task name {name!r} is reserved (it names the mean over "
+            f"tasks); rename the folder"
+        )
     bad = sorted({c for c in name if c in PARTITION_CHARS})
     if bad:
-        raise ValueError(f"domain folder {folder}: the task name {name!r} contains {bad}, which partitions "
-                         f"('A+B|C') and domain lists ('A,B') use; rename the folder")  # fmt: skip
+        raise ValueError(
+            f"domain folder {folder}: the task name {name!r} contains {bad}, which partitions "
+            f"('A+B|C') and domain lists ('A,B') use; rename the folder"
+        )
 
 
 def _scan_folders(root: Path, tasks: list[tuple[str, str]]) -> tuple[list[str], dict[str, list[Item]]]:
@@ -181,27 +198,38 @@ def _scan_folders(root: Path, tasks: list[tuple[str, str]]) -> tuple[list[str], 
     for task, folder in tasks:
         by_class = {}
         for cdir in sorted(p for p in (root / folder).iterdir() if p.is_dir() and not p.name.startswith(".")):
-            files = sorted(f.relative_to(root).as_posix() for f in cdir.iterdir()
-                           if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS)
+            files = sorted(
+                f.relative_to(root).as_posix()
+                for f in cdir.iterdir()
+                if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS
+            )
             for rel in files:
-                _check_inside(root, rel, f"image {rel!r}")
+                check_inside(root, rel, f"image {rel!r}")
             if files:
                 by_class[cdir.name] = files
             else:
                 empty.append(str(cdir))
         if not by_class:
-            raise ValueError(f"domain {folder!r} has no images: expected {root / folder}/<class>/<image> "
-                             f"with an extension in {IMAGE_EXTENSIONS}")
+            raise ValueError(
+                f"domain {folder!r} has no images: expected {root / folder}/<class>/<image> "
+                f"with an extension in {IMAGE_EXTENSIONS}"
+            )
         found[task] = by_class
     try:
-        classes = _same_classes({task: set(by_class) for task, by_class in found.items()}, f"class folders under {root}")
+        classes = _same_classes(
+            {task: set(by_class) for task, by_class in found.items()}, f"class folders under {root}"
+        )
     except ValueError as e:
         if not empty:
             raise
-        raise ValueError(f"{e}. These class folders hold no images (extensions {IMAGE_EXTENSIONS}): "
-                         f"{empty[:SHOW]}{' ...' if len(empty) > SHOW else ''}") from None
+        raise ValueError(
+            f"{e}. These class folders hold no images (extensions {IMAGE_EXTENSIONS}): "
+            f"{empty[:SHOW]}{' ...' if len(empty) > SHOW else ''}"
+        ) from None
     index = {c: i for i, c in enumerate(classes)}
-    pools = {task: [(rel, index[c]) for c, files in by_class.items() for rel in files] for task, by_class in found.items()}
+    pools = {
+        task: [(rel, index[c]) for c, files in by_class.items() for rel in files] for task, by_class in found.items()
+    }
     return classes, pools
 
 
@@ -217,21 +245,30 @@ def _list_path(cfg: FolderDataConfig, domain: str, split: str) -> Path:
 def _read_official_lists(cfg: FolderDataConfig, tasks: list[tuple[str, str]]):
     """Classes, train pool and official test items per task, from the `<domain>/<class>/<file> <label>` lists."""
     root = Path(cfg.root)
-    rows = {(task, s): _read_list(_list_path(cfg, folder, s), root, folder)
-            for task, folder in tasks for s in ("train", "test")}
-    classes = _same_classes({task: {r[1] for s in ("train", "test") for r in rows[task, s]} for task, _ in tasks},
-                            f"classes in the {cfg.layout} split lists")
+    rows = {
+        (task, s): _read_list(_list_path(cfg, folder, s), root, folder)
+        for task, folder in tasks
+        for s in ("train", "test")
+    }
+    classes = _same_classes(
+        {task: {r[1] for s in ("train", "test") for r in rows[task, s]} for task, _ in tasks},
+        f"classes in the {cfg.layout} split lists",
+    )
     # The lists' own labels define the class order (real DomainNet / miniDomainNet lists are not
     # alphabetical); every label must name one class and every class one label, in every list.
     by_label: dict[int, str] = {}
     for (task, s), lines in rows.items():
-        for rel, cls, label, n in lines:
+        for _rel, cls, label, n in lines:
             known = by_label.setdefault(label, cls)
             if known != cls or sum(c == cls for c in by_label.values()) > 1:
-                raise ValueError(f"{_list_path(cfg, dict(tasks)[task], s)}, line {n}: label {label} for class {cls!r}, "
-                                 f"but the lists use label {label} for {known!r} or another label for {cls!r}")
+                raise ValueError(
+                    f"{_list_path(cfg, dict(tasks)[task], s)}, line {n}: label {label} for class {cls!r}, "
+                    f"but the lists use label {label} for {known!r} or another label for {cls!r}"
+                )
     if sorted(by_label) != list(range(len(classes))):
-        raise ValueError(f"the {cfg.layout} split lists use labels {sorted(by_label)[:10]}..., not 0..{len(classes) - 1}")
+        raise ValueError(
+            f"the {cfg.layout} split lists use labels {sorted(by_label)[:10]}..., not 0..{len(classes) - 1}"
+        )
     classes = [by_label[i] for i in range(len(classes))]
     items = {key: [(rel, label) for rel, _, label, _ in lines] for key, lines in rows.items()}
     return classes, {t: items[t, "train"] for t, _ in tasks}, {t: items[t, "test"] for t, _ in tasks}
@@ -250,7 +287,7 @@ def _read_list(path: Path, root: Path, folder: str) -> list[tuple[str, str, int,
         pieces = parts[0].split("/") if parts_ok else []
         if not parts_ok or len(pieces) < 3 or pieces[0] != folder:
             raise ValueError(f"{path}, line {n}: {line!r} is not '{folder}/<class>/<file> <label>'")
-        _check_inside(root, parts[0], f"{path}, line {n}: {parts[0]!r}")
+        check_inside(root, parts[0], f"{path}, line {n}: {parts[0]!r}")
         if not (root / parts[0]).is_file():
             raise FileNotFoundError(f"{path}, line {n}: lists {parts[0]!r} but {root / parts[0]} does not exist")
         rows.append((parts[0], pieces[1], int(parts[1]), n))
@@ -264,66 +301,19 @@ def _same_classes(classes_by_task: dict[str, set[str]], what: str) -> list[str]:
     union = set().union(*classes_by_task.values())
     missing = {task: sorted(union - cs) for task, cs in classes_by_task.items() if union - cs}
     if missing:
-        said = "; ".join(f"{task!r} lacks {len(m)}: {m[:10]}{' ...' if len(m) > 10 else ''}"
-                         for task, m in missing.items())
-        raise ValueError(f"{what} differ across domains: {said}. Every domain must hold the same classes "
-                         f"(select matching domains with `domains`)")
+        said = "; ".join(
+            f"{task!r} lacks {len(m)}: {m[:10]}{' ...' if len(m) > 10 else ''}" for task, m in missing.items()
+        )
+        raise ValueError(
+            f"{what} differ across domains: {said}. Every domain must hold the same classes "
+            f"(select matching domains with `domains`)"
+        )
     return sorted(union)
 
 
-def _drop_unreadable(root: Path, rels: list[str], skip: bool) -> set[str]:
-    """Verify every image with PIL; fail naming the bad ones, or (with `skip`) warn and return them."""
-    from PIL import Image
-
-    def problem(rel: str) -> str | None:
-        try:
-            with Image.open(root / rel) as im:
-                fmt = im.format
-                im.verify()  # PNG: every chunk and checksum; other formats: little beyond the header
-            if fmt != "PNG" and not (fmt == "JPEG" and _ends_with(root / rel, JPEG_END)):
-                with Image.open(root / rel) as im:  # a truncated file only shows when decoded
-                    im.load()
-        except Exception as e:  # noqa: BLE001 - PIL raises many types (OSError, SyntaxError, ...) for a bad file
-            return f"{type(e).__name__}: {e}"
-        return None
-
-    with ThreadPoolExecutor(max_workers=min(32, (os.cpu_count() or 1) + 4)) as pool:
-        bad = [(rel, why) for rel, why in zip(rels, pool.map(problem, rels)) if why is not None]
-    if bad and not skip:
-        shown = "\n  ".join(f"{root / rel}: {why}" for rel, why in bad[:SHOW])
-        raise ValueError(f"{len(bad)} of {len(rels)} image files under {root} cannot be read by PIL, e.g.:\n  "
-                         f"{shown}\nRepair or remove them, or set skip_bad_images=True to drop them")
-    if bad:
-        warnings.warn(f"skip_bad_images=True: dropping {len(bad)} unreadable image files under {root}, "
-                      f"e.g. {[rel for rel, _ in bad[:SHOW]]}", stacklevel=3)
-    return {rel for rel, _ in bad}
-
-
-def _ends_with(path: Path, tail: bytes) -> bool:
-    with open(path, "rb") as f:
-        f.seek(0, os.SEEK_END)
-        if f.tell() < len(tail):
-            return False
-        f.seek(-len(tail), os.SEEK_END)
-        return f.read() == tail
-
-
-@functools.lru_cache(maxsize=8)
-def _real(root: Path) -> Path:
-    return root.resolve()
-
-
-def _check_inside(root: Path, rel: str, where: str) -> None:
-    """Refuse a listed or found path that leaves the data root (through `..`, an absolute path or a symlink)."""
-    real_root = _real(root)
-    target = (root / rel).resolve()
-    if not target.is_relative_to(real_root):
-        raise ValueError(f"{where} resolves to {target}, outside the data root {real_root}; every image must "
-                         f"lie under the root (no '..', absolute paths or symlinks that leave it)")
-
-
-def _stratified_split(items: list[Item], val_fraction: float, test_fraction: float,
-                      rng: random.Random) -> dict[str, list[Item]]:
+def _stratified_split(
+    items: list[Item], val_fraction: float, test_fraction: float, rng: random.Random
+) -> dict[str, list[Item]]:
     """Shuffle each class's images with `rng` and cut them by the fractions, keeping >= 1 train image."""
     by_class: dict[int, list[Item]] = defaultdict(list)
     for item in sorted(items):
@@ -336,8 +326,8 @@ def _stratified_split(items: list[Item], val_fraction: float, test_fraction: flo
         n_test = min(round(n * test_fraction), n - 1)  # a tiny class still keeps one train image
         n_val = min(round(n * val_fraction), n - 1 - n_test)
         split["test"] += group[:n_test]
-        split["val"] += group[n_test:n_test + n_val]
-        split["train"] += group[n_test + n_val:]
+        split["val"] += group[n_test : n_test + n_val]
+        split["train"] += group[n_test + n_val :]
     return {s: sorted(v) for s, v in split.items()}
 
 
@@ -345,8 +335,11 @@ def _take_shots(train: list[Item], shots: int, rng: random.Random) -> list[Item]
     by_class: dict[int, list[Item]] = defaultdict(list)
     for item in sorted(train):
         by_class[item[1]].append(item)
-    return sorted(it for label in sorted(by_class) for it in (
-        rng.sample(by_class[label], shots) if len(by_class[label]) > shots else by_class[label]))
+    return sorted(
+        it
+        for label in sorted(by_class)
+        for it in (rng.sample(by_class[label], shots) if len(by_class[label]) > shots else by_class[label])
+    )
 
 
 def _read_split_file(path: Path, root: Path, meta: dict) -> dict[str, list[Item]]:
@@ -361,20 +354,30 @@ def _read_split_file(path: Path, root: Path, meta: dict) -> dict[str, list[Item]
     if saved is not None:
         for key, value in meta.items():
             if saved.get(key) != value:
-                raise ValueError(f"split file {path} was made with {key}={_short(saved.get(key))} but this run has "
-                                 f"{key}={_short(value)}; delete the file or choose another splits_dir")
+                raise ValueError(
+                    f"split file {path} was made with {key}={_short(saved.get(key))} but this run has "
+                    f"{key}={_short(value)}; delete the file or choose another splits_dir"
+                )
     split = {}
     for s in SPLITS:
         split[s] = []
         for entry in data[s]:
-            if not (isinstance(entry, list) and len(entry) == 2 and isinstance(entry[1], int)
-                    and 0 <= entry[1] < len(meta["classes"])):
-                raise ValueError(f"split file {path}: {s} entry {entry!r} is not [relpath, label] with label in "
-                                 f"[0, {len(meta['classes'])})")
-            _check_inside(root, entry[0], f"split file {path}: {s} entry {entry[0]!r}")
+            if not (
+                isinstance(entry, list)
+                and len(entry) == 2
+                and isinstance(entry[1], int)
+                and 0 <= entry[1] < len(meta["classes"])
+            ):
+                raise ValueError(
+                    f"split file {path}: {s} entry {entry!r} is not [relpath, label] with label in "
+                    f"[0, {len(meta['classes'])})"
+                )
+            check_inside(root, entry[0], f"split file {path}: {s} entry {entry[0]!r}")
             if not (root / entry[0]).is_file():
-                raise FileNotFoundError(f"split file {path} lists {entry[0]!r} in {s} but {root / entry[0]} does "
-                                        f"not exist; restore it, or delete {path} to re-split")
+                raise FileNotFoundError(
+                    f"split file {path} lists {entry[0]!r} in {s} but {root / entry[0]} does "
+                    f"not exist; restore it, or delete {path} to re-split"
+                )
             split[s].append((entry[0], entry[1]))
     return split
 
@@ -382,8 +385,7 @@ def _read_split_file(path: Path, root: Path, meta: dict) -> dict[str, list[Item]
 def _write_split_file(path: Path, meta: dict, split: dict[str, list[Item]]) -> None:
     """Write atomically (temp file, then rename), one [relpath, label] per line so files diff well."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    body = ",\n".join(f'"{s}": [' + ",".join(f"\n  {json.dumps(list(it))}" for it in split[s]) + "\n]"
-                      for s in SPLITS)
+    body = ",\n".join(f'"{s}": [' + ",".join(f"\n  {json.dumps(list(it))}" for it in split[s]) + "\n]" for s in SPLITS)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text('{"meta": ' + json.dumps(meta) + ",\n" + body + "\n}\n")
     os.replace(tmp, path)

@@ -60,7 +60,8 @@ class MultiTaskBatchSampler(Sampler[list[int]]):
         if min(self.quotas) < world_size:
             raise ValueError(
                 f"batch_size={batch_size} gives a task only {min(self.quotas)} samples per batch, fewer than the "
-                f"{world_size} workers; use batch_size >= {world_size * len(self.sizes)} so every worker sees every task"
+                f"{world_size} workers; use batch_size >= {world_size * len(self.sizes)} so every worker sees every "
+                "task"
             )
         self.offsets = [sum(self.sizes[:t]) for t in range(len(self.sizes))]
         self.seed, self.rank, self.world_size, self.epoch = seed, rank, world_size, 0

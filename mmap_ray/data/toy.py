@@ -29,9 +29,19 @@ from torch.utils.data import Dataset
 from .base import TaskData
 
 CLASSES = (
-    "circle", "square", "triangle", "diamond", "cross", "ring",
-    "star", "hexagon", "crescent", "ellipse", "bar", "hourglass",
-)  # fmt: skip
+    "circle",
+    "square",
+    "triangle",
+    "diamond",
+    "cross",
+    "ring",
+    "star",
+    "hexagon",
+    "crescent",
+    "ellipse",
+    "bar",
+    "hourglass",
+)
 DOMAINS = ("Art", "Clipart", "Product", "RealWorld")
 PAIRS = "Art+Clipart|Product+RealWorld"  # the planted partition
 # open_clip's (OpenAI) normalisation; the tiny toy CLIP uses the same.
@@ -44,20 +54,22 @@ def _shape_sdf(cls: Tensor, x: Tensor, y: Tensor) -> Tensor:
     r = torch.sqrt(x * x + y * y)
     ax, ay = x.abs(), y.abs()
     theta = torch.atan2(y, x)
-    fields = torch.stack([
-        r - 0.8,  # circle
-        torch.maximum(ax, ay) - 0.7,  # square
-        torch.maximum(ax * 0.866 + y * 0.5, -y) - 0.42,  # triangle
-        ax + ay - 0.9,  # diamond
-        torch.minimum(torch.maximum(ax - 0.22, ay - 0.8), torch.maximum(ax - 0.8, ay - 0.22)),  # cross
-        (r - 0.6).abs() - 0.17,  # ring
-        r - (0.5 + 0.32 * torch.cos(5 * theta)),  # star
-        torch.maximum(ax * 0.866 + ay * 0.5, ay) - 0.72,  # hexagon
-        torch.maximum(r - 0.8, 0.62 - torch.sqrt((x - 0.38) ** 2 + (y - 0.1) ** 2)),  # crescent
-        torch.sqrt((x / 0.9) ** 2 + (y / 0.42) ** 2) - 1.0,  # ellipse
-        torch.maximum(ax - 0.2, ay - 0.85),  # bar
-        torch.maximum(ax - ay * 0.85, ay - 0.8),  # hourglass
-    ])  # (classes, N, S, S)  # fmt: skip
+    fields = torch.stack(
+        [
+            r - 0.8,  # circle
+            torch.maximum(ax, ay) - 0.7,  # square
+            torch.maximum(ax * 0.866 + y * 0.5, -y) - 0.42,  # triangle
+            ax + ay - 0.9,  # diamond
+            torch.minimum(torch.maximum(ax - 0.22, ay - 0.8), torch.maximum(ax - 0.8, ay - 0.22)),  # cross
+            (r - 0.6).abs() - 0.17,  # ring
+            r - (0.5 + 0.32 * torch.cos(5 * theta)),  # star
+            torch.maximum(ax * 0.866 + ay * 0.5, ay) - 0.72,  # hexagon
+            torch.maximum(r - 0.8, 0.62 - torch.sqrt((x - 0.38) ** 2 + (y - 0.1) ** 2)),  # crescent
+            torch.sqrt((x / 0.9) ** 2 + (y / 0.42) ** 2) - 1.0,  # ellipse
+            torch.maximum(ax - 0.2, ay - 0.85),  # bar
+            torch.maximum(ax - ay * 0.85, ay - 0.8),  # hourglass
+        ]
+    )  # (classes, N, S, S)
     return fields.gather(0, cls.view(1, -1, 1, 1).expand(1, *x.shape))[0]
 
 

@@ -48,7 +48,10 @@ def markdown_table(df: pd.DataFrame) -> str:
 
     A '|' in a cell (a partition) is escaped, so it does not split the cell.
     """
-    escape = lambda v: v.replace("|", r"\|") if isinstance(v, str) else v
+
+    def escape(v):
+        return v.replace("|", r"\|") if isinstance(v, str) else v
+
     try:
         return df.apply(lambda col: col.map(escape)).rename(columns=escape).to_markdown(index=False)
     except ImportError:

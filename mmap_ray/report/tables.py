@@ -212,7 +212,10 @@ def overview(study: Study) -> pd.DataFrame:
     """The study's facts (data, model, tasks, counts, seeds, costs, provenance) as a one-column table."""
     t = study.trials
     metric, tasks = accuracy_columns(t)
-    first = lambda col: ", ".join(sorted(map(str, t[col].dropna().unique()))) if col in t else "–"
+
+    def first(col: str) -> str:
+        return ", ".join(sorted(map(str, t[col].dropna().unique()))) if col in t else "–"
+
     facts = {
         "study": first("study"),
         "dataset": first("dataset"),

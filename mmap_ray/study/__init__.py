@@ -27,15 +27,33 @@ Modules: `config` (StudyConfig, study files), `trials` (identity, the grid, the 
 the trial driver), `callback` (the Parquet rows, written by the Tune driver).
 """
 
-from .config import METRIC, MODES, OBJECTIVES, RESUME_MAY_CHANGE, SCHEMES, StudyConfig, read_study_file
+from ..grouping import SCHEMES
+from .config import METRIC, MODES, OBJECTIVES, RESUME_MAY_CHANGE, StudyConfig, read_study_file
 from .ownership import check_start, settings_diff, stored_rows
-from .partitions import check_schemes, plan_partitions
+from .partitions import plan_partitions
 from .run import Interrupted, max_concurrent, run_study, trial_driver
 from .trials import canonical, grid_trials, make_trial, search_space, searcher, trial_of
 
 __all__ = [
-    "METRIC", "MODES", "OBJECTIVES", "RESUME_MAY_CHANGE", "SCHEMES", "Interrupted", "StudyConfig", "canonical",
-    "check_schemes", "check_start", "grid_trials", "make_trial", "max_concurrent", "plan_partitions",
-    "read_study_file", "run_study", "search_space", "searcher", "settings_diff", "stored_rows", "trial_driver",
+    "METRIC",
+    "MODES",
+    "OBJECTIVES",
+    "RESUME_MAY_CHANGE",
+    "SCHEMES",
+    "Interrupted",
+    "StudyConfig",
+    "canonical",
+    "check_start",
+    "grid_trials",
+    "make_trial",
+    "max_concurrent",
+    "plan_partitions",
+    "read_study_file",
+    "run_study",
+    "search_space",
+    "searcher",
+    "settings_diff",
+    "stored_rows",
+    "trial_driver",
     "trial_of",
-]  # fmt: skip
+]

@@ -31,7 +31,9 @@ def error_message(trial) -> str:
     """The causes in a failed trial's trace, innermost last ("TrainingFailedError: ... <- FloatingPointError: ...")."""
     path = Path(trial.error_file) if trial.error_file else None  # the driver's copy: written before the callback
     text = path.read_text(errors="replace") if path and path.is_file() else str(trial.get_error() or "")
-    causes = list(dict.fromkeys(m.strip() for m in re.findall(r"^\s*(?:[\w.]+\.)?\w*(?:Error|Exception): .+$", text, re.M)))
+    causes = list(
+        dict.fromkeys(m.strip() for m in re.findall(r"^\s*(?:[\w.]+\.)?\w*(?:Error|Exception): .+$", text, re.M))
+    )
     return " <- ".join(causes)[-2000:] or text[-2000:] or "unknown error (see the trial's error file)"
 
 
@@ -48,12 +50,23 @@ def parquet_writer(study: StudyConfig, base: dict, tasks: list[str], failures: l
             planned = trial_of(trial.config, base)
             wall = float((trial.last_result or {}).get("time_total_s", 0.0))
             done = history(study.study_dir, planned["key"])
-            if interrupt.requested and (status == "ERROR" or len(done) < planned["train"]["epochs"]):
+            if interrupt.requested and (status == "ERROR" or len(done) < planned["run"]["train"]["epochs"]):
                 return
+            res = study.resources
             row, epochs = trial_rows(
-                study.name, study.k, tasks, planned, done, trial_id=trial.trial_id, status=status, error=error,
-                wall_s=wall, workers=base["workers"],
-            )  # fmt: skip
+                study.name,
+                study.k,
+                tasks,
+                planned,
+                done,
+                trial_id=trial.trial_id,
+                status=status,
+                error=error,
+                wall_s=wall,
+                workers=res.workers,
+                device_per_worker=res.gpus_per_worker or res.cpus_per_worker,
+                device_kind="gpu" if res.gpus_per_worker else "cpu",
+            )
             root = location(study.study_dir) / "results"
             key = row_key(row["config_id"], row["seed"])
             try:

@@ -1,158 +1,143 @@
 """A study's settings: `StudyConfig`, checked once, and the TOML study files it is read from.
 
-Every field can come from a study file (top-level keys, `[run]` for the run spec), a preset or a flag of
-`studies/grouping.py`; types are checked here because files and flags arrive untyped. The settings that
-define a study's trials are compared with the stored `study.json` on --resume; `RESUME_MAY_CHANGE` lists
-the ones that may differ (where and how fast trials run, not what they compute).
+A study is a base `RunConfig` (`run`: data, backbone, prompts, training) plus the axes it varies
+(grouping schemes, seeds, prompt lengths, depths, projections, combine modes; in search mode also the
+learning-rate range), how partitions are measured (`affinity`), what each trial's Ray Train run
+reserves (`resources`) and where the study lives. A study file is `fields.to_dict`'s form in TOML:
+top-level keys, `[run.data]`, `[run.backbone]`, `[run.prompts]`, `[run.train]`, `[affinity]`,
+`[resources]` tables. The settings that define the trials are compared with the stored `study.json` on
+--resume; `RESUME_MAY_CHANGE` lists those that may differ (where and how fast trials run).
 """
 
 from __future__ import annotations
 
-import sys
+import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..affinity import AffinityConfig
+from ..config import RunConfig
+from ..distributed import WorkerSpec
+from ..fields import check_keys, check_types, option
+from ..grouping import SCHEMES, format_groups, is_partition_text, parse_groups
+from ..prompts import Combine, Projection
 from ..results import _safe
-from ..runspec import did_you_mean, mmap_config, spec
 from ..storage import location, resolve_storage
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # Python 3.10: the same parser, as a package
-    import tomli as tomllib
-
-SCHEMES = ("single", "independent", "gradient", "lookahead", "random")
 MODES = ("compare", "search")
 OBJECTIVES = ("accuracy", "pareto")
 METRIC = "val/mean"
-# TrainConfig fields that do not change a trial's result (not part of its identity)
-NOT_IN_RESULT = ("seed", "num_workers", "eval_batch_size")
+# Run settings that do not change a trial's result (not part of its identity)
+NOT_IN_RESULT = ("train.seed", "train.loader_workers", "train.eval_batch_size")
 # Study settings that may change on --resume: where and how fast trials run, not what they compute
-RESUME_MAY_CHANGE = ("storage_path", "max_concurrent_trials", "autoscale", "worker_resources", "cpus_per_worker")
+RESUME_MAY_CHANGE = ("storage", "max_concurrent_trials", "resources", "run.train.loader_workers")
 
 
-@dataclass
+def _check_scheme(scheme: str) -> str:
+    if scheme in SCHEMES:
+        return scheme
+    if is_partition_text(scheme) and all(parse_groups(scheme)):
+        return format_groups(parse_groups(scheme))
+    raise ValueError(f"StudyConfig.schemes has {scheme!r}; valid: {SCHEMES} or explicit partitions like 'A+B|C+D'")
+
+
+@dataclass(frozen=True)
 class StudyConfig:
-    """Everything a study needs; every field can come from a TOML study file."""
+    """Everything a study needs; every field can come from a TOML study file or a flag."""
 
-    name: str = "grouping"
-    mode: str = "compare"
-    schemes: tuple[str, ...] = SCHEMES  # also explicit partitions such as "Art+Clipart|Product+RealWorld"
-    k: int = 2  # groups for gradient / lookahead / random
-    seeds: tuple[int, ...] = (0, 1, 2)
+    name: str = option("grouping", "study name (its folder under storage)")
+    mode: str = option("compare", "compare: a grid over the axes; search: Optuna TPE (+ ASHA)", choices=MODES)
+    schemes: tuple[str, ...] = option(SCHEMES, "grouping schemes, or explicit partitions such as 'A+B|C+D'")
+    k: int = option(2, "groups for the gradient, lookahead and random schemes")
+    seeds: tuple[int, ...] = option((0, 1, 2), "training seeds (search mode: the first is the search seed)")
+    prompt_lengths: tuple[int, ...] = option((), "prompt lengths to compare (default: run.prompts.n_tokens)")
+    depths: tuple[int, ...] = option((), "alignment depths d (layers 0..d-1) to compare (default: run.prompts)")
+    projections: tuple[Projection, ...] = option((), "projections to compare (default: run.prompts.projection)")
+    combines: tuple[Combine, ...] = option((), "combine modes to compare (default: run.prompts.combine)")
     # search mode
-    num_samples: int = 16
-    objective: str = "accuracy"
-    n_tokens: tuple[int, ...] = (8,)  # prompt lengths (a grid axis in compare mode)
-    depths: tuple[int, ...] = ()  # alignment depths (layers 0..d-1; a grid axis in compare mode); () = default layers
-    projections: tuple[str, ...] = ("kron",)
-    combines: tuple[str, ...] = ("concat",)
-    lr_range: tuple[float, float] = (5e-4, 5e-3)
-    asha: bool = True
-    grace_period: int = 2
-    # training
-    epochs: int = 8
-    batch_size: int = 64
-    lr: float = 2e-3  # compare mode
-    affinity_warmup_steps: int = 40
-    affinity_steps: int = 20
-    # resources
-    workers_per_trial: int = 1
-    cpus_per_worker: float = 1.0
-    gpus_per_worker: float = 0.0
-    worker_resources: dict = field(default_factory=dict)  # custom resources per worker, e.g. {"A100": 1}
-    autoscale: bool = False  # the cluster grows on demand: skip the up-front size check
-    max_concurrent_trials: int | None = None  # None: as many as the cluster can hold
-    storage_path: str | None = None  # None: $MMAP_RAY_STORAGE, else ~/mmap-ray/studies
-    # the base run spec (dataset, root, model, pretrained, ...); see mmap_ray.runspec.DEFAULTS
-    run: dict = field(default_factory=dict)
+    num_samples: int = option(16, "search mode: trials")
+    objective: str = option("accuracy", "search mode: accuracy, or pareto (accuracy vs parameters)", choices=OBJECTIVES)
+    lr_range: tuple[float, float] = option((5e-4, 5e-3), "search mode: learning-rate range, sampled log-uniformly")
+    asha: bool = option(True, "search mode: stop weak trials early (ASHA)")
+    grace_period: int = option(2, "search mode: epochs before ASHA may stop a trial")
+    max_concurrent_trials: int | None = option(None, "trials at once (default: as many as the cluster holds)")
+    storage: str | None = option(
+        None,
+        "where studies live (default: $MMAP_RAY_STORAGE, else ~/mmap-ray/studies): a local folder, a filesystem "
+        "shared by the cluster's nodes, or s3://BUCKET/PREFIX, gs://BUCKET/PREFIX (an S3-compatible server: add "
+        "?endpoint_override=HOST:PORT&scheme=http)",
+    )
+    run: RunConfig = field(default_factory=RunConfig)
+    affinity: AffinityConfig = field(default_factory=AffinityConfig)
+    resources: WorkerSpec = field(default_factory=WorkerSpec)
 
     def __post_init__(self) -> None:
-        _check_types(self)
-        for name, value, valid in (("mode", self.mode, MODES), ("objective", self.objective, OBJECTIVES)):
-            if value not in valid:
-                raise ValueError(f"StudyConfig.{name}={value!r} is not valid; choose one of {valid}")
-        self.schemes, self.seeds = tuple(self.schemes), tuple(self.seeds)
-        self.n_tokens, self.depths = tuple(self.n_tokens), tuple(self.depths)
-        self.projections, self.combines = tuple(self.projections), tuple(self.combines)
-        self.lr_range = tuple(self.lr_range)
-        empty = [n for n in ("schemes", "seeds", "n_tokens", "projections", "combines") if not getattr(self, n)]
+        check_types(self)
+        object.__setattr__(self, "schemes", tuple(_check_scheme(s) for s in self.schemes))
+        object.__setattr__(self, "projections", tuple(Projection(p) for p in self.projections))
+        object.__setattr__(self, "combines", tuple(Combine(c) for c in self.combines))
+        empty = [n for n in ("schemes", "seeds") if not getattr(self, n)]
         if empty:
-            raise ValueError(f"StudyConfig fields {empty} are empty: the search space needs at least one value each")
-        for name in ("epochs", "batch_size", "num_samples", "workers_per_trial"):
+            raise ValueError(f"StudyConfig fields {empty} are empty: a study needs at least one value each")
+        for name in ("num_samples", "k", "grace_period"):
             if getattr(self, name) < 1:
                 raise ValueError(f"StudyConfig.{name}={getattr(self, name)} must be >= 1")
-        for name in ("n_tokens", "depths"):
-            bad = [v for v in getattr(self, name) if not isinstance(v, int) or v < 1]
+        for name in ("prompt_lengths", "depths"):
+            bad = [v for v in getattr(self, name) if v < 1]
             if bad:
                 raise ValueError(f"StudyConfig.{name} has {bad}: every value must be an integer >= 1")
+        if self.run.train.epochs < 1:
+            raise ValueError(f"StudyConfig.run.train.epochs={self.run.train.epochs} must be >= 1: a study trains")
         if not 0 < self.lr_range[0] <= self.lr_range[1]:
-            raise ValueError(f"StudyConfig.lr_range={self.lr_range} must be 0 < low <= high")
-        self.run = spec(self.run)  # unknown run settings fail here
-        if self.k < 1 or self.grace_period < 1 or self.affinity_steps < 1 or self.affinity_warmup_steps < 0:
+            raise ValueError(f"StudyConfig.lr_range={list(self.lr_range)} must be 0 < low <= high")
+        if self.mode == "search" and self.asha and self.grace_period > self.run.train.epochs:
             raise ValueError(
-                f"StudyConfig: k={self.k}, grace_period={self.grace_period} and affinity_steps={self.affinity_steps} "
-                f"must be >= 1, affinity_warmup_steps={self.affinity_warmup_steps} >= 0"
+                f"StudyConfig: grace_period={self.grace_period} exceeds run.train.epochs={self.run.train.epochs}; "
+                f"ASHA needs grace_period <= epochs (lower grace_period, raise epochs, or set asha = false)"
             )
-        if self.mode == "search" and self.asha and self.grace_period > self.epochs:
+        if self.run.partition is not None or self.run.train.seed != 0:
             raise ValueError(
-                f"StudyConfig: grace_period={self.grace_period} exceeds epochs={self.epochs}; ASHA needs "
-                f"grace_period <= epochs (lower grace_period, raise epochs, or set asha = false)"
+                "StudyConfig.run sets partition or train.seed, which a study sets per trial: give partitions "
+                "through `schemes` and seeds through `seeds`"
             )
-        if self.cpus_per_worker <= 0 or self.gpus_per_worker < 0 or not self.lr > 0:
-            raise ValueError(
-                f"StudyConfig: cpus_per_worker={self.cpus_per_worker} and lr={self.lr} must be > 0, "
-                f"gpus_per_worker={self.gpus_per_worker} >= 0"
-            )
-        try:
-            mmap_config(self.run)  # prompt settings (n_tokens, layers, projection, combine) fail now, not in a trial
-        except ValueError as e:
-            raise ValueError(f"StudyConfig.run: {e}") from None
         if not self.name or _safe(self.name) != self.name or self.name.startswith("."):
-            raise ValueError(f"StudyConfig.name={self.name!r}: use letters, digits, '-', '_' or '.', not starting "
-                             f"with '.' (it names one folder)")  # fmt: skip
-        for name in ("schemes", "seeds", "n_tokens", "depths", "projections", "combines"):
+            raise ValueError(
+                f"StudyConfig.name={self.name!r}: use letters, digits, '-', '_' or '.', not starting "
+                f"with '.' (it names one folder)"
+            )
+        for name in ("schemes", "seeds", "prompt_lengths", "depths", "projections", "combines"):
             values = getattr(self, name)
             repeated = sorted({v for v in values if values.count(v) > 1}, key=str)
             if repeated:
-                raise ValueError(f"StudyConfig.{name}={list(values)} repeats {repeated}: give each value once "
-                                 f"(a repeated seed would train the same trial twice)")  # fmt: skip
-        self.storage_path = resolve_storage(self.storage_path)
-        location(self.storage_path, "StudyConfig.storage_path")  # a bad path or URI fails here
+                raise ValueError(
+                    f"StudyConfig.{name}={[getattr(v, 'value', v) for v in values]} repeats "
+                    f"{[getattr(v, 'value', v) for v in repeated]}: give each value once (a repeated seed would "
+                    f"train the same trial twice)"
+                )
+        object.__setattr__(self, "storage", resolve_storage(self.storage))
+        location(self.storage, "StudyConfig.storage")  # a bad path or URI fails here
 
     @property
     def study_dir(self) -> str:
         """The study's folder: a local path or an object-storage URI."""
-        return (location(self.storage_path) / self.name).uri
+        return (location(self.storage) / self.name).uri
 
+    # the axes, with the base run's value where the study gives none
+    @property
+    def n_tokens_axis(self) -> tuple[int, ...]:
+        return self.prompt_lengths or (self.run.prompts.n_tokens,)
 
-_TYPES = {  # annotation -> (check, what a valid value looks like)
-    "str": (lambda v: isinstance(v, str), "a string"),
-    "int": (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
-    "float": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool), "a number"),
-    "bool": (lambda v: isinstance(v, bool), "true or false"),
-    "dict": (lambda v: isinstance(v, dict), "a table"),
-    "int | None": (lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool)), "an integer"),
-    "str | None": (lambda v: v is None or isinstance(v, str), "a string"),
-    "tuple[str, ...]": (lambda v: isinstance(v, (list, tuple)) and all(isinstance(x, str) for x in v), "a list of strings"),
-    "tuple[int, ...]": (lambda v: isinstance(v, (list, tuple)) and all(isinstance(x, int) and not isinstance(x, bool) for x in v),
-                        "a list of integers"),
-    "tuple[float, float]": (lambda v: isinstance(v, (list, tuple)) and len(v) == 2 and all(isinstance(x, (int, float)) for x in v),
-                            "a list of two numbers [low, high]"),
-}  # fmt: skip
+    @property
+    def projection_axis(self) -> tuple[str, ...]:
+        return tuple(p.value for p in self.projections or (self.run.prompts.projection,))
 
-
-def _check_types(cfg: StudyConfig) -> None:
-    """Every field has the type its annotation says (study files and CLI flags arrive untyped)."""
-    for name, f in cfg.__dataclass_fields__.items():
-        check, valid = _TYPES[f.type]
-        value = getattr(cfg, name)
-        if not check(value):
-            raise ValueError(f"StudyConfig.{name}={value!r} is not valid: it must be {valid}")
+    @property
+    def combine_axis(self) -> tuple[str, ...]:
+        return tuple(c.value for c in self.combines or (self.run.prompts.combine,))
 
 
 def read_study_file(path: str | Path) -> dict:
-    """The settings of a TOML study file (top-level keys are StudyConfig fields, [run] the run spec), checked."""
+    """The settings of a TOML study file (StudyConfig's `to_dict` form), checked for unknown keys."""
     p = Path(path)
     if not p.is_file():
         raise ValueError(f"study file {p} does not exist")
@@ -162,11 +147,8 @@ def read_study_file(path: str | Path) -> dict:
         raise ValueError(f"study file {p} is not valid TOML: {e}") from None
     except UnicodeDecodeError:
         raise ValueError(f"study file {p} is not a UTF-8 text file") from None
-    fields = StudyConfig.__dataclass_fields__
-    unknown = sorted(set(data) - set(fields))
-    if unknown:
-        raise ValueError(f"study file {p} has unknown settings {unknown}{did_you_mean(unknown, fields)}; valid: {sorted(fields)}")
-    if not isinstance(data.get("run", {}), dict):
-        raise ValueError(f"study file {p}: `run` must be a [run] table of run settings")
+    try:
+        check_keys(StudyConfig, data)
+    except ValueError as e:
+        raise ValueError(f"study file {p}: {e}") from None
     return data
-

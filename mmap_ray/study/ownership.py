@@ -7,10 +7,10 @@ stored study with the same trial-defining settings. Checked before anything is w
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
 
 import pandas as pd
 
+from ..fields import to_dict
 from ..storage import Location
 from .config import RESUME_MAY_CHANGE, StudyConfig
 
@@ -27,11 +27,20 @@ def stored_rows(folder: Location) -> pd.DataFrame:
         return pd.DataFrame()
 
 
+def _flat(settings: dict, prefix: str = "") -> dict:
+    """{"run": {"train": {"epochs": 2}}} -> {"run.train.epochs": 2}."""
+    out = {}
+    for k, v in settings.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) and v else {prefix + k: v})
+    return out
+
+
 def settings_diff(stored: dict, study: StudyConfig) -> list[str]:
-    """The trial-defining settings that differ between a stored study.json and `study`."""
-    now = json.loads(json.dumps(asdict(study)))  # tuples as lists, as they were stored
-    keys = sorted((set(stored) | set(now)) - set(RESUME_MAY_CHANGE))
-    return [f"{k}: stored {stored.get(k)!r}, now {now.get(k)!r}" for k in keys if stored.get(k) != now.get(k)]
+    """The trial-defining settings that differ between a stored study.json and `study` (dotted names)."""
+    old, now = _flat(stored), _flat(to_dict(study))
+    may_change = tuple(RESUME_MAY_CHANGE)
+    keys = sorted(k for k in set(old) | set(now) if not any(k == m or k.startswith(m + ".") for m in may_change))
+    return [f"{k}: stored {old.get(k)!r}, now {now.get(k)!r}" for k in keys if old.get(k) != now.get(k)]
 
 
 def check_start(study: StudyConfig, folder: Location, resume: bool, overwrite: bool) -> None:
@@ -41,14 +50,21 @@ def check_start(study: StudyConfig, folder: Location, resume: bool, overwrite: b
         raise ValueError("--resume and --overwrite contradict each other: choose one")
     if not meta.exists():
         if resume:
-            raise ValueError(f"--resume: there is no study {study.name!r} in {folder.parent} to resume (no {meta}); "
-                             f"start it without --resume")  # fmt: skip
+            raise ValueError(
+                f"--resume: there is no study {study.name!r} in {folder.parent} to resume (no {meta}); "
+                f"start it without --resume"
+            )
         return
     if resume:
         try:
             stored = json.loads(meta.read_text())
         except ValueError:
             raise ValueError(f"--resume: {meta} is not valid JSON; it is not a study this version can resume") from None
+        if not isinstance(stored, dict) or "resources" not in stored:
+            raise ValueError(
+                f"--resume: {meta} was written by an earlier mmap-ray (flat settings, before the typed RunConfig); "
+                f"its results still load in `mmap-ray report`, but it cannot be resumed: start a new study"
+            )
         diff = settings_diff(stored, study)
         if diff:
             raise ValueError(

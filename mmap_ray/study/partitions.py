@@ -11,29 +11,29 @@ from __future__ import annotations
 import json
 
 from ..backbone import BackboneInfo
-from ..grouping import AFFINITY_SCHEMES, FIXED_SCHEMES
+from ..grouping import AFFINITY_SCHEMES
 from ..storage import Location
-from .config import SCHEMES, StudyConfig
+from .config import StudyConfig
 
 
 def plan_partitions(cfg: StudyConfig, folder: Location) -> tuple[dict[str, str], BackboneInfo, list[str]]:
     """The partition of every (scheme, seed), computed once and kept in folder/partitions.json; the
     backbone's geometry and the task names."""
-    from ..affinity import AffinityConfig, task_affinity
+    from ..affinity import task_affinity
+    from ..build import load_run_backbone, load_run_tasks
+    from ..fields import replace
     from ..grouping import best_partition, fixed_partition
-    from ..runspec import load_run_backbone, load_run_tasks
 
     path = folder / "partitions.json"
     saved = json.loads(path.read_text()) if path.exists() else {"partitions": {}, "affinity": {}}
-    backbone = load_run_backbone(cfg.run)
-    tasks = load_run_tasks(cfg.run, backbone)
+    backbone = load_run_backbone(cfg.run.backbone)
+    tasks = load_run_tasks(cfg.run.data, backbone)
     names = [t.name for t in tasks]
     seeds = cfg.seeds if cfg.mode == "compare" else cfg.seeds[:1]
     needed = [(s, seed) for s in cfg.schemes for seed in seeds if f"{s}/{seed}" not in saved["partitions"]]
     for scheme, seed in needed:
         if scheme in AFFINITY_SCHEMES:
-            acfg = AffinityConfig(scheme, cfg.affinity_warmup_steps, cfg.affinity_steps, cfg.batch_size, seed=seed)
-            affinity = task_affinity(backbone, tasks, acfg)
+            affinity = task_affinity(backbone, tasks, replace(cfg.affinity, method=scheme, seed=seed))
             saved["affinity"][f"{scheme}/{seed}"] = {"tasks": names, "matrix": affinity.tolist()}
             partition = best_partition(affinity, names, cfg.k)
         else:
@@ -42,9 +42,3 @@ def plan_partitions(cfg: StudyConfig, folder: Location) -> tuple[dict[str, str],
     if needed:
         path.write_text(json.dumps(saved, indent=2) + "\n")
     return saved["partitions"], backbone.info, names
-
-
-def check_schemes(cfg: StudyConfig) -> None:
-    bad = [s for s in cfg.schemes if s not in FIXED_SCHEMES + AFFINITY_SCHEMES and "|" not in s and "+" not in s]
-    if bad:
-        raise ValueError(f"StudyConfig.schemes has unknown {bad}; valid: {SCHEMES} or explicit partitions like 'A+B|C+D'")

@@ -15,17 +15,17 @@ import os
 import signal
 import sys
 import time
-from dataclasses import asdict
 
 import pandas as pd
 
-from ..engine import TrainConfig
+from ..config import RunConfig
+from ..fields import from_dict, to_dict
 from ..results import row_key
 from ..storage import StorageError, check_reachable, location, move_aside
 from .callback import parquet_writer
 from .config import METRIC, StudyConfig
 from .ownership import check_start, stored_rows
-from .partitions import check_schemes, plan_partitions
+from .partitions import plan_partitions
 from .trials import grid_trials, searcher, trial_of
 
 TRIAL_DRIVER_CPU = 0.01  # each Tune trial's own reservation; its Train workers reserve theirs
@@ -85,25 +85,27 @@ def trial_driver(config: dict, base: dict) -> None:
     """One Tune trial: a Ray Train run whose per-epoch reports reach Tune through TuneReportCallback."""
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from ..distributed import WorkerSpec, fit_distributed
+    from ..distributed import fit_distributed
 
+    study: StudyConfig = base["study"]
     trial = trial_of(config, base)
-    folder = location(base["study_dir"]) / "train" / trial["key"]
-    fit_distributed(trial["run"], TrainConfig(**trial["train"]), folder, WorkerSpec(**base["workers"]),
-                    callbacks=[TuneReportCallback()])  # fmt: skip
+    folder = location(study.study_dir) / "train" / trial["key"]
+    run = from_dict(RunConfig, trial["run"])
+    fit_distributed(run, folder, study.resources, callbacks=[TuneReportCallback()])
 
 
 def max_concurrent(study: StudyConfig) -> int:
     """Trials that fit the cluster at once: each trial's workers reserve their own resources."""
     import ray
 
-    if study.autoscale:  # the cluster grows while trials wait: let Tune queue them all (0 = no limit)
+    res = study.resources
+    if res.autoscale:  # the cluster grows while trials wait: let Tune queue them all (0 = no limit)
         return study.max_concurrent_trials or 0
     total = ray.cluster_resources()
-    per_trial_cpu = study.workers_per_trial * study.cpus_per_worker + TRIAL_DRIVER_CPU
+    per_trial_cpu = res.workers * res.cpus_per_worker + TRIAL_DRIVER_CPU
     fits = math.floor(total.get("CPU", 0) / per_trial_cpu)
-    if study.gpus_per_worker:
-        fits = min(fits, math.floor(total.get("GPU", 0) / (study.workers_per_trial * study.gpus_per_worker)))
+    if res.gpus_per_worker:
+        fits = min(fits, math.floor(total.get("GPU", 0) / (res.workers * res.gpus_per_worker)))
     return max(1, min(fits, study.max_concurrent_trials or fits))
 
 
@@ -116,22 +118,18 @@ def keep_secrets_out_of_trials() -> None:
     class_cache.ENV_VARS_TO_PROPAGATE.difference_update(SECRET_ENV)
 
 
-def run_study(study: StudyConfig, resume: bool = False, overwrite: bool = False, break_lock: bool = False,
-              log=print) -> str:  # fmt: skip
+def run_study(
+    study: StudyConfig, resume: bool = False, overwrite: bool = False, break_lock: bool = False, log=print
+) -> str:
     """Run (or resume) the study; returns its results folder (a local path or a URI).
 
     Raises `Interrupted` when the study ended before every trial had a result.
     """
-    from ..distributed import WorkerSpec, check_resources, ensure_ray, warn_unshared_storage
+    from ..distributed import check_resources, ensure_ray, warn_unshared_storage
     from ..lock import acquire
 
-    check_schemes(study)
-    worker = WorkerSpec(
-        study.workers_per_trial, study.cpus_per_worker, study.gpus_per_worker, max_failures=1,
-        extra_resources=dict(study.worker_resources), autoscale=study.autoscale,
-    )  # fmt: skip
     folder = location(study.study_dir)
-    check_reachable(folder, "StudyConfig.storage_path")
+    check_reachable(folder, "StudyConfig.storage")
     check_start(study, folder, resume, overwrite)
     if overwrite and folder.exists():
         acquire(folder, break_lock).release()  # the old study must not be in use while it is moved
@@ -141,16 +139,12 @@ def run_study(study: StudyConfig, resume: bool = False, overwrite: bool = False,
         log(f"study {study.name!r}: {folder}")
         keep_secrets_out_of_trials()
         ensure_ray()
-        check_resources(worker, extra_cpus=TRIAL_DRIVER_CPU)  # fail now, not hang later
+        check_resources(study.resources, extra_cpus=TRIAL_DRIVER_CPU)  # fail now, not hang later
         warn_unshared_storage(folder, log)
         if not resume:
-            (folder / "study.json").write_text(json.dumps(asdict(study), indent=2) + "\n")
+            (folder / "study.json").write_text(json.dumps(to_dict(study), indent=2) + "\n")
         partitions, info, tasks = plan_partitions(study, folder)
-        base = {
-            "run": study.run, "train": asdict(TrainConfig(epochs=study.epochs, batch_size=study.batch_size, lr=study.lr)),
-            "workers": asdict(worker), "partitions": partitions, "study_dir": study.study_dir, "info": asdict(info),
-            "search_seed": study.seeds[0], "projections": list(study.projections), "combines": list(study.combines),
-        }  # fmt: skip
+        base = {"study": study, "partitions": partitions, "info": info}
         total, interrupted = _run_trials(study, base, tasks, resume, log)
         done = len(stored_rows(folder))
         if interrupted or done < total:
@@ -181,11 +175,18 @@ def _run_trials(study: StudyConfig, base: dict, tasks: list[str], resume: bool, 
     failures: list[StorageError] = []
     trainable = tune.with_resources(tune.with_parameters(trial_driver, base=base), {"cpu": TRIAL_DRIVER_CPU})
     with Interrupt() as interrupt:
-        tuner = tune.Tuner(trainable, **args, run_config=tune.RunConfig(
-            name=time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()), **(folder / "tune").ray_storage(),
-            callbacks=[parquet_writer(study, base, tasks, failures, interrupt)], stop=interrupt.stopper(),
-            failure_config=tune.FailureConfig(max_failures=0), verbose=1,
-        ))  # fmt: skip
+        tuner = tune.Tuner(
+            trainable,
+            **args,
+            run_config=tune.RunConfig(
+                name=time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()),
+                **(folder / "tune").ray_storage(),
+                callbacks=[parquet_writer(study, base, tasks, failures, interrupt)],
+                stop=interrupt.stopper(),
+                failure_config=tune.FailureConfig(max_failures=0),
+                verbose=1,
+            ),
+        )
         try:
             tuner.fit()
         except TuneError:
@@ -199,8 +200,10 @@ def _compare_args(study: StudyConfig, todo: list[dict]) -> dict:
     from ray import tune
 
     concurrency = max_concurrent(study)
-    return {"param_space": {"trial": tune.grid_search(todo)},
-            "tune_config": tune.TuneConfig(num_samples=1, max_concurrent_trials=concurrency)}  # fmt: skip
+    return {
+        "param_space": {"trial": tune.grid_search(todo)},
+        "tune_config": tune.TuneConfig(num_samples=1, max_concurrent_trials=concurrency),
+    }
 
 
 def _search_args(study: StudyConfig, remaining: int, finished: pd.DataFrame) -> dict:
@@ -209,7 +212,18 @@ def _search_args(study: StudyConfig, remaining: int, finished: pd.DataFrame) -> 
 
     scheduler = None
     if study.asha:
-        scheduler = ASHAScheduler(metric=METRIC, mode="max", time_attr="training_iteration", max_t=study.epochs,
-                                  grace_period=study.grace_period)  # fmt: skip
-    return {"tune_config": tune.TuneConfig(search_alg=searcher(study, finished), scheduler=scheduler,
-                                           num_samples=remaining, max_concurrent_trials=max_concurrent(study))}  # fmt: skip
+        scheduler = ASHAScheduler(
+            metric=METRIC,
+            mode="max",
+            time_attr="training_iteration",
+            max_t=study.run.train.epochs,
+            grace_period=study.grace_period,
+        )
+    return {
+        "tune_config": tune.TuneConfig(
+            search_alg=searcher(study, finished),
+            scheduler=scheduler,
+            num_samples=remaining,
+            max_concurrent_trials=max_concurrent(study),
+        )
+    }

@@ -64,11 +64,14 @@ def folders(root: Path, **kw) -> FolderDataConfig:
 # ---- pretrained weights files ----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("content, said", [
-    (os.urandom(4096), "is not a PyTorch checkpoint"),
-    (b"model weights: see README\n", "is not a PyTorch checkpoint"),
-    (b"", "is an empty file (0 bytes)"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "content, said",
+    [
+        (os.urandom(4096), "is not a PyTorch checkpoint"),
+        (b"model weights: see README\n", "is not a PyTorch checkpoint"),
+        (b"", "is an empty file (0 bytes)"),
+    ],
+)
 def test_weights_file_that_is_not_a_checkpoint(tmp_path, capsys, content, said):
     path = tmp_path / "weights.pt"
     path.write_bytes(content)
@@ -118,10 +121,13 @@ def test_weights_safetensors_load_and_a_bad_one_is_named(tmp_path):
         load_backbone(BackboneConfig(TINY_MODEL, str(tmp_path / "bad.safetensors")))
 
 
-@pytest.mark.parametrize("value, said", [
-    ("/no/such/weights.pt", "pretrained='/no/such/weights.pt': no such file;"),
-    ("laion9b", f"pretrained='laion9b': no such file and not a pretrained tag of {TINY_MODEL};"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "value, said",
+    [
+        ("/no/such/weights.pt", "pretrained='/no/such/weights.pt': no such file;"),
+        ("laion9b", f"pretrained='laion9b': no such file and not a pretrained tag of {TINY_MODEL};"),
+    ],
+)
 def test_weights_path_or_tag_that_does_not_exist(capsys, value, said):
     err = run_cli(capsys, "params", "--tasks", "A", "--model", TINY_MODEL, "--pretrained", value)
     assert said in err and "or None for random weights" in err
@@ -150,7 +156,13 @@ def test_weights_pickle_that_would_run_code_is_refused_unrun(tmp_path, capsys, s
 def _run_folder(tmp_path: Path, data: Path, checkpoint: object) -> Path:
     run = tmp_path / "run"
     run.mkdir()
-    config = {"run": {"dataset": "folders", "root": str(data), "pretrained": "none", "n_tokens": 2}}
+    config = {
+        "run": {
+            "data": {"dataset": "folders", "root": str(data)},
+            "backbone": {"pretrained": "none"},
+            "prompts": {"n_tokens": 2},
+        }
+    }
     (run / "config.json").write_text(json.dumps(config))
     torch.save(checkpoint, run / "checkpoint.pt")
     return run
@@ -192,10 +204,13 @@ def test_truncated_jpeg_named_at_load_time(tmp_path, capsys):
     assert "skip_bad_images=True" in err  # what to do about it
 
 
-@pytest.mark.parametrize("name, content, said", [
-    ("notes.jpg", b"these are notes, not pixels\n", "cannot identify image file"),
-    ("empty.jpg", b"", "cannot identify image file"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "name, content, said",
+    [
+        ("notes.jpg", b"these are notes, not pixels\n", "cannot identify image file"),
+        ("empty.jpg", b"", "cannot identify image file"),
+    ],
+)
 def test_file_that_is_not_an_image_is_named(tree, name, content, said):
     bad = tree / "Clip" / "ant" / name
     bad.write_bytes(content)
@@ -221,16 +236,31 @@ def test_split_list_line_escaping_root_with_dotdot(tmp_path, capsys):
     jpeg(tmp_path / "secret" / "key.jpg")  # exists, outside the root
     with (root / "real_train.txt").open("a") as f:
         f.write("real/../../secret/key.jpg 0\n")
-    err = run_cli(capsys, "train", *TINY, "--dataset", "domainnet", "--root", str(root), "--domains", "real",
-                  "--out", str(tmp_path / "o"))  # fmt: skip
-    assert (f"real_train.txt, line 5: 'real/../../secret/key.jpg' resolves to {(tmp_path / 'secret' / 'key.jpg').resolve()}, "
-            f"outside the data root {root.resolve()}") in err
+    err = run_cli(
+        capsys,
+        "train",
+        *TINY,
+        "--dataset",
+        "domainnet",
+        "--root",
+        str(root),
+        "--domains",
+        "real",
+        "--out",
+        str(tmp_path / "o"),
+    )
+    assert (
+        f"real_train.txt, line 5: 'real/../../secret/key.jpg' resolves to "
+        f"{(tmp_path / 'secret' / 'key.jpg').resolve()}, outside the data root {root.resolve()}"
+    ) in err
 
 
 def test_symlinked_image_pointing_outside_root(tree, tmp_path):
     outside = jpeg(tmp_path / "elsewhere" / "x.jpg")
     (tree / "Art" / "ant" / "link.jpg").symlink_to(outside)
-    with pytest.raises(ValueError, match=r"image 'Art/ant/link.jpg' resolves to .*elsewhere/x.jpg, outside the data root"):
+    with pytest.raises(
+        ValueError, match=r"image 'Art/ant/link.jpg' resolves to .*elsewhere/x.jpg, outside the data root"
+    ):
         load_folder_tasks(folders(tree))
 
 
@@ -255,7 +285,9 @@ def test_split_file_entry_escaping_root(tree, tmp_path):
     saved = json.loads((splits / "Art.json").read_text())
     saved["train"][0][0] = "/etc/passwd"  # absolute: root / "/etc/passwd" is /etc/passwd
     (splits / "Art.json").write_text(json.dumps(saved))
-    with pytest.raises(ValueError, match=r"Art.json: train entry '/etc/passwd' resolves to /etc/passwd, outside the data root"):
+    with pytest.raises(
+        ValueError, match=r"Art.json: train entry '/etc/passwd' resolves to /etc/passwd, outside the data root"
+    ):
         load_folder_tasks(folders(tree, splits_dir=str(splits)))
 
 
@@ -265,8 +297,11 @@ def test_split_file_entry_escaping_root(tree, tmp_path):
 def test_split_list_label_not_an_integer(tmp_path):
     root = make_domainnet(tmp_path, ("real",), ("ant", "bee"), 2, 1, tmp_path)
     (root / "real_test.txt").write_text("real/ant/real_000_000002.jpg zero\n")
-    with pytest.raises(ValueError, match=r"real_test.txt, line 1: 'real/ant/real_000_000002.jpg zero' is not "
-                                         r"'real/<class>/<file> <label>'"):
+    with pytest.raises(
+        ValueError,
+        match=r"real_test.txt, line 1: 'real/ant/real_000_000002.jpg zero' is not "
+        r"'real/<class>/<file> <label>'",
+    ):
         load_folder_tasks(FolderDataConfig("domainnet", root))
 
 
@@ -280,14 +315,36 @@ def test_split_list_label_out_of_range(tmp_path):
 
 
 def test_missing_domain_folder_through_cli(tree, tmp_path, capsys):
-    err = run_cli(capsys, "train", *TINY, "--dataset", "folders", "--root", str(tree), "--domains", "Art,Sketch",
-                  "--out", str(tmp_path / "o"))  # fmt: skip
-    assert f"domain 'Sketch' has no folder: expected {tree / 'Sketch'}; domains found under {tree}: ['Art', 'Clip']" in err
+    err = run_cli(
+        capsys,
+        "train",
+        *TINY,
+        "--dataset",
+        "folders",
+        "--root",
+        str(tree),
+        "--domains",
+        "Art,Sketch",
+        "--out",
+        str(tmp_path / "o"),
+    )
+    assert (
+        f"domain 'Sketch' has no folder: expected {tree / 'Sketch'}; domains found under {tree}: ['Art', 'Clip']" in err
+    )
 
 
 def test_missing_root_through_cli(tmp_path, capsys):
-    err = run_cli(capsys, "train", *TINY, "--dataset", "folders", "--root", str(tmp_path / "nowhere"),
-                  "--out", str(tmp_path / "o"))  # fmt: skip
+    err = run_cli(
+        capsys,
+        "train",
+        *TINY,
+        "--dataset",
+        "folders",
+        "--root",
+        str(tmp_path / "nowhere"),
+        "--out",
+        str(tmp_path / "o"),
+    )
     assert f"root={str(tmp_path / 'nowhere')!r} is not an existing directory" in err
 
 
@@ -305,28 +362,46 @@ def test_empty_class_folder_is_named(tree):
 def test_partition_file_that_group_did_not_write(tree, tmp_path, capsys, content):
     bad = tmp_path / "groups.json"
     bad.write_text(content)
-    err = run_cli(capsys, "train", *FAST, "--dataset", "folders", "--root", str(tree), "--partition", str(bad),
-                  "--out", str(tmp_path / "run"))  # fmt: skip
+    err = run_cli(
+        capsys,
+        "train",
+        *FAST,
+        "--dataset",
+        "folders",
+        "--root",
+        str(tree),
+        "--partition",
+        str(bad),
+        "--out",
+        str(tmp_path / "run"),
+    )
     assert f"partition file {bad} is not what `mmap-ray group` writes: JSON with a 'partition' string" in err
 
 
 # ---- out-of-range training options -------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("option, value, said", [
-    ("--epochs", "-1", "TrainConfig.epochs=-1 must be >= 0"),
-    ("--batch-size", "0", "TrainConfig.batch_size=0 must be >= 1"),
-    ("--lr", "0", "TrainConfig.lr=0.0 must be > 0 and finite"),
-    ("--lr", "inf", "TrainConfig.lr=inf must be > 0 and finite"),
-    ("--lr", "nan", "TrainConfig.lr=nan must be > 0 and finite"),
-    ("--weight-decay", "-0.1", "TrainConfig.weight_decay=-0.1 must be >= 0 and finite"),
-    ("--loader-workers", "-2", "TrainConfig.num_workers=-2 must be >= 0"),
-    ("--workers", "-1", "--workers -1 is not valid; give 0 (train in this process) or >= 1 Ray workers"),
-    ("--n-tokens", "0", "MmAPConfig.n_tokens=0 must be an integer >= 1"),
-    ("--source-dim", "0", "MmAPConfig.source_dim=0 must be a positive integer or None"),
-    ("--layers", "2-1,x", "layer spec '2-1,x' is not valid; use e.g. '0-10', '0,2,4', '0-3,8' or 'none'"),
-    ("--layers", "0,0", "MmAPConfig.layers=(0, 0) repeats a layer"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "option, value, said",
+    [
+        ("--epochs", "-1", "TrainConfig.epochs=-1 must be >= 0"),
+        ("--batch-size", "0", "TrainConfig.batch_size=0 must be >= 1"),
+        ("--lr", "0", "TrainConfig.lr=0.0 must be > 0 and finite"),
+        ("--lr", "inf", "TrainConfig.lr=inf must be > 0 and finite"),
+        ("--lr", "nan", "TrainConfig.lr=nan must be > 0 and finite"),
+        ("--weight-decay", "-0.1", "TrainConfig.weight_decay=-0.1 must be >= 0 and finite"),
+        ("--loader-workers", "-2", "TrainConfig.loader_workers=-2 must be >= 0"),
+        ("--workers", "-1", "--workers -1 is not valid; give 0 (train in this process) or >= 1 Ray workers"),
+        ("--n-tokens", "0", "MmAPConfig.n_tokens=0 must be an integer >= 1"),
+        ("--source-dim", "0", "MmAPConfig.source_dim=0 must be a positive integer or None"),
+        (
+            "--layers",
+            "2-1,x",
+            "MmAPConfig.layers='2-1,x' is not valid: layer spec '2-1,x' is not valid; use e.g. '0-10', '0,2,4'",
+        ),
+        ("--layers", "0,0", "MmAPConfig.layers=(0, 0) repeats a layer"),
+    ],
+)
 def test_train_option_out_of_range_refused_before_any_work(tmp_path, capsys, option, value, said):
     out = tmp_path / "run"
     err = run_cli(capsys, "train", *FAST, f"{option}={value}", "--out", str(out))
@@ -334,11 +409,20 @@ def test_train_option_out_of_range_refused_before_any_work(tmp_path, capsys, opt
     assert not out.exists()  # refused before the run folder, the backbone or the data
 
 
-@pytest.mark.parametrize("option, value, said", [
-    ("--layers", "0-5", (f"MmAPConfig.layers=[0, 1, 2, 3, 4, 5] has [4, 5] beyond {TINY_MODEL}'s text tower, "
-                         f"which has 4 blocks; valid block indices are 0..3")),
-    ("--shots", "0", "shots=0 must be None (all images) or an integer >= 1"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "option, value, said",
+    [
+        (
+            "--layers",
+            "0-5",
+            (
+                f"MmAPConfig.layers=[0, 1, 2, 3, 4, 5] has [4, 5] beyond {TINY_MODEL}'s text tower, "
+                f"which has 4 blocks; valid block indices are 0..3"
+            ),
+        ),
+        ("--shots", "0", "shots=0 must be None (all images) or an integer >= 1"),
+    ],
+)
 def test_train_option_out_of_range_for_the_loaded_model_or_data(tree, tmp_path, capsys, option, value, said):
     data = ["--dataset", "folders", "--root", str(tree)]
     err = run_cli(capsys, "train", *FAST, *data, f"{option}={value}", "--out", str(tmp_path / "run"))
@@ -346,8 +430,10 @@ def test_train_option_out_of_range_for_the_loaded_model_or_data(tree, tmp_path, 
     assert not (tmp_path / "run" / "checkpoint.pt").exists()
 
 
-@pytest.mark.parametrize("option, value", [("--projection", "kronecker"), ("--optimizer", "adam"),
-                                           ("--dataset", "imagenet"), ("--epochs", "ten")])
+@pytest.mark.parametrize(
+    "option, value",
+    [("--projection", "kronecker"), ("--optimizer", "adam"), ("--dataset", "imagenet"), ("--epochs", "ten")],
+)
 def test_train_option_outside_its_choices_is_an_argparse_error(capsys, option, value):
     with pytest.raises(SystemExit) as e:
         main(["train", option, value])

@@ -10,15 +10,17 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import STUDY, study_env
+
 from mmap_ray.results import load, write_table
 
 pytestmark = pytest.mark.faults
 
 ROW = {"trial_id": "t0", "status": "TERMINATED", "val_mean_final": 0.5, "schema_version": 1}
 NO_DAC = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search", "--inh-caps", "-dac_override,-dac_read_search"]
-needs_setpriv = pytest.mark.skipif(shutil.which("setpriv") is None, reason="needs util-linux setpriv to drop root's override")
+needs_setpriv = pytest.mark.skipif(
+    shutil.which("setpriv") is None, reason="needs util-linux setpriv to drop root's override"
+)
 
 WRITER = """
 import os, resource, signal, sys
@@ -27,7 +29,8 @@ from mmap_ray.storage import StorageError
 if len(sys.argv) > 2:  # a full disk: files may not grow past this many bytes
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[2]), int(sys.argv[2])))
-rows = [{"trial_id": "t1", "status": "TERMINATED", "val_mean_final": 0.7, "schema_version": 1, "blob": os.urandom(100_000).hex()}]
+blob = os.urandom(100_000).hex()
+rows = [{"trial_id": "t1", "status": "TERMINATED", "val_mean_final": 0.7, "schema_version": 1, "blob": blob}]
 try:
     write_table(sys.argv[1], "trials", "t0", rows)  # rewrite the earlier file
 except StorageError as e:

@@ -11,14 +11,18 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
-from conftest import STUDY, VENV_BIN, study_env as _env
-from mmap_ray.results import load
+from conftest import STUDY, VENV_BIN
+from conftest import study_env as _env
 from plugins.mmap_ray_faults import NAN_ENV, with_plugins
 
+from mmap_ray.results import load
+
 pytestmark = [pytest.mark.slow, pytest.mark.faults]
-SECRETS = {"AWS_ACCESS_KEY_ID": "AKIAMARKERID0000", "AWS_SECRET_ACCESS_KEY": "marker-secret-key-7f3e9a",
-           "AWS_SESSION_TOKEN": "marker-session-token-51c2"}  # fmt: skip
+SECRETS = {
+    "AWS_ACCESS_KEY_ID": "AKIAMARKERID0000",
+    "AWS_SECRET_ACCESS_KEY": "marker-secret-key-7f3e9a",
+    "AWS_SESSION_TOKEN": "marker-session-token-51c2",
+}
 
 
 class _Planted:
@@ -64,8 +68,13 @@ def test_rerun_second_driver_killed_driver_and_planted_pickles_keep_one_row_per_
 
     marker = tmp_path / "code-ran"
     evil = pickle.dumps(_Planted(marker))
-    for path in ["tune/tuner.pkl", *(str(p.relative_to(study) / "tuner.pkl") for p in (study / "tune").iterdir()),
-                 "tune/searcher-state.pkl", "partitions.pkl", "results/trials/x.pkl"]:  # fmt: skip
+    for path in [
+        "tune/tuner.pkl",
+        *(str(p.relative_to(study) / "tuner.pkl") for p in (study / "tune").iterdir()),
+        "tune/searcher-state.pkl",
+        "partitions.pkl",
+        "results/trials/x.pkl",
+    ]:
         (study / path).parent.mkdir(parents=True, exist_ok=True)
         (study / path).write_bytes(evil)
     for exp in (study / "tune").iterdir():  # Tune's own experiment-state files, pickles inside
@@ -80,7 +89,11 @@ def test_rerun_second_driver_killed_driver_and_planted_pickles_keep_one_row_per_
     assert len(df) == 4 and len(_rows(results)) == 4  # 2 schemes x 2 seeds, each exactly once
     assert not df.duplicated(["config_id", "seed"]).any() and (df["status"] == "TERMINATED").all()
     assert sorted(zip(df["scheme"].astype(str), df["seed"], strict=True)) == [
-        ("gradient", 0), ("gradient", 1), ("single", 0), ("single", 1)]  # fmt: skip
+        ("gradient", 0),
+        ("gradient", 1),
+        ("single", 0),
+        ("single", 1),
+    ]
     assert not (study / ".lock").exists()  # released at the end
 
     mtimes = {p: p.stat().st_mtime_ns for p in _rows(results)}
@@ -103,8 +116,9 @@ def test_rerun_second_driver_killed_driver_and_planted_pickles_keep_one_row_per_
 def test_ctrl_c_stops_the_study_with_status_130_and_resume_completes_it(tmp_path):
     argv = [*STUDY, "--smoke", "--storage", str(tmp_path), "--name", "int", "--seeds", "0", "1"]
     env = _env(RAY_AUTH_MODE="disabled")
-    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)  # fmt: skip
+    proc = subprocess.Popen(
+        argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
     results = tmp_path / "int" / "results"
     _wait_for(lambda: _rows(results), "a finished trial")
     proc.send_signal(signal.SIGINT)  # Ctrl-C

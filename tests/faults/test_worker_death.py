@@ -10,15 +10,15 @@ import os
 
 import pytest
 import torch
+from conftest import TWO_TASK_RUN as RUN
+from plugins.mmap_ray_faults import PLAN_ENV, with_plugins
 
 from mmap_ray.distributed import WorkerSpec, fit_distributed
 from mmap_ray.engine import TrainConfig
-from mmap_ray.runspec import spec
-from plugins.mmap_ray_faults import PLAN_ENV, with_plugins
+from mmap_ray.fields import replace
 
 pytestmark = [pytest.mark.slow, pytest.mark.faults]
 
-RUN = spec(pretrained="none", n_tokens=2, domains="Art,Product", partition="Art|Product", shots=4)
 CFG = TrainConfig(epochs=3, batch_size=16, lr=5e-3, warmup_steps=2)
 
 
@@ -40,7 +40,7 @@ def ray_local(fault_plan, ray_local):
 
 @pytest.fixture(scope="module")
 def clean(ray_local, tmp_path_factory):
-    return fit_distributed(RUN, CFG, tmp_path_factory.mktemp("clean"), WorkerSpec(workers=2))
+    return fit_distributed(replace(RUN, train=CFG), tmp_path_factory.mktemp("clean"), WorkerSpec(workers=2))
 
 
 @pytest.mark.parametrize("rank", [0, 1])
@@ -49,7 +49,7 @@ def test_worker_killed_mid_run_recovers_with_same_results(clean, rank, tmp_path,
     die = {"rank": rank, "epoch": 1, "marker": str(tmp_path / ".test-failed-once")}
     fault_plan.write_text(json.dumps({"die": die}))
     try:
-        hurt = fit_distributed(RUN, CFG, tmp_path, WorkerSpec(workers=2, max_failures=1))
+        hurt = fit_distributed(replace(RUN, train=CFG), tmp_path, WorkerSpec(workers=2, max_failures=1))
     finally:
         fault_plan.unlink()
     assert (tmp_path / ".test-failed-once").is_file()  # the failure really happened

@@ -26,16 +26,23 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .backbone import TINY_MODEL, Backbone, BackboneConfig, load_backbone
-from .data.toy import CLASSES, DOMAINS, PAIRS
-from .model import PromptedCLIP
-from .prompts import MmAPConfig
+from mmap_ray.backbone import TINY_MODEL, Backbone, BackboneConfig, load_backbone
+from mmap_ray.data.toy import CLASSES, DOMAINS, PAIRS
+from mmap_ray.model import PromptedCLIP
+from mmap_ray.prompts import MmAPConfig
 
 # Dense bf16 tensor-core peaks in TFLOP/s (vendor data sheets, no sparsity); first matching substring wins.
 BF16_PEAK_TFLOPS = (
-    ("H100 PCIe", 756.0), ("H100", 989.0), ("H200", 989.0), ("GH200", 989.0), ("A100", 312.0),
-    ("L40S", 362.0), ("L4", 121.0), ("A10", 125.0), ("RTX 4090", 165.0),
-)  # fmt: skip
+    ("H100 PCIe", 756.0),
+    ("H100", 989.0),
+    ("H200", 989.0),
+    ("GH200", 989.0),
+    ("A100", 312.0),
+    ("L40S", 362.0),
+    ("L4", 121.0),
+    ("A10", 125.0),
+    ("RTX 4090", 165.0),
+)
 
 
 @dataclass(frozen=True)
@@ -161,7 +168,9 @@ def text_tower_step(model: PromptedCLIP) -> Tensor:
 def loop_forward(model: PromptedCLIP, images: Tensor, task_ids: Tensor) -> Tensor:
     """The baseline fused batching replaces: one model call per task present, logits put back in order."""
     order = torch.argsort(task_ids, stable=True)  # (B,)
-    parts = [model(images[idx], task_ids[idx]) for idx in torch.split(order, torch.bincount(task_ids).tolist()) if len(idx)]
+    parts = [
+        model(images[idx], task_ids[idx]) for idx in torch.split(order, torch.bincount(task_ids).tolist()) if len(idx)
+    ]
     return torch.cat(parts)[torch.argsort(order)]  # (B, C_max)
 
 
@@ -214,7 +223,9 @@ def synchronizer(device: str) -> Callable[[], None]:
     return torch.cuda.synchronize if device == "cuda" else (lambda: None)
 
 
-def measure(variants: dict[str, Callable[[], object]], repeats: int, warmup: int = 1, device: str = "cpu") -> dict[str, list[float]]:
+def measure(
+    variants: dict[str, Callable[[], object]], repeats: int, warmup: int = 1, device: str = "cpu"
+) -> dict[str, list[float]]:
     """Seconds per call of each variant; variants interleave within every repeat so load drift hits all alike."""
     sync = synchronizer(device)
     for _ in range(warmup):
@@ -235,9 +246,13 @@ def ratio_stats(num: list[float], den: list[float]) -> dict[str, float]:
     """min / median / max of the per-repeat ratios num[i] / den[i], and both medians in seconds."""
     ratios = [n / d for n, d in zip(num, den, strict=True)]
     return {
-        "ratio_min": min(ratios), "ratio_median": statistics.median(ratios), "ratio_max": max(ratios),
-        "numerator_s": statistics.median(num), "denominator_s": statistics.median(den), "repeats": len(ratios),
-    }  # fmt: skip
+        "ratio_min": min(ratios),
+        "ratio_median": statistics.median(ratios),
+        "ratio_max": max(ratios),
+        "numerator_s": statistics.median(num),
+        "denominator_s": statistics.median(den),
+        "repeats": len(ratios),
+    }
 
 
 def count_flops(fn: Callable[[], object]) -> int:
@@ -378,5 +393,10 @@ def ddp_bucket_bytes(setup: Setup, full_finetune: bool, out_dir: str | Path, wor
         f.unlink()
     with tempfile.TemporaryDirectory() as d:
         init_file = str(Path(d) / "store")
-        mp.start_processes(_ddp_worker, args=(world, init_file, asdict(setup), full_finetune, str(out)), nprocs=world, start_method="spawn")
+        mp.start_processes(
+            _ddp_worker,
+            args=(world, init_file, asdict(setup), full_finetune, str(out)),
+            nprocs=world,
+            start_method="spawn",
+        )
     return [json.loads((out / f"rank{r}.json").read_text()) for r in range(world)]

@@ -1,0 +1,66 @@
+"""Build a run's backbone, tasks and model from its `RunConfig` (the one place a config becomes objects).
+
+The `mmap-ray` commands, every Ray Train worker, a study's partition planning and the benchmark call
+these; each part of the config is already checked, so what can still fail here is what needs the
+backbone or the files: weights that do not load, a dataset folder that is not one, a partition that
+names tasks the data does not have.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from .backbone import Backbone, BackboneConfig, load_backbone
+from .config import DataConfig, ModelConfig, RunConfig
+from .data.base import TaskData
+from .grouping import Partition
+from .model import PromptedCLIP
+
+
+def load_run_backbone(cfg: ModelConfig) -> Backbone:
+    """The backbone; pretrained 'toy' is our tiny CLIP pretrained on the toy benchmark (built and cached)."""
+    pretrained = cfg.pretrained
+    if pretrained == "toy":
+        from .toyclip import pretrained_toy_clip
+
+        pretrained = str(pretrained_toy_clip())
+    return load_backbone(BackboneConfig(cfg.model, pretrained))
+
+
+def load_run_tasks(cfg: DataConfig, backbone: Backbone, splits_dir: Path | None = None) -> list[TaskData]:
+    """The tasks (one per domain), rendered (toy) or read from the dataset folder."""
+    if cfg.dataset == "toy":
+        from .data.toy import DOMAINS, ToyConfig, load_toy_tasks
+
+        size = backbone.model.visual.image_size[0]
+        shots = {"train_per_class": cfg.shots} if cfg.shots else {}  # k-shot: k rendered images per class
+        return load_toy_tasks(ToyConfig(image_size=size, seed=cfg.data_seed, domains=cfg.domains or DOMAINS, **shots))
+    from .data.folders import FolderDataConfig, load_folder_tasks
+
+    folders = FolderDataConfig(
+        layout=cfg.dataset,
+        root=cfg.root,
+        domains=cfg.domains,
+        shots=cfg.shots,
+        seed=cfg.data_seed,
+        skip_bad_images=cfg.skip_bad_images,
+        splits_dir=str(splits_dir) if splits_dir else None,
+    )
+    return load_folder_tasks(folders, backbone.preprocess_train, backbone.preprocess_val)
+
+
+def run_partition(cfg: RunConfig, names: list[str]) -> Partition:
+    """The run's partition of the loaded tasks (one group when none is set)."""
+    return Partition.single(names) if cfg.partition is None else Partition(tuple(names), cfg.partition)
+
+
+def build_run(cfg: RunConfig, splits_dir: Path | None = None) -> tuple[PromptedCLIP, list[TaskData]]:
+    """The run's PromptedCLIP and tasks; random weights and prompt init follow the run's seed."""
+    torch.manual_seed(cfg.seed)
+    backbone = load_run_backbone(cfg.backbone)
+    tasks = load_run_tasks(cfg.data, backbone, splits_dir)
+    names = [t.name for t in tasks]
+    model = PromptedCLIP(backbone, {t.name: t.class_names for t in tasks}, cfg.prompts, run_partition(cfg, names))
+    return model, tasks
