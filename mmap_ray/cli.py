@@ -46,6 +46,7 @@ def cmd_params(args: argparse.Namespace) -> int:
     from .config import comma_list, partition_arg
     from .fields import from_dict, parsed_values
     from .grouping import Partition
+    from .model import bias_parameters
     from .prompts import MmAPConfig, PromptBank
 
     tasks = list(comma_list(args.tasks))
@@ -55,8 +56,9 @@ def cmd_params(args: argparse.Namespace) -> int:
     pretrained = None if args.pretrained in (None, "", "none") else args.pretrained
     backbone = load_backbone(BackboneConfig(args.model, pretrained))
     bank = PromptBank(cfg, backbone.info, partition)
-    trainable = sum(p.numel() for p in bank.parameters())
-    total = backbone.info.num_params + trainable
+    added = sum(p.numel() for p in bank.parameters())  # prompts (and adapters): not in the backbone
+    biases = sum(p.numel() for p in bias_parameters(backbone.model)) if cfg.projection == "bitfit" else 0
+    trainable, total = added + biases, backbone.info.num_params + added
     layers = bank.layers
     report = {
         "model": args.model,
@@ -66,7 +68,7 @@ def cmd_params(args: argparse.Namespace) -> int:
         "combine": cfg.combine.value,
         "n_tokens": cfg.n_tokens,
         "tokens_per_task": cfg.tokens_per_task,
-        "source_dim": layers.source_dim if cfg.projection.value == "kron" else None,
+        "source_dim": layers.source_dim if cfg.projection in ("kron", "phm") else None,
         "text_layers": list(layers.text),
         "vision_layers": list(layers.vision),
         "trainable_params": trainable,
@@ -121,7 +123,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     model, tasks = build_run(cfg, splits_dir=out / "splits")
     write_json(saved, {"run": to_dict(cfg)})
-    trainable_before = count_parameters(model)  # prompts only, before full fine-tuning unfreezes
+    trainable = sum(p.numel() for p in model.set_trainable(cfg.train.full_finetune))  # what the loop trains
     start = time.time()
     if spec is not None:  # the same loop in Ray Train workers; their final state becomes this run folder's
         from .checkpoint import load_trainable, save_run
@@ -136,12 +138,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     test = {k.removeprefix("test/"): v for k, v in (history[-1] if history else {}).items() if k.startswith("test/")}
     if not test:  # no epoch ran (epochs 0): evaluate the model as it is
         test = evaluate(model, tasks, "test", cfg.train.eval_batch_size)
-    trainable, total = count_parameters(model)
+    _, total = count_parameters(model)
     summary = {
         "epochs": len(history),
         "final": history[-1] if history else {},
         "test": test,
-        "trainable_params": trainable if cfg.train.full_finetune else trainable_before[0],
+        "trainable_params": trainable,
         "total_params": total,
         "partition": str(model.partition),
         "wall_s": time.time() - start,

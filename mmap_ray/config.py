@@ -145,3 +145,23 @@ def read_run_config(path: str | Path) -> RunConfig:
         return from_dict(RunConfig, saved["run"], "run")
     except ValueError as e:
         raise ValueError(f"{p}: {e} (a run folder from an earlier mmap-ray, or another tool's)") from None
+
+
+def parse_variant(text: str) -> dict[str, object]:
+    """'projection=kron; kron_order=AS' -> {'prompts.projection': 'kron', 'prompts.kron_order': 'AS'}: run
+    settings by their field names (unique across the RunConfig tree), values in their text form."""
+    from .fields import leaf_paths, parse_text
+
+    paths, out = leaf_paths(RunConfig), {}
+    for item in (i.strip() for i in text.split(";") if i.strip()):
+        name, eq, value = item.partition("=")
+        name = name.strip()
+        if not eq or name not in paths:
+            valid = "a setting name" if eq else "name=value"
+            raise ValueError(
+                f"variant {text!r}: {item!r} is not {valid}; use run settings such as 'projection=kron; n_tokens=4'"
+            )
+        if name in ("partition", "seed"):
+            raise ValueError(f"variant {text!r} sets {name}, which a study sets per trial (schemes, seeds)")
+        out[paths[name]] = parse_text(RunConfig, paths[name], value.strip())
+    return out

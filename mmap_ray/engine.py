@@ -107,7 +107,8 @@ def evaluate_counts(
             images, labels = images.to(device), labels.to(device)
             task_ids = torch.full_like(labels, t)
             with _autocast(device):
-                img = F.normalize(model.encode_image(images, model.bank(task_ids).vision).float(), dim=-1)
+                img = model.image_embedding(images, task_ids, model.bank(task_ids).vision)
+                img = F.normalize(img.float(), dim=-1)  # (B, E)
             logits = model.logits(img, task_ids, text_feats.float(), where)  # (B, C_max)
             counts[t, 0] += int((logits.argmax(1) == labels).sum())
             counts[t, 1] += len(labels)
@@ -127,12 +128,6 @@ def evaluate(
 ) -> dict[str, float]:
     """Accuracy per task and their mean on `split`."""
     return accuracy([t.name for t in tasks], evaluate_counts(model, tasks, split, batch_size))
-
-
-def trainable_parameters(model: PromptedCLIP, full_finetune: bool) -> list[torch.nn.Parameter]:
-    model.clip.requires_grad_(full_finetune)
-    model.train()  # keeps the backbone in eval mode unless it is trainable
-    return [p for p in model.parameters() if p.requires_grad]
 
 
 def warmup_cosine(warmup: int, total: int) -> Callable[[int], float]:
@@ -274,7 +269,7 @@ def fit(
     `stop_after_epoch` ends the call early (to test resuming).
     """
     model.to(ctx.device)
-    params = trainable_parameters(model, cfg.full_finetune)  # before wrapping: DDP reads requires_grad
+    params = model.set_trainable(cfg.full_finetune)  # before wrapping: DDP reads requires_grad
     forward = ctx.wrap_model(model)
     lengths = [len(t.train) for t in tasks]
     sampler = MultiTaskBatchSampler(lengths, cfg.batch_size, cfg.sampling, cfg.seed, ctx.rank, ctx.world_size)

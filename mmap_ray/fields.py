@@ -93,7 +93,11 @@ def conforms(value: Any, tp: Any) -> bool:
     if tp is int:
         return isinstance(value, int) and not isinstance(value, bool)
     if isinstance(tp, type) and issubclass(tp, enum.Enum):
-        return isinstance(value, tp) or value in {e.value for e in tp}
+        try:
+            tp(value)  # a value, or an alias the enum accepts (`_missing_`)
+        except ValueError:
+            return False
+        return True
     return isinstance(value, tp)
 
 
@@ -219,6 +223,31 @@ def from_dict(cls: type[T], data: Mapping, where: str | None = None) -> T:
         if where and where != cls.__name__ and msg.startswith(cls.__name__ + "."):
             msg = where + msg[len(cls.__name__) :]
         raise ValueError(msg) from None
+
+
+def parse_text(cls: type, path: str, text: str) -> Any:
+    """The value of the field at dotted `path` of `cls` from its text form: the field's own parser, or its
+    type ('4' -> 4, 'true' -> True, 'none' -> None); the config's checks then judge it."""
+    head, _, rest = path.partition(".")
+    f = {f.name: f for f in dataclasses.fields(cls)}[head]
+    tp = hints(cls)[head]
+    if rest:
+        return parse_text(tp, rest, text)
+    if f.metadata.get("parse"):
+        return text  # parsed by the config's check_types, once
+    if text.strip().lower() == "none" and conforms(None, tp):
+        return None
+    base = next((a for a in _args(tp) if a is not type(None)), tp) if _is_union(tp) else tp
+    if base is bool:
+        if text.strip().lower() not in ("true", "false"):
+            raise ValueError(f"{path}={text!r} is not valid: it must be true or false")
+        return text.strip().lower() == "true"
+    if base in (int, float):
+        try:
+            return base(text)
+        except ValueError:
+            raise ValueError(f"{path}={text!r} is not valid: it must be {describe(base)}") from None
+    return text
 
 
 def replace(cfg: T, **changes: Any) -> T:

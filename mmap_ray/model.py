@@ -33,7 +33,7 @@ from torch.utils.checkpoint import checkpoint
 
 from .backbone import Backbone
 from .grouping import Partition
-from .prompts import MmAPConfig, PromptBank
+from .prompts import MmAPConfig, Projection, PromptBank
 
 PLACEHOLDER = "X"
 
@@ -146,6 +146,16 @@ class PromptedCLIP(nn.Module):
             self.clip.eval()
         return self
 
+    def set_trainable(self, full_finetune: bool = False) -> list[nn.Parameter]:
+        """Make the design's parameters trainable and return them: the prompts (and adapter), plus every
+        backbone bias for BitFit, or the whole backbone for full fine-tuning. The model is left in train mode."""
+        self.clip.requires_grad_(full_finetune)
+        if self.cfg.projection == Projection.BITFIT and not full_finetune:
+            for p in bias_parameters(self.clip):
+                p.requires_grad_(True)
+        self.train()  # keeps the backbone in eval mode unless it is trainable
+        return [p for p in self.parameters() if p.requires_grad]
+
     @property
     def backbone_trainable(self) -> bool:
         return any(p.requires_grad for p in self.clip.parameters())
@@ -229,12 +239,25 @@ class PromptedCLIP(nn.Module):
         idx = where[task_ids]  # (B, C_max)
         return scores.gather(1, idx.clamp(min=0)).masked_fill(idx < 0, float("-inf"))
 
+    def image_embedding(self, images: Tensor, task_ids: Tensor, vision_prompts: Tensor | None) -> Tensor:
+        """Image features (B, E) of a batch of tasks: the prompted image tower, then the CLIP-Adapter of
+        each sample's group when the design has one (before normalisation, as CLIP-Adapter does)."""
+        img = self.encode_image(images, vision_prompts)
+        if self.bank.adapter is not None:
+            img = self.bank.adapter(img, self.bank.group_of_task[task_ids])
+        return img
+
     def forward(self, images: Tensor, task_ids: Tensor) -> Tensor:
         """Logits (B, C_max) over each sample's own task's classes; columns past its class count are -inf."""
         text_prompts, vision_prompts = self.bank(task_ids)
-        img = F.normalize(self.encode_image(images, vision_prompts), dim=-1)  # (B, E)
+        img = F.normalize(self.image_embedding(images, task_ids, vision_prompts), dim=-1)  # (B, E)
         text_feats, where = self.text_features(torch.unique(task_ids), text_prompts)
         return self.logits(img, task_ids, text_feats, where)
+
+
+def bias_parameters(module: nn.Module) -> list[nn.Parameter]:
+    """Every bias of `module` (BitFit's trainable set): linear, attention in/out and LayerNorm biases."""
+    return [p for name, p in module.named_parameters() if name.endswith("bias")]
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:

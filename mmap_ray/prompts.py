@@ -20,34 +20,46 @@ Per-sample prompts come from indexing with task ids: no Python loop over samples
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
-from enum import Enum, StrEnum
+from enum import StrEnum
 from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
 
+from .adapter import ClipAdapter
 from .backbone import BackboneInfo
 from .fields import check_types, option
 from .grouping import Partition
 
 
 class Projection(StrEnum):
+    """The prompt design: how prompts are generated, or a baseline that uses none (see the module doc)."""
+
     KRON = "kron"
     LINEAR = "linear"
     INDEPENDENT = "independent"
-    TEXT = "text"
-    VISUAL = "visual"
+    TEXT = "text-deep"
+    VISUAL = "visual-deep"
+    PHM = "phm"
+    COOP = "coop"
+    ADAPTER = "clip-adapter"
+    BITFIT = "bitfit"
+
+    @classmethod
+    def _missing_(cls, value: object) -> Projection | None:
+        return {"text": cls.TEXT, "visual": cls.VISUAL}.get(value)  # the names before "-deep"
+
+
+# Designs whose layers are fixed by the method: CoOp prompts the text input only; the others use no prompts.
+FIXED_LAYERS = {Projection.COOP: ((0,), ()), Projection.ADAPTER: ((), ()), Projection.BITFIT: ((), ())}
 
 
 class Combine(StrEnum):
     CONCAT = "concat"
     ADD = "add"
-
-
-def _choices(enum: type[Enum]) -> str:
-    return ", ".join(repr(e.value) for e in enum)
 
 
 def parse_layers(spec: str | None) -> tuple[int, ...] | None:
@@ -95,6 +107,12 @@ class MmAPConfig:
     task_prompts: bool = option(True, "give every task its own prompt on top of its group's")
     init_std: float = option(0.02, "std of the normal init of prompt parameters (CoOp/MaPLe use 0.02)")
     template: str = option("a photo of a {}.", "class prompt of a tower without text prompts; {} is the class name")
+    # The Kronecker reading (kron): S (n/t, d_s) and A (t, d/d_s) with t = kron_tokens, P = S ⊗ A (or A ⊗ S).
+    kron_tokens: int = option(1, "kron: rows t of the factor A (t, d/d_s); the source S has n/t rows")
+    kron_order: str = option("SA", "kron: the product order, S ⊗ A (SA) or A ⊗ S (AS)", choices=("SA", "AS"))
+    phm_rank: int = option(4, "phm: k, the number of Kronecker terms of W = sum_i A_i ⊗ B_i (A_i: k x k)")
+    adapter_reduction: int = option(4, "clip-adapter: bottleneck width = embedding width / this")
+    adapter_ratio: float = option(0.2, "clip-adapter: residual ratio alpha of the adapted image feature")
 
     def __post_init__(self) -> None:
         check_types(self)
@@ -115,8 +133,35 @@ class MmAPConfig:
             raise ValueError(f"MmAPConfig.source_dim={self.source_dim!r} must be a positive integer or None")
         if not self.init_std > 0:
             raise ValueError(f"MmAPConfig.init_std={self.init_std!r} must be > 0")
+        if self.kron_tokens < 1 or self.n_tokens % self.kron_tokens:
+            raise ValueError(
+                f"MmAPConfig.kron_tokens={self.kron_tokens} must be >= 1 and divide n_tokens={self.n_tokens}"
+            )
+        for name in ("phm_rank", "adapter_reduction"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"MmAPConfig.{name}={getattr(self, name)} must be >= 1")
+        if not 0 < self.adapter_ratio <= 1:
+            raise ValueError(f"MmAPConfig.adapter_ratio={self.adapter_ratio} must be in (0, 1]")
         if "{}" not in self.template:
             raise ValueError(f"MmAPConfig.template={self.template!r} must contain '{{}}' where the class name goes")
+
+    def effective(self) -> MmAPConfig:
+        """This config with the settings its design does not read reset to their defaults, so two configs
+        that build the same model compare (and hash) equal: a study's identity uses it."""
+        p, unused = self.projection, set()
+        if p != Projection.KRON:
+            unused |= {"kron_tokens", "kron_order"}
+        if p != Projection.PHM:
+            unused |= {"phm_rank"}
+        if p not in (Projection.KRON, Projection.PHM):
+            unused |= {"source_dim"}
+        if p != Projection.ADAPTER:
+            unused |= {"adapter_reduction", "adapter_ratio"}
+        no_layers = self.layers == () and not self.text_layers and not self.vision_layers
+        if p in (Projection.ADAPTER, Projection.BITFIT) or no_layers:  # no prompts at all
+            unused |= {"n_tokens", "combine", "task_prompts", "init_std"}
+        fields = {f.name: f for f in dataclasses.fields(self)}
+        return dataclasses.replace(self, **{name: fields[name].default for name in unused})
 
     @property
     def tokens_per_task(self) -> int:
@@ -125,6 +170,8 @@ class MmAPConfig:
 
     def resolve(self, info: BackboneInfo) -> ResolvedLayers:
         """Check this config against a loaded backbone and return each tower's alignment layers."""
+        if self.projection in FIXED_LAYERS:
+            return self._resolve_fixed(info)
         shared = self.layers
         if shared is None:
             shared = tuple(range(max(1, min(info.text_layers, info.vision_layers) - 1)))
@@ -155,7 +202,26 @@ class MmAPConfig:
                         f"projection='kron' needs a divisor of both widths ({info.text_width}, {info.vision_width}): "
                         f"one of {valid}"
                     )
+        if self.projection == Projection.PHM:
+            k = self.phm_rank
+            widths = (("source_dim", source_dim), ("text width", info.text_width), ("vision width", info.vision_width))
+            bad = [f"{name}={w}" for name, w in widths if w % k]
+            if bad:
+                raise ValueError(f"MmAPConfig.phm_rank={k} must divide the source and both tower widths ({bad})")
         return ResolvedLayers(text=text, vision=vision, source_dim=source_dim)
+
+    def _resolve_fixed(self, info: BackboneInfo) -> ResolvedLayers:
+        """CoOp prompts the text input (layer 0) only; clip-adapter and bitfit use no prompts: a layer
+        setting other than the default (or none) would be silently ignored, so it is refused."""
+        for name in ("layers", "text_layers", "vision_layers"):
+            value = getattr(self, name)
+            if value not in (None, ()):
+                raise ValueError(
+                    f"MmAPConfig.{name}={list(value)} has no effect with projection {self.projection.value!r}: its "
+                    f"layers are fixed (coop: the text input; clip-adapter, bitfit: no prompts); leave it unset"
+                )
+        text, vision = FIXED_LAYERS[self.projection]
+        return ResolvedLayers(text=text, vision=vision, source_dim=math.gcd(info.text_width, info.vision_width))
 
 
 @dataclass(frozen=True)
@@ -197,27 +263,38 @@ class PromptGenerator(nn.Module):
         self.register_buffer(
             "vision_idx", torch.tensor([slot[i] for i in layers.vision], dtype=torch.long), persistent=False
         )
-        self.kind = cfg.projection
+        self.kind, self.order = cfg.projection, cfg.kron_order
         std = cfg.init_std
         if self.kind == Projection.KRON:
-            ds = layers.source_dim
+            ds, t = layers.source_dim, cfg.kron_tokens
+            self.source = _normal((P, U, n // t, ds), std)
+            self.text_factor = nn.Parameter(torch.ones(P, Lt, t, dt // ds))  # (P, L_text, t, d_text/d_s)
+            self.vision_factor = nn.Parameter(torch.ones(P, Lv, t, dv // ds))  # (P, L_vis, t, d_vis/d_s)
+        elif self.kind == Projection.PHM:
+            ds, k = layers.source_dim, cfg.phm_rank
             self.source = _normal((P, U, n, ds), std)
-            self.text_factor = nn.Parameter(torch.ones(P, Lt, dt // ds))  # (P, L_text, d_text/d_s)
-            self.vision_factor = nn.Parameter(torch.ones(P, Lv, dv // ds))  # (P, L_vis, d_vis/d_s)
+            # W = sum_i A_i ⊗ B_i per layer and tower, shared by the P prompts; var(W) = 1/d_s keeps S·W at std
+            self.text_a, self.text_b = _phm_factors(Lt, k, ds, dt)
+            self.vision_a, self.vision_b = _phm_factors(Lv, k, ds, dv)
         elif self.kind == Projection.LINEAR:
             self.source = _normal((P, U, n, dt), std)  # text prompts are the source
             lin = [nn.Linear(dt, dv) for _ in range(Lv)]  # MaPLe's default nn.Linear init
             self.proj_weight = nn.Parameter(torch.stack([m.weight.T for m in lin]) if lin else torch.empty(0, dt, dv))
             self.proj_bias = nn.Parameter(torch.stack([m.bias for m in lin]) if lin else torch.empty(0, dv))
-        else:
+        else:  # independent, text-deep, visual-deep, coop; clip-adapter and bitfit have no prompt layers
             self.text_prompt = _normal((P, Lt, n, dt), std) if Lt else None
             self.vision_prompt = _normal((P, Lv, n, dv), std) if Lv else None
 
     def forward(self) -> TowerPrompts:
         has_text, has_vision = len(self.text_idx) > 0, len(self.vision_idx) > 0
         if self.kind == Projection.KRON:
-            text = _kron_rows(self.source[:, self.text_idx], self.text_factor) if has_text else None
-            vision = _kron_rows(self.source[:, self.vision_idx], self.vision_factor) if has_vision else None
+            kron = _kron if self.order == "SA" else lambda s, a: _kron(a, s)
+            text = kron(self.source[:, self.text_idx], self.text_factor) if has_text else None
+            vision = kron(self.source[:, self.vision_idx], self.vision_factor) if has_vision else None
+            return TowerPrompts(text, vision)
+        if self.kind == Projection.PHM:
+            text = _phm(self.source[:, self.text_idx], self.text_a, self.text_b) if has_text else None
+            vision = _phm(self.source[:, self.vision_idx], self.vision_a, self.vision_b) if has_vision else None
             return TowerPrompts(text, vision)
         if self.kind == Projection.LINEAR:
             text = self.source[:, self.text_idx] if has_text else None  # (P, L_text, n, d_text)
@@ -227,12 +304,27 @@ class PromptGenerator(nn.Module):
         return TowerPrompts(self.text_prompt, self.vision_prompt)
 
 
-def _kron_rows(source: Tensor, factor: Tensor) -> Tensor:
-    """Batched Kronecker product S ⊗ A for A of shape (1, r): out[..., i, j*r + k] = S[i, j] * A[k].
+def _kron(x: Tensor, y: Tensor) -> Tensor:
+    """Batched Kronecker product of the last two dimensions: x (..., a, b), y (..., c, d) -> (..., a*c, b*d).
 
-    source: (P, L, n, d_s); factor: (P, L, r) -> (P, L, n, d_s * r)
+    out[..., i*c + k, j*d + l] = x[..., i, j] * y[..., k, l], as `torch.kron` of each pair of matrices.
     """
-    return (source[..., :, :, None] * factor[:, :, None, None, :]).flatten(-2)
+    *batch, a, b = x.shape
+    c, d = y.shape[-2:]
+    return (x[..., :, None, :, None] * y[..., None, :, None, :]).reshape(*batch, a * c, b * d)
+
+
+def _phm_factors(layers: int, k: int, ds: int, d: int) -> tuple[nn.Parameter, nn.Parameter]:
+    """A (L, k, k, k) and B (L, k, d_s/k, d/k) of W_l = sum_i A_l,i ⊗ B_l,i (d_s x d), var(W) = 1/d_s."""
+    a = nn.Parameter(torch.randn(layers, k, k, k))
+    b = nn.Parameter(torch.randn(layers, k, ds // k, d // k) / math.sqrt(k * ds))
+    return a, b
+
+
+def _phm(source: Tensor, a: Tensor, b: Tensor) -> Tensor:
+    """Prompts S·W_l with W_l = sum_i A_l,i ⊗ B_l,i: source (P, L, n, d_s) -> (P, L, n, d)."""
+    w = _kron(a, b).sum(1)  # (L, d_s, d)
+    return torch.einsum("plns,lsd->plnd", source, w)
 
 
 class BankPrompts(NamedTuple):
@@ -251,6 +343,9 @@ class PromptBank(nn.Module):
         self.layers = cfg.resolve(info)
         self.groups = PromptGenerator(cfg, info, self.layers, partition.num_groups)
         self.task_specific = PromptGenerator(cfg, info, self.layers, len(self.tasks)) if cfg.task_prompts else None
+        adapter = cfg.projection == Projection.ADAPTER
+        ratio, width, groups = cfg.adapter_ratio, info.embed_dim, partition.num_groups
+        self.adapter = ClipAdapter(width, cfg.adapter_reduction, ratio, groups) if adapter else None
         self.register_buffer("group_of_task", torch.tensor(partition.group_index(), dtype=torch.long), persistent=False)
 
     @property

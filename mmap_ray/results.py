@@ -25,6 +25,7 @@ have a `schema_version` column). `load` converts older files to the current sche
 in `UPGRADES` and refuses files from a newer mmap-ray with a message saying which version reads them.
 Version 2 added `config_id`, `config`, `data_seed`, typed `layers` (a list of block indices) and
 `depth`, and the flat layout; version 1 files (`<table>/scheme=<scheme>/<trial>.parquet`) still load.
+Version 3 added `variant` (the study's `variants` axis; "" for rows before it).
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ import pyarrow.parquet as pq
 from .grouping import format_groups
 from .storage import Location, location
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 SCHEMA_KEY = b"mmap_ray.schema_version"
 TRIALS, EPOCHS = "trials", "epochs"
 
@@ -60,6 +61,7 @@ TRIAL_FIELDS: tuple[tuple[str, pa.DataType], ...] = (
     ("error", _S),
     ("early_stopped", _B),
     ("scheme", _S),
+    ("variant", _S),
     ("partition", _S),
     ("k", _I),
     ("n_tokens", _I),
@@ -108,7 +110,7 @@ EPOCH_SCHEMA = pa.schema(
         ("test_acc", _F),
     ]
 )
-CATEGORIES = ("status", "scheme", "partition", "projection", "combine", "study")
+CATEGORIES = ("status", "scheme", "variant", "partition", "projection", "combine", "study")
 # UPGRADES[v] turns a DataFrame of schema v into schema v + 1; add one whenever SCHEMA_VERSION grows.
 UPGRADES: dict[int, Callable[[pd.DataFrame], pd.DataFrame]] = {}
 
@@ -168,6 +170,7 @@ def trial_rows(
         "error": error,
         "early_stopped": status == "TERMINATED" and len(history) < run.train.epochs,
         "scheme": trial["scheme"],
+        "variant": trial.get("variant", ""),
         "partition": format_groups(run.partition) if run.partition else None,
         "k": k,
         "n_tokens": run.prompts.n_tokens,
@@ -326,7 +329,16 @@ def _v1_to_v2(df: pd.DataFrame) -> pd.DataFrame:
     return df
 
 
+def _v2_to_v3(df: pd.DataFrame) -> pd.DataFrame:
+    """v3 added `variant` (a study's `variants` axis): rows before it were no variant."""
+    df = df.copy()
+    if "config_id" in df and "variant" not in df:  # trial rows (epoch rows have no variant)
+        df["variant"] = ""
+    return df
+
+
 UPGRADES[1] = _v1_to_v2
+UPGRADES[2] = _v2_to_v3
 
 
 def provenance() -> dict:

@@ -35,6 +35,14 @@ REAL = {
     "backbone": {"model": "ViT-B-16", "pretrained": "openai"},
     "train": {"epochs": 10, "batch_size": 32, "lr": 3.5e-3},
 }
+# The Kronecker readings (DESIGN.md's open choice): S ⊗ A with A (1, d/d_s) [the default], the product in the
+# other order, a token factor A (2, d/d_s), and the PHM / Compacter reading S · sum_i A_i ⊗ B_i
+KRON_READINGS = [
+    "projection=kron",
+    "projection=kron; kron_order=AS",
+    "projection=kron; kron_tokens=2",
+    "projection=phm",
+]
 PRESETS = {
     "toy": {**ON_TOY, "run": {"train": {"epochs": 8}}},
     "office-home": {"run": {"data": {"dataset": "office-home"}, **REAL}, "affinity": {"affinity_batch_size": 32}},
@@ -47,6 +55,35 @@ PRESETS = {
         "run": {"train": {"epochs": 8}},
     },
     "ablation-layers": {**ON_TOY, "schemes": ["gradient"], "depths": [1, 2, 3, 4], "run": {"train": {"epochs": 8}}},
+    # every prompt design and baseline at 3 budgets where it has them (prompt length; adapter width), one
+    # group for all tasks so that only the design differs (issue 16: designs at matched budgets)
+    "designs-budget": {
+        **ON_TOY,
+        "schemes": ["single"],
+        "prompt_lengths": [2, 4, 8],
+        "variants": [
+            *KRON_READINGS,
+            "projection=linear",
+            "projection=independent",
+            "projection=text-deep",
+            "projection=visual-deep",
+            "projection=coop",
+            "projection=clip-adapter; adapter_reduction=16",
+            "projection=clip-adapter; adapter_reduction=4",
+            "projection=clip-adapter; adapter_reduction=1",
+            "projection=bitfit",
+            "projection=kron; layers=none; full_finetune=true; lr=1e-4",
+        ],
+        "run": {"train": {"epochs": 8}},
+    },
+    # the Kronecker readings alone, at the same budgets
+    "ablation-kron": {
+        **ON_TOY,
+        "schemes": ["single"],
+        "prompt_lengths": [2, 4, 8],
+        "variants": KRON_READINGS,
+        "run": {"train": {"epochs": 8}},
+    },
 }
 SMOKE = {
     "name": "smoke",

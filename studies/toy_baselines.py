@@ -32,8 +32,11 @@ PARTITION = "Art+Clipart|Product+RealWorld"
 METHODS = {  # name -> extra `mmap-ray train` options (None: zero-shot evaluation, no training)
     "zero-shot": None,
     "MmAP (kron)": ["--projection", "kron"],
-    "text-only (CoOp-deep)": ["--projection", "text"],
-    "visual-only (VPT-deep)": ["--projection", "visual"],
+    "CoOp (shallow)": ["--projection", "coop"],
+    "text-deep (CoOp-deep)": ["--projection", "text-deep"],
+    "visual-deep (VPT-deep)": ["--projection", "visual-deep"],
+    "CLIP-Adapter": ["--projection", "clip-adapter"],
+    "BitFit": ["--projection", "bitfit"],
     "MaPLe-style (linear)": ["--projection", "linear"],
     "independent (IVLP)": ["--projection", "independent"],
     "full fine-tuning": ["--full-finetune", "--layers", "none", "--lr", "1e-4"],

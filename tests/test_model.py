@@ -76,7 +76,7 @@ def _ref_prompts(model: PromptedCLIP, tower: str, task: int) -> dict[int, torch.
         parts = []
         for gen, row in ((bank.groups, group), (bank.task_specific, task)):
             factor = gen.text_factor if tower == "text" else gen.vision_factor
-            parts.append(torch.kron(gen.source[row, u], factor[row, li][None]))
+            parts.append(torch.kron(gen.source[row, u], factor[row, li]))  # A: (t=1, d/d_s)
         out[layer] = torch.cat(parts, 0) if cfg.combine.value == "concat" else parts[0] + parts[1]
     return out
 

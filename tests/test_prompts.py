@@ -81,15 +81,15 @@ def test_kron_generator_is_the_kronecker_product(tiny):
     union = {0: 0, 1: 1, 2: 2}
     for p in range(2):
         for li, layer in enumerate((0, 2)):
-            ref = torch.kron(gen.source[p, union[layer]], gen.text_factor[p, li][None])
+            ref = torch.kron(gen.source[p, union[layer]], gen.text_factor[p, li])
             torch.testing.assert_close(text[p, li], ref, rtol=0, atol=0)
         for li, layer in enumerate((1, 2)):
-            ref = torch.kron(gen.source[p, union[layer]], gen.vision_factor[p, li][None])
+            ref = torch.kron(gen.source[p, union[layer]], gen.vision_factor[p, li])
             torch.testing.assert_close(vision[p, li], ref, rtol=0, atol=0)
     # layer 2 is shared by both towers: one source row generates both prompts
     s = gen.source[0, 2]
-    assert torch.equal(text[0, 1][:, ::2], s * gen.text_factor[0, 1, 0])
-    assert torch.equal(vision[0, 1][:, ::3], s * gen.vision_factor[0, 1, 0])
+    assert torch.equal(text[0, 1][:, ::2], s * gen.text_factor[0, 1, 0, 0])
+    assert torch.equal(vision[0, 1][:, ::3], s * gen.vision_factor[0, 1, 0, 0])
 
 
 def test_linear_generator_projects_text_prompts(tiny):
@@ -111,15 +111,19 @@ def test_bank_shapes_and_indexing(tiny, projection, combine):
     task_ids = torch.tensor([3, 0, 0, 2, 1])
     per_task = bank.per_task()
     out = bank(task_ids)
-    if projection == "visual":
+    text_layers = {"visual-deep": 0, "clip-adapter": 0, "bitfit": 0, "coop": 1}.get(projection, 3)
+    vision_layers = 0 if projection in ("text-deep", "coop", "clip-adapter", "bitfit") else 3
+    if text_layers == 0:
         assert out.text is None
     else:
-        assert out.text.shape == (4, 3, m, 64)
-    if projection == "text":
+        assert out.text.shape == (4, text_layers, m, 64)
+    if vision_layers == 0:
         assert out.vision is None
     else:
         assert out.vision.shape == (5, 3, m, 96)
         assert torch.equal(out.vision, per_task.vision[task_ids])
+    if not text_layers and not vision_layers:
+        return  # a baseline without prompts
     ref = per_task.text if per_task.text is not None else per_task.vision
     # tasks in the same group share the group half of the prompt; other groups do not
     if combine == "concat":

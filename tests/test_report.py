@@ -507,3 +507,38 @@ def test_walkthrough_notebook_runs_on_fabricated_results(tmp_path, monkeypatch):
 def test_walkthrough_notebook_runs_on_the_smoke_study(smoke, monkeypatch):
     results, _ = smoke
     run_walkthrough(results, monkeypatch)
+
+
+def test_designs_at_matched_budgets_figure(tmp_path):
+    """One line per design (the variant, else the projection) through its budgets, mean over seeds."""
+    from mmap_ray.report.figures import budget_figure, design_points
+
+    rows, n = [], 0
+    designs = {"projection=kron": (0.80, 1), "projection=coop": (0.70, 2), "projection=bitfit": (0.75, 100)}
+    for variant, (acc, scale) in designs.items():
+        budgets = (2, 4, 8) if variant != "projection=bitfit" else (8,)
+        for n_tokens in budgets:
+            for seed in (0, 1, 2):
+                row = _trial(
+                    f"t{n:03d}",
+                    "single",
+                    seed,
+                    acc + 0.01 * n_tokens + 0.001 * seed,
+                    n_tokens=n_tokens,
+                    params=scale * 100 * n_tokens,
+                    partition=SHARED,
+                )
+                rows.append(row | {"variant": variant, "config_id": f"{n // 3:016d}"})
+                n += 1
+    write_rows(tmp_path / "results", rows)
+    study = load_study(tmp_path / "results")
+    points = design_points(study.trials)
+    assert set(points["design"]) == set(designs) and len(points) == 7
+    kron = points[points["design"] == "projection=kron"].sort_values("params")
+    assert kron["params"].tolist() == [200, 400, 800]
+    assert kron["acc"].round(4).tolist() == [82.1, 84.1, 88.1] and (kron["acc_std"] > 0).all()
+    fig, reason = budget_figure(study)
+    assert fig is not None and reason is None
+    assert len(fig.axes[0].get_legend().get_texts()) == 4  # 3 designs and the Pareto front
+    fig, reason = budget_figure(load_study(fabricate(tmp_path / "plain")))
+    assert fig is None and "--preset designs-budget" in reason

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -18,7 +19,7 @@ from mmap_ray.engine import TrainConfig
 from mmap_ray.fields import to_dict
 from mmap_ray.grouping import format_groups
 from mmap_ray.lock import LockHeld, acquire
-from mmap_ray.results import EPOCH_SCHEMA, EPOCHS, TRIALS, load, row_key, trial_schema, write_table
+from mmap_ray.results import EPOCH_SCHEMA, EPOCHS, SCHEMA_VERSION, TRIALS, load, row_key, trial_schema, write_table
 from mmap_ray.storage import location, resolve_storage
 from mmap_ray.study import StudyConfig, check_start, grid_trials, searcher
 
@@ -155,7 +156,7 @@ def _write_trial(root, cid: str, seed: int, acc: float | None) -> None:
         "val_mean_final": acc,
         "test_mean": acc,
         "val_Art_final": acc,
-        "schema_version": 2,
+        "schema_version": SCHEMA_VERSION,
     }
     write_table(root, TRIALS, row_key(cid, seed), [row], trial_schema(["Art"]))
     if acc is not None:
@@ -292,3 +293,62 @@ def test_local_storage_on_a_multi_node_cluster_is_warned_about(tmp_path):
     finally:
         ray.shutdown()
         cluster.shutdown()
+
+
+def test_variants_are_an_axis_and_designs_without_prompts_are_trained_once(tiny):
+    parts = {"single/0": "+".join(TASKS)}
+    variants = ("projection=kron; kron_order=AS", "projection=bitfit", "projection=clip-adapter; adapter_reduction=2")
+    trials = _trials(tiny, parts, schemes=("single",), seeds=(0,), prompt_lengths=(2, 4), variants=variants)
+    by_variant = {}
+    for t in trials:
+        by_variant.setdefault(t["variant"], []).append(t)
+    assert {v: len(ts) for v, ts in by_variant.items()} == {variants[0]: 2, variants[1]: 1, variants[2]: 1}
+    kron = by_variant[variants[0]][0]["run"]["prompts"]
+    assert kron["kron_order"] == "AS" and kron["projection"] == "kron"
+    assert by_variant[variants[2]][0]["run"]["prompts"]["adapter_reduction"] == 2
+    assert by_variant[variants[1]][0]["scheme"] == "single"  # merged across prompt lengths, named once
+
+
+@pytest.mark.parametrize(
+    "variant, needle",
+    [
+        ("projection=kronn", "StudyConfig.variants has 'projection=kronn': MmAPConfig.projection='kronn'"),
+        ("projection", "'projection' is not name=value"),
+        ("prjection=kron", "'prjection=kron' is not a setting name"),
+        ("seed=3", "sets seed, which a study sets per trial"),
+        ("epochs=ten", "'epochs=ten': epochs='ten' is not valid: it must be an integer"),
+    ],
+)
+def test_bad_variants_are_refused_naming_them(variant, needle):
+    with pytest.raises(ValueError, match=re.escape(needle)):
+        StudyConfig(variants=(variant,))
+
+
+def test_identity_ignores_settings_a_design_does_not_read(tiny):
+    parts = {"single/0": "+".join(TASKS)}
+    one = _trials(tiny, parts, schemes=("single",), seeds=(0,), variants=("projection=linear; kron_order=AS",))
+    two = _trials(tiny, parts, schemes=("single",), seeds=(0,), variants=("projection=linear; phm_rank=2",))
+    assert one[0]["config_id"] == two[0]["config_id"]  # linear reads neither
+    kron = _trials(tiny, parts, schemes=("single",), seeds=(0,), variants=("projection=kron; kron_order=AS",))
+    assert kron[0]["config_id"] != _trials(tiny, parts, schemes=("single",), seeds=(0,))[0]["config_id"]
+
+
+def test_rows_of_schema_v2_load_with_an_empty_variant(tmp_path):
+    row = {
+        "study": "t",
+        "config_id": "a" * 16,
+        "seed": 0,
+        "trial_id": "t0",
+        "status": "TERMINATED",
+        "val_mean_final": 0.5,
+        "schema_version": 2,
+    }
+    schema = trial_schema(["Art"]).remove(trial_schema(["Art"]).get_field_index("variant"))
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.Table.from_pylist([row], schema=schema).replace_schema_metadata({b"mmap_ray.schema_version": b"2"})
+    (tmp_path / TRIALS).mkdir()
+    pq.write_table(table, tmp_path / TRIALS / "a-s0.parquet")
+    df = load(tmp_path, TRIALS)
+    assert df["variant"].tolist() == [""] and df["val_mean_final"].tolist() == [0.5]

@@ -64,6 +64,33 @@ def tradeoff_figure(study: Study) -> Made:
     return plots.tradeoff(points, _ylabel(t), zero_shot, frozen if frozen and frozen > 0 else None), None
 
 
+def design_points(trials: pd.DataFrame) -> pd.DataFrame:
+    """One row per (design, budget): design (the variant, else the projection), params and accuracy (mean
+    and std over seeds, %). Budgets of a design are its distinct trainable-parameter counts."""
+    metric, _ = accuracy_columns(trials)
+    if metric is None or "trainable_params" not in trials:
+        return pd.DataFrame(columns=["design", "params", "acc", "acc_std"])
+    t = completed(trials).dropna(subset=["trainable_params", metric])
+    if t.empty:
+        return pd.DataFrame(columns=["design", "params", "acc", "acc_std"])
+    variant = t["variant"].astype(str) if "variant" in t else pd.Series("", index=t.index)
+    design = variant.where(variant != "", t["projection"].astype(str))
+    acc = (100 * t[metric]).groupby([design.rename("design"), t["trainable_params"].rename("params")])
+    out = acc.agg(acc="mean", acc_std="std").reset_index()
+    return out.fillna({"acc_std": 0.0})
+
+
+def budget_figure(study: Study) -> Made:
+    """One line per design through its budgets, or None with a reason when the study compares no designs."""
+    points = design_points(study.trials)
+    if points["design"].nunique() < 2 or points.groupby("design").size().max() < 2:
+        return None, (
+            "The study does not compare designs at several budgets (run `--preset designs-budget`): the "
+            "matched-budget figure is left out."
+        )
+    return plots.budget_lines(points, _ylabel(study.trials)), None
+
+
 def affinity_panels(study: Study) -> list[dict]:
     """One panel per affinity matrix in partitions.json: tasks ordered by the chosen partition, groups listed."""
     panels = []

@@ -88,6 +88,16 @@ def _numbered_points(ax, points: pd.DataFrame) -> None:
         ax.annotate(str(i + 1), (row["params"], row["acc"]), xytext=xytext, textcoords="offset points", fontsize=8)
 
 
+def _pareto_overlay(ax, on: pd.DataFrame) -> tuple[list, list]:
+    """Draw the Pareto front (`on`: its points) dashed and circled; the legend's handles and labels with it."""
+    on = on.sort_values("params")
+    ax.step(on["params"], on["acc"], where="post", color="black", linewidth=1.2, linestyle="--", zorder=0)
+    ax.scatter(on["params"], on["acc"], s=240, facecolors="none", edgecolors="black", linewidths=1.5, zorder=3)
+    handles, labels = ax.get_legend_handles_labels()
+    handles.append(Line2D([], [], color="black", linestyle="--", marker="o", markersize=12, markerfacecolor="none"))
+    return handles, [*labels, "Pareto front (circled)"]
+
+
 def tradeoff(
     points: pd.DataFrame, ylabel: str, zero_shot: float | None = None, frozen_params: float | None = None
 ) -> Figure:
@@ -102,12 +112,7 @@ def tradeoff(
     with _figure(size=(7.6, 4.8)) as (fig, axes):
         ax = axes[0, 0]
         _numbered_points(ax, points)
-        on = points[front].sort_values("params")
-        ax.step(on["params"], on["acc"], where="post", color="black", linewidth=1.2, linestyle="--", zorder=0)
-        ax.scatter(on["params"], on["acc"], s=260, facecolors="none", edgecolors="black", linewidths=1.5, zorder=3)
-        handles, labels = ax.get_legend_handles_labels()
-        handles.append(Line2D([], [], color="black", linestyle="--", marker="o", markersize=12, markerfacecolor="none"))
-        labels.append("Pareto front (circled)")
+        handles, labels = _pareto_overlay(ax, points[front])
         if zero_shot is not None:
             ax.axhline(zero_shot, color="gray", linestyle=":", linewidth=1.5)
             handles.append(Line2D([], [], color="gray", linestyle=":"))
@@ -221,6 +226,28 @@ def learning_curves(panels: list[dict]) -> Figure:
             labels.append(text)
         fig.legend(handles, labels, loc="outside lower center", ncols=4, frameon=False)
         fig.suptitle("Learning curves of each scheme's best trial (per task)")
+    return fig
+
+
+def budget_lines(points: pd.DataFrame, ylabel: str) -> Figure:
+    """Accuracy vs trainable parameters (log x), one line per design through its budgets (mean ± std over
+    seeds), the Pareto front over every point dashed and circled.
+
+    `points`: one row per (design, budget) with columns design, params, acc, acc_std (accuracy in %).
+    """
+    front = pareto_front(points["params"], points["acc"])
+    designs = list(dict.fromkeys(points["design"]))
+    with _figure(size=(7.6, 4.8)) as (fig, axes):
+        ax = axes[0, 0]
+        for design, style in zip(designs, series_styles(len(designs))):
+            d = points[points["design"] == design].sort_values("params")
+            ax.errorbar(d["params"], d["acc"], yerr=d["acc_std"], capsize=3, markersize=6, label=design, **style)
+        handles, labels = _pareto_overlay(ax, points[front])
+        ax.set_xscale("log")
+        ax.set_xlabel("trainable parameters (count, log scale)")
+        ax.set_ylabel(ylabel)
+        ax.set_title("Designs at matched trainable-parameter budgets")
+        ax.legend(handles, labels, loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False)
     return fig
 
 

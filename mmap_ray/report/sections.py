@@ -22,6 +22,7 @@ from .figures import (
     Made,
     ablation_figure,
     affinity_figure,
+    budget_figure,
     curves_figure,
     tradeoff_figure,
 )
@@ -32,6 +33,10 @@ READING = {  # a figure's file name -> the text above it, which says how to read
     "tradeoff": (
         "Each point is a configuration (mean over seeds; bars: std). Circled points are on the Pareto front: "
         "no other point is as accurate with as few trainable parameters."
+    ),
+    "budget": (
+        "Each line is one prompt design (or study variant) through its trainable-parameter budgets (prompt "
+        "length, source width, adapter width); mean over seeds, bars: std. Circled: the Pareto front."
     ),
     "affinity": (
         "Affinity between tasks measured on a warmed-up shared MmAP; the tasks are ordered by the chosen "
@@ -150,12 +155,17 @@ def ablation_section(setting: str, name: str, study: Study) -> Section:
     return _figure_section(ABLATIONS[setting][1], ablation_figure(study, setting), name, text)
 
 
+def budget_section(study: Study) -> Section:
+    return _figure_section("Designs at matched budgets", budget_figure(study), "budget")
+
+
 SECTIONS: tuple[Callable[[Study], Section], ...] = (
     study_section,
     trials_section,
     leaderboard_section,
     comparisons_section,
     tradeoff_section,
+    budget_section,
     affinity_section,
     curves_section,
     partial(ablation_section, "n_tokens", "ablation-prompt-length"),

@@ -30,18 +30,36 @@ from .load import (
 # The paper's comparisons: (slug, label, projection kind of a study row that is this method)
 COMPARISONS = (
     ("zero-shot", "zero-shot", None),
-    ("text-only", "text-only (CoOp-deep)", "text"),
-    ("visual-only", "visual-only (VPT-deep)", "visual"),
+    ("coop", "CoOp (shallow)", "coop"),
+    ("text-deep", "text-deep (CoOp-deep)", "text-deep"),
+    ("visual-deep", "visual-deep (VPT-deep)", "visual-deep"),
+    ("clip-adapter", "CLIP-Adapter", "clip-adapter"),
+    ("bitfit", "BitFit", "bitfit"),
     ("maple-style", "MaPLe-style (linear)", "linear"),
     ("ivlp", "independent (IVLP)", "independent"),
+    ("mmap-phm", "MmAP (phm)", "phm"),
     ("mmap", "MmAP (kron)", "kron"),
     ("full-ft", "full fine-tuning", None),
 )
 METHOD_SLUGS = {label: slug for slug, label, _ in COMPARISONS}
 PROJECTION_METHODS = {proj: label for _, label, proj in COMPARISONS if proj}
+# rows and baseline tables written before the "-deep" names
+PROJECTION_METHODS |= {"text": PROJECTION_METHODS["text-deep"], "visual": PROJECTION_METHODS["visual-deep"]}
+METHOD_SLUGS |= {"text-only (CoOp-deep)": "text-deep", "visual-only (VPT-deep)": "visual-deep"}
 # A leaderboard row: its configuration's identity, the settings always shown, and those shown when they vary
 SHOWN_KEYS = ("scheme", "partition", "projection", "n_tokens", "depth")
-VARYING_KEYS = ("layers", "combine", "lr", "epochs", "batch_size", "data_seed", "dataset", "model", "pretrained")
+VARYING_KEYS = (
+    "variant",
+    "layers",
+    "combine",
+    "lr",
+    "epochs",
+    "batch_size",
+    "data_seed",
+    "dataset",
+    "model",
+    "pretrained",
+)
 FORMATS = {"trainable params": "{:,.0f}", "trainable %": "{:.3f}", "device-h / trial": "{:.4f}"}  # else "{:.1f}"
 
 

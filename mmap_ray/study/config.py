@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..affinity import AffinityConfig
-from ..config import RunConfig
+from ..config import RunConfig, parse_variant
 from ..distributed import WorkerSpec
-from ..fields import check_keys, check_types, option
+from ..fields import check_keys, check_types, option, replace
 from ..grouping import SCHEMES, format_groups, is_partition_text, parse_groups
 from ..prompts import Combine, Projection
 from ..results import _safe
@@ -54,6 +54,9 @@ class StudyConfig:
     depths: tuple[int, ...] = option((), "alignment depths d (layers 0..d-1) to compare (default: run.prompts)")
     projections: tuple[Projection, ...] = option((), "projections to compare (default: run.prompts.projection)")
     combines: tuple[Combine, ...] = option((), "combine modes to compare (default: run.prompts.combine)")
+    variants: tuple[str, ...] = option(
+        (), "run settings that vary together, one set of trials each, e.g. 'projection=kron; kron_order=AS'"
+    )
     # search mode
     num_samples: int = option(16, "search mode: trials")
     objective: str = option("accuracy", "search mode: accuracy, or pareto (accuracy vs parameters)", choices=OBJECTIVES)
@@ -105,7 +108,7 @@ class StudyConfig:
                 f"StudyConfig.name={self.name!r}: use letters, digits, '-', '_' or '.', not starting "
                 f"with '.' (it names one folder)"
             )
-        for name in ("schemes", "seeds", "prompt_lengths", "depths", "projections", "combines"):
+        for name in ("schemes", "seeds", "prompt_lengths", "depths", "projections", "combines", "variants"):
             values = getattr(self, name)
             repeated = sorted({v for v in values if values.count(v) > 1}, key=str)
             if repeated:
@@ -114,6 +117,11 @@ class StudyConfig:
                     f"{[getattr(v, 'value', v) for v in repeated]}: give each value once (a repeated seed would "
                     f"train the same trial twice)"
                 )
+        for variant in self.variants:
+            try:
+                replace(self.run, **parse_variant(variant))
+            except ValueError as e:
+                raise ValueError(f"StudyConfig.variants has {variant!r}: {e}") from None
         object.__setattr__(self, "storage", resolve_storage(self.storage))
         location(self.storage, "StudyConfig.storage")  # a bad path or URI fails here
 

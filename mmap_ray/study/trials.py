@@ -18,7 +18,7 @@ import itertools
 import pandas as pd
 
 from ..backbone import BackboneInfo
-from ..config import RunConfig
+from ..config import RunConfig, parse_variant
 from ..fields import replace, to_dict
 from ..grouping import parse_groups
 from ..prompts import ResolvedLayers
@@ -29,8 +29,11 @@ from .config import METRIC, NOT_IN_RESULT, StudyConfig
 def canonical(run: RunConfig, info: BackboneInfo) -> tuple[dict, ResolvedLayers]:
     """Everything that changes a trial's result but its seed, with defaults resolved (layers as indices)."""
     layers = run.prompts.resolve(info)
-    resolved = {"text_layers": layers.text, "vision_layers": layers.vision, "source_dim": layers.source_dim}
-    config = to_dict(replace(run, prompts=replace(run.prompts, layers=None, **resolved)))
+    prompts = run.prompts.effective()  # settings the design does not read are not part of its identity
+    resolved = {"layers": None, "text_layers": layers.text, "vision_layers": layers.vision}
+    if prompts.source_dim is not None or prompts.projection in ("kron", "phm"):
+        resolved["source_dim"] = layers.source_dim
+    config = to_dict(replace(run, prompts=replace(prompts, **resolved)))
     for path in NOT_IN_RESULT:
         table, name = path.split(".")
         config[table].pop(name)
@@ -38,9 +41,18 @@ def canonical(run: RunConfig, info: BackboneInfo) -> tuple[dict, ResolvedLayers]
 
 
 def make_trial(
-    base: dict, scheme: str, seed: int, n_tokens: int, depth: int | None, projection: str, combine: str, lr: float
+    base: dict,
+    scheme: str,
+    seed: int,
+    n_tokens: int,
+    depth: int | None,
+    projection: str,
+    combine: str,
+    lr: float,
+    variant: str = "",
 ) -> dict:
-    """One trial as plain data: its run (to_dict), config_id and row key."""
+    """One trial as plain data: its run (to_dict), config_id and row key. The variant's settings are
+    laid over the axes' values."""
     study: StudyConfig = base["study"]
     changes = {
         "partition": parse_groups(base["partitions"][f"{scheme}/{seed}"]),
@@ -52,6 +64,7 @@ def make_trial(
     }
     if depth:
         changes["prompts.layers"] = tuple(range(depth))
+    changes.update(parse_variant(variant))
     run = replace(study.run, **changes)
     config, layers = canonical(run, base["info"])
     cid = config_id(config)
@@ -60,6 +73,7 @@ def make_trial(
         "config_id": cid,
         "seed": seed,
         "scheme": scheme,
+        "variant": variant,
         "run": to_dict(run),
         "config": canonical_json(config),
         "layers": list(layers.union),
@@ -75,13 +89,14 @@ def grid_trials(study: StudyConfig, base: dict) -> list[dict]:
     """
     trials: dict[str, dict] = {}
     projection, combine, lr = study.projection_axis[0], study.combine_axis[0], study.run.train.lr
-    axes = (study.schemes, study.n_tokens_axis, study.depths or (None,), study.seeds)
-    for scheme, n_tokens, depth, seed in itertools.product(*axes):
-        t = make_trial(base, scheme, seed, n_tokens, depth, projection, combine, lr)
-        if t["key"] in trials:
-            trials[t["key"]]["scheme"] += f", {scheme}"
-        else:
+    axes = (study.variants or ("",), study.schemes, study.n_tokens_axis, study.depths or (None,), study.seeds)
+    for variant, scheme, n_tokens, depth, seed in itertools.product(*axes):
+        t = make_trial(base, scheme, seed, n_tokens, depth, projection, combine, lr, variant)
+        same = trials.get(t["key"])
+        if same is None:
             trials[t["key"]] = t
+        elif scheme not in same["scheme"].split(", "):  # e.g. a prompt length a design without prompts ignores
+            same["scheme"] += f", {scheme}"
     return list(trials.values())
 
 
@@ -99,6 +114,7 @@ def trial_of(config: dict, base: dict) -> dict:
         config.get("projection", study.projection_axis[0]),
         config.get("combine", study.combine_axis[0]),
         config["lr"],
+        config.get("variant", ""),
     )
 
 
@@ -115,6 +131,8 @@ def search_space(cfg: StudyConfig) -> dict:
     space["projection"] = CategoricalDistribution(list(cfg.projection_axis))
     if len(cfg.combine_axis) > 1:
         space["combine"] = CategoricalDistribution(list(cfg.combine_axis))
+    if cfg.variants:
+        space["variant"] = CategoricalDistribution(list(cfg.variants))
     space["lr"] = FloatDistribution(cfg.lr_range[0], cfg.lr_range[1], log=True)
     return space
 
