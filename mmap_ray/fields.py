@@ -180,7 +180,7 @@ def check_keys(cls: type, data: Any, where: str = "") -> None:
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(fields))
     if unknown:
-        prefix = where.split(".", 1)[1] + "." if "." in where else ""
+        prefix = where.split(".", 1)[1] + "." if "." in where else ("" if where == cls.__name__ else where + ".")
         paths = {name: prefix + path for name, path in leaf_paths(cls).items()}
         elsewhere = {u: paths[u] for u in unknown if u in paths}
         hint = f" ({', '.join(f'{u!r} belongs in [{paths[u].rsplit(chr(46), 1)[0]}]' for u in elsewhere)})"

@@ -54,6 +54,7 @@ MODELS = {
 
 def step_cost(setup: bench.Setup, repeats: int) -> list[dict]:
     """(a) MmAP step / frozen forward, (b) full FT step / frozen forward, FLOP ratios, (6) TFLOP/s on CUDA."""
+    # Over 60 lines on purpose: the variants are built, warmed up and timed interleaved in one loop.
     model = bench.prompted(bench.load(setup), setup)
     batch = bench.make_batch(model, setup.batch_size, setup.seed)
     opt = bench.optimizer([p for p in model.parameters() if p.requires_grad])

@@ -533,8 +533,8 @@ def test_designs_at_matched_budgets_figure(tmp_path):
     write_rows(tmp_path / "results", rows)
     study = load_study(tmp_path / "results")
     points = design_points(study.trials)
-    assert set(points["design"]) == set(designs) and len(points) == 7
-    kron = points[points["design"] == "projection=kron"].sort_values("params")
+    assert set(points["design"]) == {"kron", "coop", "bitfit"} and len(points) == 7
+    kron = points[points["design"] == "kron"].sort_values("params")
     assert kron["params"].tolist() == [200, 400, 800]
     assert kron["acc"].round(4).tolist() == [82.1, 84.1, 88.1] and (kron["acc_std"] > 0).all()
     fig, reason = budget_figure(study)
@@ -542,3 +542,21 @@ def test_designs_at_matched_budgets_figure(tmp_path):
     assert len(fig.axes[0].get_legend().get_texts()) == 4  # 3 designs and the Pareto front
     fig, reason = budget_figure(load_study(fabricate(tmp_path / "plain")))
     assert fig is None and "--preset designs-budget" in reason
+
+
+def test_designs_table_pairs_each_design_with_kron_by_seed(tmp_path):
+    """analysis/designs_table.py: mean ± std per (design, budget), and a paired 95% CI against kron."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("designs_table", REPO / "analysis" / "designs_table.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    rows = []
+    for i, (variant, acc) in enumerate((("projection=kron", 0.80), ("projection=coop", 0.75))):
+        for seed, noise in zip((0, 1, 2), (0.0, 0.01, 0.02)):
+            row = _trial(f"t{i}{seed}", "single", seed, acc + noise, n_tokens=4, partition=SHARED)
+            rows.append(row | {"variant": variant, "config_id": f"{i:016d}"})
+    write_rows(tmp_path / "results", rows)
+    table = module.table(str(tmp_path / "results")).set_index("design")
+    assert table.loc["kron", "test mean (%)"] == "81.0 ± 1.0"
+    assert table.loc["coop", "vs kron, same n_tokens (paired, 95% CI)"] == "-5.0 [-5.0, -5.0]"  # same noise per seed

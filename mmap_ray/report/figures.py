@@ -64,6 +64,15 @@ def tradeoff_figure(study: Study) -> Made:
     return plots.tradeoff(points, _ylabel(t), zero_shot, frozen if frozen and frozen > 0 else None), None
 
 
+BUDGET_SETTINGS = ("n_tokens", "source_dim", "adapter_reduction")  # what moves a design along its line
+
+
+def _design_name(variant: str) -> str:
+    """'projection=clip-adapter; adapter_reduction=4' -> 'clip-adapter': a design without its budget."""
+    items = [i.strip() for i in variant.split(";") if i.strip().partition("=")[0].strip() not in BUDGET_SETTINGS]
+    return "; ".join(i.removeprefix("projection=") for i in items)
+
+
 def design_points(trials: pd.DataFrame) -> pd.DataFrame:
     """One row per (design, budget): design (the variant, else the projection), params and accuracy (mean
     and std over seeds, %). Budgets of a design are its distinct trainable-parameter counts."""
@@ -73,8 +82,10 @@ def design_points(trials: pd.DataFrame) -> pd.DataFrame:
     t = completed(trials).dropna(subset=["trainable_params", metric])
     if t.empty:
         return pd.DataFrame(columns=["design", "params", "acc", "acc_std"])
-    variant = t["variant"].astype(str) if "variant" in t else pd.Series("", index=t.index)
-    design = variant.where(variant != "", t["projection"].astype(str))
+    variants = t["variant"].astype(object).where(t["variant"].notna(), "") if "variant" in t else [""] * len(t)
+    design = pd.Series(
+        [_design_name(str(v) or str(p)) for v, p in zip(variants, t["projection"].astype(object))], index=t.index
+    )
     acc = (100 * t[metric]).groupby([design.rename("design"), t["trainable_params"].rename("params")])
     out = acc.agg(acc="mean", acc_std="std").reset_index()
     return out.fillna({"acc_std": 0.0})

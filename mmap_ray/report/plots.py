@@ -22,7 +22,8 @@ from matplotlib.patches import Rectangle
 
 # Okabe-Ito colours (colour-blind safe, varied lightness), each paired with its own marker and line style
 COLORS = ("#000000", "#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442")
-MARKERS = ("o", "s", "D", "^", "v", "P", "*", "X")
+# 7 markers against 8 colours: the first 56 series all differ in colour or marker
+MARKERS = ("o", "s", "D", "^", "v", "P", "X")
 BASELINE_MARKERS = ("o", "s", "^", "D", "v", "<", ">", "p")  # drawn hollow
 OFFSETS = ((7, 5), (7, -13), (-15, 5), (-15, -13))  # number labels, alternating around their points
 LINESTYLES = ("-", "--", ":", "-.", (0, (5, 1)), (0, (3, 1, 1, 1, 1, 1)), (0, (1, 2)), (0, (8, 3)))

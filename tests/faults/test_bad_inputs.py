@@ -440,3 +440,33 @@ def test_train_option_outside_its_choices_is_an_argparse_error(capsys, option, v
     err = capsys.readouterr().err
     assert e.value.code == 2 and f"argument {option}: invalid" in err and repr(value) in err
     assert "Traceback" not in err
+
+
+# ---- round two (issue 18): run folders that are not ours ------------------------------------------------
+
+
+def test_train_out_that_is_a_file_is_refused(tmp_path, capsys):
+    """Case 2: `--out FILE` where FILE exists: one line, and the file is left as it was."""
+    out = tmp_path / "notes.txt"
+    out.write_text("mine")
+    err = run_cli(capsys, "train", *FAST, "--out", str(out))
+    assert f"--out {out} is a file; give a run folder" in err
+    assert out.read_text() == "mine"
+
+
+@pytest.mark.parametrize(
+    "text, said",
+    [
+        ('{"other_tool": 1}', "has no 'run' table: it is not the config.json `mmap-ray train` writes"),
+        ("{not json", "is not valid JSON"),
+        ('{"run": {"dataset": "toy"}}', "run has unknown settings ['dataset'] ('dataset' belongs in [run.data])"),
+    ],
+)
+def test_eval_of_a_folder_that_is_not_a_run_names_its_config(tmp_path, capsys, text, said):
+    """Case 3: `eval --run DIR` where DIR/config.json is another tool's, not JSON, or from an earlier layout."""
+    run = tmp_path / "other"
+    run.mkdir()
+    (run / "config.json").write_text(text)
+    torch.save({"trainable": {}}, run / "checkpoint.pt")
+    err = run_cli(capsys, "eval", "--run", str(run))
+    assert str(run / "config.json") in err and said in err
