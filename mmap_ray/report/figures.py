@@ -11,6 +11,7 @@ from __future__ import annotations
 import pandas as pd
 from matplotlib.figure import Figure
 
+from ..grouping import parse_groups
 from . import plots
 from .load import METRIC_LABELS, Study, accuracy_columns, completed
 from .tables import ablation_table, baseline_comparisons, config_labels, leaderboard
@@ -109,7 +110,7 @@ def affinity_panels(study: Study) -> list[dict]:
         scheme, _, seed = key.partition("/")
         tasks = list(entry["tasks"])
         partition = study.partitions.get(key, "")
-        groups = [[t for t in g.split("+") if t in tasks] for g in partition.split("|")] if partition else []
+        groups = [[t for t in g if t in tasks] for g in parse_groups(partition)] if partition else []
         order = [t for g in groups for t in g]
         order += [t for t in tasks if t not in order]
         matrix = pd.DataFrame(entry["matrix"], index=tasks, columns=tasks).loc[order, order]
