@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import NamedTuple
@@ -332,6 +333,22 @@ class BankPrompts(NamedTuple):
     vision: Tensor | None  # (B, L_vis, m, d_vis): one visual prompt per sample
 
 
+def _check_fits(cfg: MmAPConfig, info: BackboneInfo, layers: ResolvedLayers, prompts: int) -> None:
+    """Refuse prompt tensors larger than this machine's memory before allocating them (a typo such as
+    n_tokens=100000000 would otherwise end in an allocation traceback), naming the memory they need."""
+    n_bytes = 4 * prompts * len(layers.union) * cfg.n_tokens * (info.text_width + info.vision_width)  # fp32 bound
+    try:
+        memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):  # not a POSIX system: no check
+        return
+    if n_bytes > memory // 2:
+        raise ValueError(
+            f"MmAPConfig.n_tokens={cfg.n_tokens}: the prompts of {prompts} groups and tasks over "
+            f"{len(layers.union)} layers would need up to {n_bytes / 2**30:.1f} GiB, more than half of this "
+            f"machine's {memory / 2**30:.1f} GiB; use fewer tokens or layers"
+        )
+
+
 class PromptBank(nn.Module):
     """Group-shared generators (one per group) plus task-specific generators (one per task)."""
 
@@ -341,6 +358,7 @@ class PromptBank(nn.Module):
         self.tasks = partition.tasks
         self.partition = partition
         self.layers = cfg.resolve(info)
+        _check_fits(cfg, info, self.layers, partition.num_groups + len(self.tasks) * cfg.task_prompts)
         self.groups = PromptGenerator(cfg, info, self.layers, partition.num_groups)
         self.task_specific = PromptGenerator(cfg, info, self.layers, len(self.tasks)) if cfg.task_prompts else None
         adapter = cfg.projection == Projection.ADAPTER

@@ -470,3 +470,10 @@ def test_eval_of_a_folder_that_is_not_a_run_names_its_config(tmp_path, capsys, t
     torch.save({"trainable": {}}, run / "checkpoint.pt")
     err = run_cli(capsys, "eval", "--run", str(run))
     assert str(run / "config.json") in err and said in err
+
+
+def test_prompts_too_large_for_this_machine_are_refused_before_allocating(capsys):
+    """Case 1: `params --n-tokens 100000000` names the memory it would need instead of failing to allocate."""
+    err = run_cli(capsys, "params", "--tasks", "A,B", *TINY, "--n-tokens", "100000000")
+    assert "MmAPConfig.n_tokens=100000000: the prompts of 3 groups and tasks" in err
+    assert "GiB, more than half of this machine's" in err and "use fewer tokens or layers" in err
