@@ -169,7 +169,7 @@ def leaf_paths(cls: type, prefix: str = "") -> dict[str, str]:
     return out
 
 
-def check_keys(cls: type, data: Any, where: str = "") -> None:
+def check_keys(cls: type, data: Any, where: str = "", recursive: bool = True) -> None:
     """Refuse keys that are not fields of `cls` (recursively), naming the valid ones and the closest match.
 
     A key that belongs to a nested table ('epochs' at the top of a study file) is pointed there.
@@ -186,7 +186,7 @@ def check_keys(cls: type, data: Any, where: str = "") -> None:
         hint = f" ({', '.join(f'{u!r} belongs in [{paths[u].rsplit(chr(46), 1)[0]}]' for u in elsewhere)})"
         hint = hint if elsewhere else did_you_mean(unknown, fields) or _nearest_leaf(unknown, paths)
         raise ValueError(f"{where} has unknown settings {unknown}{hint}; valid: {sorted(fields)}")
-    for name, value in data.items():
+    for name, value in data.items() if recursive else ():
         tp = hints(cls)[name]
         if dataclasses.is_dataclass(tp):
             check_keys(tp, value, f"{where}.{name}")
@@ -210,7 +210,7 @@ def from_dict(cls: type[T], data: Mapping, where: str | None = None) -> T:
     errors name the setting by its path in the file ("StudyConfig.run.train.epochs=...") rather than by
     its class ("TrainConfig.epochs=...", what command-line errors say).
     """
-    check_keys(cls, data, where or cls.__name__)
+    check_keys(cls, data, where or cls.__name__, recursive=False)  # nested tables: by their own from_dict
     kwargs = {}
     for name, value in data.items():
         tp = hints(cls)[name]
@@ -308,20 +308,20 @@ def add_arguments(
     skip: Iterable[str] = (),
     unset: bool = False,
     defaults: Mapping[str, Any] | None = None,
-) -> list[str]:
-    """Add a flag per leaf field of `cls` (nested configs in their own argument groups); returns the dests.
+) -> None:
+    """Add a flag per leaf field of `cls` (nested configs in their own argument groups).
 
     unset: flags that are not given leave no attribute, so `parsed_values` returns only what was given on
     the command line (for layering flags over a preset and a study file). `defaults` replaces some fields' defaults.
     """
-    skip, defaults, dests = set(skip), dict(defaults or {}), []
+    skip, defaults = set(skip), dict(defaults or {})
     for f in dataclasses.fields(cls):
         tp = hints(cls)[f.name]
         if f.name in skip:
             continue
         if dataclasses.is_dataclass(tp):
             group = parser.add_argument_group(f.name) if isinstance(parser, argparse.ArgumentParser) else parser
-            dests += add_arguments(group, tp, skip=skip, unset=unset, defaults=defaults)
+            add_arguments(group, tp, skip=skip, unset=unset, defaults=defaults)
             continue
         if "help" not in f.metadata:
             continue
@@ -346,8 +346,6 @@ def add_arguments(
             parser.add_argument(
                 _flag(f.name), type=kind, nargs=nargs, default=default, choices=choices, help=help_, metavar=None
             )
-        dests.append(f.name)
-    return dests
 
 
 def parsed_values(cls: type, args: argparse.Namespace, *, skip: Iterable[str] = ()) -> dict:

@@ -196,8 +196,16 @@ def _study_args(argv: list[str]):
 
 def test_flag_names_are_the_field_names_and_unique():
     """One name per setting everywhere: flags, study-file keys and to_dict keys are the field names."""
-    leaves = [name for cls in (StudyConfig,) for name in leaf_paths(cls)]
-    assert len(leaves) == len(set(leaves))
+
+    def settable(cls) -> list[str]:  # every leaf with a flag, duplicates kept
+        out = []
+        for f in dataclasses.fields(cls):
+            tp = hints(cls)[f.name]
+            out += settable(tp) if dataclasses.is_dataclass(tp) else [f.name] * ("help" in f.metadata)
+        return out
+
+    leaves = settable(StudyConfig)
+    assert len(leaves) > 50 and len(leaves) == len(set(leaves)), sorted(n for n in leaves if leaves.count(n) > 1)
     train_flags = {a.dest for a in build_parser()._subparsers._group_actions[0].choices["train"]._actions}
     run_leaves = set(leaf_paths(RunConfig))
     assert run_leaves <= train_flags, run_leaves - train_flags

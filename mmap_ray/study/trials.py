@@ -31,7 +31,7 @@ def canonical(run: RunConfig, info: BackboneInfo) -> tuple[dict, ResolvedLayers]
     layers = run.prompts.resolve(info)
     prompts = run.prompts.effective()  # settings the design does not read are not part of its identity
     resolved = {"layers": None, "text_layers": layers.text, "vision_layers": layers.vision}
-    if prompts.source_dim is not None or prompts.projection in ("kron", "phm"):
+    if prompts.projection in ("kron", "phm"):  # the only designs with a source width
         resolved["source_dim"] = layers.source_dim
     config = to_dict(replace(run, prompts=replace(prompts, **resolved)))
     for path in NOT_IN_RESULT:
