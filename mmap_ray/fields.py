@@ -210,12 +210,17 @@ def from_dict(cls: type[T], data: Mapping, where: str | None = None) -> T:
     errors name the setting by its path in the file ("StudyConfig.run.train.epochs=...") rather than by
     its class ("TrainConfig.epochs=...", what command-line errors say).
     """
-    check_keys(cls, data, where or cls.__name__, recursive=False)  # nested tables: by their own from_dict
+    return _from_dict(cls, data, where, where or cls.__name__)
+
+
+def _from_dict(cls: type[T], data: Mapping, where: str | None, path: str) -> T:
+    """`from_dict` with `path`, the table's place in the whole dict, which unknown keys are named by."""
+    check_keys(cls, data, path, recursive=False)  # nested tables: by their own _from_dict
     kwargs = {}
     for name, value in data.items():
         tp = hints(cls)[name]
         nested = f"{where}.{name}" if where else None
-        kwargs[name] = from_dict(tp, value, nested) if dataclasses.is_dataclass(tp) else value
+        kwargs[name] = _from_dict(tp, value, nested, f"{path}.{name}") if dataclasses.is_dataclass(tp) else value
     try:
         return cls(**kwargs)
     except ValueError as e:  # "TrainConfig.epochs=..." -> "StudyConfig.run.train.epochs=..."
