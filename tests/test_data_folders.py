@@ -81,9 +81,10 @@ def test_office_home_tasks_classes_and_split_sizes(office):
 
 def test_tiny_class_keeps_a_train_image(tmp_path):
     root = make_tree(tmp_path, domains=("A",), classes=("one", "two"), n=1)
-    jpeg(root / "A" / "two" / "second.jpg")
+    for i in range(3):
+        jpeg(root / "A" / "two" / f"more_{i}.jpg")
     (task,) = load_folder_tasks(FolderDataConfig("folders", root, val_fraction=0.3, test_fraction=0.6))
-    assert sorted(task.train.labels) == [0, 1] and task.test.labels == [1] and len(task.val) == 0
+    assert sorted(task.train.labels) == [0, 1] and task.test.labels == [1, 1] and task.val.labels == [1]
 
 
 def test_domain_named_without_its_space(office):
@@ -147,10 +148,9 @@ def test_folders_layout_any_domain_names(tmp_path):
     root = make_tree(tmp_path / "data", domains=("zeta", "alpha beta"), classes=("cat", "dog"), n=5)
     (root / "zeta" / "dog" / "notes.txt").write_text("not an image")
     jpeg(root / "zeta" / "dog" / "UPPER.JPEG")
-    tasks = load_folder_tasks(FolderDataConfig("folders", root, val_fraction=0.0, test_fraction=0.2))
+    tasks = load_folder_tasks(FolderDataConfig("folders", root, val_fraction=0.2, test_fraction=0.2))
     assert [t.name for t in tasks] == ["alphabeta", "zeta"]
-    assert [len(t.train) + len(t.test) for t in tasks] == [10, 11]
-    assert all(len(t.val) == 0 for t in tasks)
+    assert [len(t.train) + len(t.val) + len(t.test) for t in tasks] == [10, 11]
     (only,) = load_folder_tasks(FolderDataConfig("folders", root, domains=("zeta",)))
     assert only.name == "zeta" and only.class_names == ["cat", "dog"]
 
@@ -192,7 +192,7 @@ def test_domainnet_official_lists(tmp_path):
 
 
 def test_domainnet_class_order_comes_from_list_labels(tmp_path):
-    root = make_domainnet(tmp_path, ("real",), ("bee", "ant"), 3, 1, tmp_path)  # labels 0=bee, 1=ant: unsorted
+    root = make_domainnet(tmp_path, ("real",), ("bee", "ant"), 6, 1, tmp_path)  # labels 0=bee, 1=ant: unsorted
     (task,) = load_folder_tasks(FolderDataConfig("domainnet", root))
     assert task.class_names == ["bee", "ant"]
     assert {label for _, label in task.train.items if "/ant/" in str(_)} == {1}
@@ -232,7 +232,8 @@ def test_getitem_returns_transformed_tensor(office):
     "kw, match",
     [
         ({"layout": "imagenet"}, r"layout='imagenet' is not valid; choose one of .*office-home"),
-        ({"val_fraction": 1.0}, r"val_fraction=1.0 must be in \[0, 1\)"),
+        ({"val_fraction": 1.0}, r"val_fraction=1.0 must be in \(0, 1\)"),
+        ({"val_fraction": 0.0}, r"val_fraction=0.0 must be in \(0, 1\)"),
         ({"val_fraction": 0.5, "test_fraction": 0.5}, r"must be < 1"),
         ({"shots": 0}, r"shots=0 must be None"),
         ({"domains": ("Art", "Art")}, r"domains=.*unique"),
@@ -321,9 +322,9 @@ def test_missing_split_lists(tmp_path):
 
 
 def test_domainnet_lists_under_splits_folder(tmp_path):
-    make_domainnet(tmp_path, ("sketch",), ("ant", "bee"), 4, 2, tmp_path / "splits")  # Dassl's layout
+    make_domainnet(tmp_path, ("sketch",), ("ant", "bee"), 6, 2, tmp_path / "splits")  # Dassl's layout
     (task,) = load_folder_tasks(FolderDataConfig("domainnet", tmp_path))
-    assert task.name == "sketch" and len(task.test) == 4 and len(task.train) + len(task.val) == 8
+    assert task.name == "sketch" and len(task.test) == 4 and len(task.train) + len(task.val) == 12
 
 
 @pytest.mark.parametrize(

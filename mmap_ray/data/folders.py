@@ -68,10 +68,10 @@ class FolderDataConfig:
             if not domains or not all(isinstance(d, str) and d for d in domains) or len(set(domains)) < len(domains):
                 raise ValueError(f"domains={self.domains!r} must be None or unique non-empty folder names")
             self.domains = domains
-        for name in ("val_fraction", "test_fraction"):
+        for name in ("val_fraction", "test_fraction"):  # > 0: model selection and the reported accuracy need images
             value = getattr(self, name)
-            if not 0 <= value < 1:
-                raise ValueError(f"{name}={value!r} must be in [0, 1)")
+            if not 0 < value < 1:
+                raise ValueError(f"{name}={value!r} must be in (0, 1)")
         if self.val_fraction + self.test_fraction >= 1:
             raise ValueError(
                 f"val_fraction + test_fraction = {self.val_fraction} + {self.test_fraction} "
@@ -126,8 +126,7 @@ def load_folder_tasks(
                 split["train"] = _take_shots(split["train"], cfg.shots, random.Random(f"shots:{cfg.seed}:{task}"))
             if split_file[task] is not None:
                 _write_split_file(split_file[task], meta, split)
-        if not split["train"]:
-            raise ValueError(f"domain {task!r} under {root} has no usable train images")
+        _check_split_sizes(task, root, split, cfg, reused[task] is not None)
         datasets = {
             s: ImageListDataset(
                 [(root / rel, label) for rel, label in split[s]], transform_train if s == "train" else transform_eval
@@ -309,6 +308,40 @@ def _same_classes(classes_by_task: dict[str, set[str]], what: str) -> list[str]:
             f"(select matching domains with `domains`)"
         )
     return sorted(union)
+
+
+def _check_split_sizes(
+    task: str, root: Path, split: dict[str, list[Item]], cfg: FolderDataConfig, reused: bool
+) -> None:
+    """Every split must hold an image: training, model selection (val) and the reported accuracy (test)
+    all need one. Refused at load time, naming the domain and the sizes, not after the first epoch."""
+    empty = [s for s in SPLITS if not split[s]]
+    if not empty:
+        return
+    sizes = ", ".join(f"{s}={len(split[s])}" for s in SPLITS)
+    if reused:
+        hint = f"the split file {Path(cfg.splits_dir) / f'{task}.json'} leaves it empty; delete it to re-split"
+    else:
+        need = _min_class_size(cfg)
+        fractions = f"val_fraction={cfg.val_fraction}" + (
+            "" if cfg.layout in OFFICIAL_SPLITS else f", test_fraction={cfg.test_fraction}"
+        )
+        hint = (
+            f"with {fractions}, a class needs at least {need} images to give each split one; add images, or "
+            f"leave the domain out with domains=..."
+        )
+    raise ValueError(f"domain {task!r} under {root} splits into {sizes} images: {' and '.join(empty)} empty; {hint}")
+
+
+def _min_class_size(cfg: FolderDataConfig) -> int:
+    """The fewest images a class needs for `_stratified_split` to give each of its splits one."""
+    test_fraction = 0.0 if cfg.layout in OFFICIAL_SPLITS else cfg.test_fraction  # the official list is the test
+    for n in range(1, 1001):
+        n_test = min(round(n * test_fraction), n - 1)
+        n_val = min(round(n * cfg.val_fraction), n - 1 - n_test)
+        if n_val >= 1 and (n_test >= 1 or cfg.layout in OFFICIAL_SPLITS):
+            return n
+    raise AssertionError("unreachable: fractions in (0, 1) fill every split by 1000 images")
 
 
 def _stratified_split(

@@ -53,12 +53,13 @@ class WritesMarker:
 
 @pytest.fixture
 def tree(tmp_path: Path) -> Path:
-    """A folder-per-domain dataset: two domains, two classes, three 8x8 JPEGs each."""
-    return make_tree(tmp_path / "data", domains=("Art", "Clip"), classes=("ant", "bee"), n=3)
+    """A folder-per-domain dataset: two domains, two classes, six 8x8 JPEGs each (a train, val and test
+    image per class)."""
+    return make_tree(tmp_path / "data", domains=("Art", "Clip"), classes=("ant", "bee"), n=6)
 
 
 def folders(root: Path, **kw) -> FolderDataConfig:
-    return FolderDataConfig("folders", root, val_fraction=0.0, test_fraction=0.3, **kw)
+    return FolderDataConfig("folders", root, **kw)
 
 
 # ---- pretrained weights files ----------------------------------------------------------------------
@@ -194,13 +195,13 @@ def _truncate(path: Path) -> Path:
 
 
 def test_truncated_jpeg_named_at_load_time(tmp_path, capsys):
-    root = make_tree(tmp_path / "data", domains=("Art",), classes=("ant", "bee"), n=3)
+    root = make_tree(tmp_path / "data", domains=("Art",), classes=("ant", "bee"), n=6)
     Image.effect_noise((64, 64), 60).convert("RGB").save(root / "Art" / "bee" / "cut.jpg", "JPEG")
     cut = _truncate(root / "Art" / "bee" / "cut.jpg")
     with Image.open(cut) as im:
         im.verify()  # the header is intact: only decoding sees the missing half
     err = run_cli(capsys, "train", *FAST, "--dataset", "folders", "--root", str(root), "--out", str(tmp_path / "o"))
-    assert "1 of 7 image files" in err and f"{cut}: OSError: image file is truncated" in err
+    assert "1 of 13 image files" in err and f"{cut}: OSError: image file is truncated" in err
     assert "skip_bad_images=True" in err  # what to do about it
 
 
@@ -216,7 +217,7 @@ def test_file_that_is_not_an_image_is_named(tree, name, content, said):
     bad.write_bytes(content)
     with pytest.raises(ValueError) as e:
         load_folder_tasks(folders(tree))
-    assert str(e.value).startswith("1 of 13 image files") and f"{bad}: UnidentifiedImageError: {said}" in str(e.value)
+    assert str(e.value).startswith("1 of 25 image files") and f"{bad}: UnidentifiedImageError: {said}" in str(e.value)
 
 
 def test_image_broken_after_loading_is_named_at_first_read(tmp_path):
@@ -276,7 +277,7 @@ def test_symlinked_class_folder_pointing_outside_root(tree, tmp_path):
 def test_symlink_inside_root_is_fine(tree):
     (tree / "Art" / "ant" / "again.jpg").symlink_to(tree / "Clip" / "ant" / "ant_000.jpg")
     tasks = load_folder_tasks(folders(tree))
-    assert len(tasks[0].train) + len(tasks[0].test) == 7
+    assert sum(len(getattr(tasks[0], s)) for s in ("train", "val", "test")) == 13
 
 
 def test_split_file_entry_escaping_root(tree, tmp_path):
@@ -477,3 +478,34 @@ def test_prompts_too_large_for_this_machine_are_refused_before_allocating(capsys
     err = run_cli(capsys, "params", "--tasks", "A,B", *TINY, "--n-tokens", "100000000")
     assert "MmAPConfig.n_tokens=100000000: the prompts of 3 groups and tasks" in err
     assert "GiB, more than half of this machine's" in err and "use fewer tokens or layers" in err
+
+
+# ---- round two (issue 18): datasets too small to split ----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "n, sizes, empty", [(3, "train=4, val=0, test=2", "val empty"), (1, "train=2, val=0, test=0", "val and test empty")]
+)
+def test_domain_too_small_for_every_split_is_refused_before_training(tmp_path, capsys, n, sizes, empty):
+    """Case 4: a domain whose classes hold too few images for a val (or test) image is refused at load time,
+    naming the domain, the split sizes and the class size that would do (before: ZeroDivisionError after
+    the first epoch)."""
+    root = make_tree(tmp_path / "data", domains=("Art",), classes=("ant", "bee"), n=n)
+    out = tmp_path / "run"
+    err = run_cli(capsys, "train", *FAST, "--dataset", "folders", "--root", str(root), "--out", str(out))
+    assert f"domain 'Art' under {root} splits into {sizes} images: {empty}" in err
+    assert "a class needs at least 6 images" in err
+    assert not (out / "checkpoint.pt").exists()  # nothing was trained
+
+
+def test_split_file_with_an_empty_split_is_named(tmp_path):
+    root = make_tree(tmp_path / "data", domains=("Art",), classes=("ant", "bee"), n=6)
+    cfg = FolderDataConfig("folders", root, splits_dir=str(tmp_path / "splits"))
+    load_folder_tasks(cfg)  # writes the split file
+    saved = tmp_path / "splits" / "Art.json"
+    data = json.loads(saved.read_text())
+    data["train"] += data.pop("test")
+    data["test"] = []
+    saved.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match=rf"test empty; the split file {saved} leaves it empty; delete it"):
+        load_folder_tasks(cfg)
