@@ -23,17 +23,13 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .backbone import TINY_MODEL
+from .cache import cache_dir
 from .data.toy import CLASSES, DOMAINS, MEAN, STD, _seed, render
 from .engine import warmup_cosine
 
 # Bump when the pretraining or rendering code changes what a cached checkpoint would contain.
 CODE_VERSION = 2
 CAPTIONS = ("a photo of a {}.", "a {}.", "a photo of the {}.", "a picture of a {}.", "an image of a {}.")
-
-
-def cache_dir() -> Path:
-    """Where built artefacts live: $MMAP_RAY_CACHE, else ~/.cache/mmap-ray."""
-    return Path(os.environ.get("MMAP_RAY_CACHE", Path.home() / ".cache" / "mmap-ray"))
 
 
 @dataclass(frozen=True)

@@ -291,7 +291,7 @@ def test_corrupt_images_fail_or_are_skipped(office):
         load_folder_tasks(office_cfg(office))
     msg = str(e.value)
     assert msg.startswith("3 of 123 image files") and all(str(p) in msg for p in bad) and "skip_bad_images" in msg
-    with pytest.warns(UserWarning, match="dropping 3 unreadable"):
+    with pytest.warns(UserWarning, match="dropping 3 undecodable"):
         tasks = load_folder_tasks(office_cfg(office, skip_bad_images=True))
     kept = {rel for t in tasks for s in SPLITS for rel, _ in rels(t.split(s), office)}
     assert len(kept) == 120 and not any(p.relative_to(office).as_posix() in kept for p in bad)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import zlib
 from pathlib import Path
 
 import open_clip
@@ -509,3 +510,52 @@ def test_split_file_with_an_empty_split_is_named(tmp_path):
     saved.write_text(json.dumps(data))
     with pytest.raises(ValueError, match=rf"test empty; the split file {saved} leaves it empty; delete it"):
         load_folder_tasks(cfg)
+
+
+# ---- round two (issue 18): images that only fail when decoded --------------------------------------------
+
+
+def png_with_short_idat(path: Path) -> Path:
+    """A PNG whose compressed pixel data (IDAT) is cut in half, with every chunk checksum recomputed:
+    PIL's verify() passes it, only decoding fails."""
+    Image.effect_noise((32, 32), 60).convert("RGB").save(path, "PNG")
+    data, out, pos = path.read_bytes(), bytearray(path.read_bytes()[:8]), 8
+    while pos < len(data):
+        n, kind = int.from_bytes(data[pos : pos + 4], "big"), data[pos + 4 : pos + 8]
+        body = data[pos + 8 : pos + 8 + n]
+        body = body[: len(body) // 2] if kind == b"IDAT" else body
+        out += len(body).to_bytes(4, "big") + kind + body + zlib.crc32(kind + body).to_bytes(4, "big")
+        pos += 12 + n
+    path.write_bytes(bytes(out))
+    return path
+
+
+def test_png_with_truncated_pixel_data_is_named_at_load_time_and_skippable(tree, tmp_path, monkeypatch, capsys):
+    """Case 7: such a PNG passed the load-time check and failed at its first read, after training had
+    started, and --skip-bad-images could not drop it. Every image is now decoded at load time."""
+    monkeypatch.setenv("MMAP_RAY_CACHE", str(tmp_path / "cache"))
+    bad = png_with_short_idat(tree / "Art" / "bee" / "short.png")
+    with Image.open(bad) as im:
+        im.verify()  # the premise: checksums are valid
+    err = run_cli(capsys, "train", *FAST, "--dataset", "folders", "--root", str(tree), "--out", str(tmp_path / "o"))
+    assert "1 of 13 image files" in err and f"{bad}: OSError: " in err and "--skip-bad-images" in err
+    with pytest.warns(UserWarning, match=r"dropping 1 undecodable image files .*'Art/bee/short.png'"):
+        (task,) = load_folder_tasks(folders(tree, domains=("Art",), skip_bad_images=True))
+    assert sum(len(getattr(task, s)) for s in ("train", "val", "test")) == 12
+
+
+def test_decoded_images_are_remembered_by_path_size_and_mtime(tree, tmp_path, monkeypatch):
+    """A second load does not decode again: what decoded is kept per machine under the path, size and
+    modification time, so a file changed since (another size or mtime) is decoded, and named, again."""
+    monkeypatch.setenv("MMAP_RAY_CACHE", str(tmp_path / "cache"))
+    load_folder_tasks(folders(tree))
+    (kept,) = (tmp_path / "cache" / "image-checks").glob("*.json")
+    assert len(json.loads(kept.read_text())["decoded"]) == 24
+    image = tree / "Art" / "ant" / "ant_000.jpg"
+    st = image.stat()
+    image.write_bytes(b"\0" * st.st_size)  # broken, but with the size and mtime it was checked with
+    os.utime(image, ns=(st.st_atime_ns, st.st_mtime_ns))
+    load_folder_tasks(folders(tree))  # trusted from the cache: not decoded again
+    os.utime(image, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))  # touched: checked again
+    with pytest.raises(ValueError, match=rf"1 of 24 image files .*\n  {image}: UnidentifiedImageError"):
+        load_folder_tasks(folders(tree))

@@ -1,0 +1,15 @@
+"""Where mmap-ray keeps what it builds or checks once per machine: $MMAP_RAY_CACHE, else ~/.cache/mmap-ray.
+
+Everything here can be rebuilt (the pretrained tiny CLIP, which images decode), so a missing or
+unwritable cache costs time, never a result.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def cache_dir() -> Path:
+    """Where built artefacts live: $MMAP_RAY_CACHE, else ~/.cache/mmap-ray."""
+    return Path(os.environ.get("MMAP_RAY_CACHE", Path.home() / ".cache" / "mmap-ray"))
