@@ -34,19 +34,24 @@ SUPPORTED = (
 )
 
 
+NO_WEIGHTS = ("", "none", "None")  # what `pretrained` may say for random weights, besides None
+
+
 @dataclass(frozen=True)
 class BackboneConfig:
     """Which open_clip model to load and with which weights.
 
     model: an open_clip model name (`open_clip.list_models()`), e.g. "ViT-B-16".
-    pretrained: None for random weights, an open_clip pretrained tag (e.g. "openai", needs the model hub
-        or a populated cache), or a path to a local checkpoint file.
+    pretrained: None (or "none", as on the command line) for random weights, an open_clip pretrained tag
+        (e.g. "openai", needs the model hub or a populated cache), or a path to a local checkpoint file.
     """
 
     model: str = "ViT-B-16"
     pretrained: str | None = None
 
     def __post_init__(self) -> None:
+        if self.pretrained in NO_WEIGHTS:
+            object.__setattr__(self, "pretrained", None)
         known = open_clip.list_models()
         if self.model not in known:
             vit = [m for m in known if m.startswith("ViT-")][:12]
@@ -54,7 +59,7 @@ class BackboneConfig:
                 f"BackboneConfig.model={self.model!r} is not an open_clip model name; "
                 f"valid names come from open_clip.list_models(), e.g. {', '.join(vit)}"
             )
-        if self.pretrained is not None and self.pretrained != "":
+        if self.pretrained is not None:
             tags = open_clip.list_pretrained_tags_by_model(self.model)
             if self.pretrained not in tags and not Path(self.pretrained).is_file():
                 looks_like_path = os.sep in self.pretrained or self.pretrained.endswith(WEIGHT_SUFFIXES)
@@ -139,8 +144,10 @@ def load_backbone(cfg: BackboneConfig, device: str | torch.device = "cpu") -> Ba
     """Create the open_clip model named by `cfg`, load its weights, check it can be prompted, freeze it."""
     pretrained = cfg.pretrained or None
     local = pretrained is not None and Path(pretrained).is_file()  # else a tag open_clip downloads or caches
-    quiet = _DropLine("initialized randomly")  # open_clip's note is wrong when we load a local file next
-    if local:
+    # open_clip's "No pretrained weights loaded ... initialized randomly" is wrong when we load a local file
+    # next, and noise when random weights are what was asked for
+    quiet = _DropLine("initialized randomly")
+    if local or pretrained is None:
         logging.getLogger().addFilter(quiet)
     try:
         model, preprocess_train, preprocess_val = open_clip.create_model_and_transforms(

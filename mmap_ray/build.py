@@ -29,6 +29,18 @@ def load_run_backbone(cfg: ModelConfig) -> Backbone:
     return load_backbone(BackboneConfig(cfg.model, pretrained))
 
 
+def run_task_names(cfg: DataConfig) -> list[str]:
+    """The task names `load_run_tasks` would give, from the folder names alone (no image is read):
+    what a study checks its schemes against before it starts anything."""
+    if cfg.dataset == "toy":
+        from .data.toy import DOMAINS, ToyConfig
+
+        return list(ToyConfig(domains=cfg.domains or DOMAINS).domains)
+    from .data.folders import FolderDataConfig, task_names
+
+    return task_names(FolderDataConfig(layout=cfg.dataset, root=cfg.root, domains=cfg.domains))
+
+
 def load_run_tasks(cfg: DataConfig, backbone: Backbone, splits_dir: Path | None = None) -> list[TaskData]:
     """The tasks (one per domain), rendered (toy) or read from the dataset folder."""
     if cfg.dataset == "toy":

@@ -42,19 +42,20 @@ def run_config(args: argparse.Namespace):
 
 
 def cmd_params(args: argparse.Namespace) -> int:
-    from .backbone import BackboneConfig, load_backbone
-    from .config import comma_list, partition_arg
+    from .build import load_run_backbone
+    from .config import ModelConfig, comma_list, partition_arg
     from .fields import from_dict, parsed_values
     from .grouping import Partition
     from .model import bias_parameters
     from .prompts import MmAPConfig, PromptBank
 
     tasks = list(comma_list(args.tasks))
+    if not tasks or len(set(tasks)) < len(tasks):
+        raise ValueError(f"--tasks {args.tasks!r} must name distinct tasks, comma-separated, e.g. Art,Clipart,Product")
     groups = partition_arg(args.partition) if args.partition else None
     partition = Partition(tuple(tasks), groups) if groups else Partition.single(tasks)
     cfg = from_dict(MmAPConfig, parsed_values(MmAPConfig, args))
-    pretrained = None if args.pretrained in (None, "", "none") else args.pretrained
-    backbone = load_backbone(BackboneConfig(args.model, pretrained))
+    backbone = load_run_backbone(from_dict(ModelConfig, parsed_values(ModelConfig, args)))
     bank = PromptBank(cfg, backbone.info, partition)
     added = sum(p.numel() for p in bank.parameters())  # prompts (and adapters): not in the backbone
     biases = sum(p.numel() for p in bias_parameters(backbone.model)) if cfg.projection == "bitfit" else 0
@@ -163,6 +164,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     if args.run:
         run = Path(args.run)
+        given = _run_flags_given(args)
+        if given:
+            raise ValueError(
+                f"--run {run} is evaluated as it was trained (its config.json), so {', '.join(given)} would be "
+                f"ignored; drop {'it' if len(given) == 1 else 'them'}, or evaluate without --run"
+            )
         if not (run / "config.json").is_file() or not (run / "checkpoint.pt").is_file():
             raise ValueError(f"--run {run} is not a finished run folder: it needs config.json and checkpoint.pt")
         model, tasks = build_run(read_run_config(run / "config.json"), splits_dir=run / "splits")
@@ -176,6 +183,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_flags_given(args: argparse.Namespace) -> list[str]:
+    """The run-setting flags of `args` whose values differ from the command's defaults ('--n-tokens')."""
+    from .config import RunConfig
+    from .fields import leaf_paths
+
+    fresh = vars(build_parser().parse_args([args.command]))
+    return [f"--{k.replace('_', '-')}" for k in leaf_paths(RunConfig) if k in fresh and getattr(args, k) != fresh[k]]
+
+
 def cmd_group(args: argparse.Namespace) -> int:
     import pandas as pd
     import torch
@@ -186,6 +202,11 @@ def cmd_group(args: argparse.Namespace) -> int:
     from .fields import from_dict, parsed_values, to_dict
     from .grouping import AFFINITY_SCHEMES, best_partition, fixed_partition, partition_score
 
+    if args.k is not None and args.scheme not in (*AFFINITY_SCHEMES, "random"):
+        raise ValueError(
+            f"--k {args.k} has no effect with --scheme {args.scheme}: only gradient, lookahead and random choose "
+            f"a number of groups; drop --k"
+        )
     method = args.scheme if args.scheme in AFFINITY_SCHEMES else "gradient"
     acfg = from_dict(AffinityConfig, {**parsed_values(AffinityConfig, args), "method": method, "seed": args.seed})
     cfg = run_config(args)

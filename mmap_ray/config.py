@@ -22,7 +22,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .backbone import TINY_MODEL
+from .backbone import NO_WEIGHTS, TINY_MODEL
 from .engine import TrainConfig
 from .fields import check_types, from_dict, option
 from .grouping import format_groups, parse_groups
@@ -71,6 +71,15 @@ class DataConfig:
             raise ValueError(f"DataConfig.shots={self.shots!r} must be None (all images) or an integer >= 1")
         if self.domains is not None and not self.domains:
             raise ValueError("DataConfig.domains=() names no domain; give at least one, or None for all")
+        if self.dataset == "toy" and self.domains:
+            from .data.toy import DOMAINS
+
+            unknown = [d for d in self.domains if d not in DOMAINS]
+            if unknown:
+                raise ValueError(
+                    f"DataConfig.domains={list(self.domains)} has {unknown}, which the toy benchmark does not "
+                    f"have; its domains are {list(DOMAINS)}"
+                )
         if self.dataset == "toy" and self.root:
             raise ValueError(f"DataConfig.root={self.root!r} is not used with dataset 'toy' (it is rendered)")
         if self.dataset != "toy" and not self.root:
@@ -92,7 +101,7 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         check_types(self)
-        if self.pretrained in ("", "none", "None"):
+        if self.pretrained in NO_WEIGHTS:
             object.__setattr__(self, "pretrained", None)
         if self.pretrained == "toy" and self.model != TINY_MODEL:
             raise ValueError(f"ModelConfig.pretrained='toy' is only for model {TINY_MODEL!r}, not {self.model!r}")

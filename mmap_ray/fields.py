@@ -150,10 +150,13 @@ def to_dict(cfg: Any) -> dict:
     return plain(cfg)
 
 
+CLOSE = 0.75  # difflib ratio for a suggestion: 'epocs'/'epochs' 0.91 is one, 'num_workers'/'n_tokens' 0.63 is not
+
+
 def did_you_mean(unknown: Iterable[str], valid: Iterable[str]) -> str:
     """' (did you mean 'a' -> 'b'?)' for the closest valid name of each unknown one, or ''."""
     valid = list(valid)
-    hints_ = [f"{u!r} -> {m[0]!r}" for u in unknown if (m := difflib.get_close_matches(u, valid, n=1, cutoff=0.6))]
+    hints_ = [f"{u!r} -> {m[0]!r}" for u in unknown if (m := difflib.get_close_matches(u, valid, n=1, cutoff=CLOSE))]
     return f" (did you mean {', '.join(hints_)}?)" if hints_ else ""
 
 
@@ -196,7 +199,7 @@ def _nearest_leaf(unknown: Iterable[str], paths: Mapping[str, str]) -> str:
     """' (did you mean 'epochs' in [run.train]?)' for a misspelt setting of a nested table, or ''."""
     found = []
     for u in unknown:
-        match = difflib.get_close_matches(u, list(paths), n=1, cutoff=0.6)
+        match = difflib.get_close_matches(u, list(paths), n=1, cutoff=CLOSE)
         if match and "." in paths[match[0]]:
             found.append(f"{match[0]!r} in [{paths[match[0]].rsplit('.', 1)[0]}]")
     return f" (did you mean {', '.join(found)}?)" if found else ""

@@ -138,21 +138,22 @@ def _rgs(n: int, k: int | None) -> Iterator[tuple[int, ...]]:
     yield from rec([0], 1)
 
 
-def _check_k(n: int, k: int | None) -> None:
+def check_k(n: int, k: int | None) -> None:
+    """Refuse a number of groups that `n` tasks cannot be split into."""
     if k is not None and not (isinstance(k, int) and 1 <= k <= n):
         raise ValueError(f"k={k!r} groups is not valid for {n} tasks; choose 1 <= k <= {n}")
 
 
 def set_partitions(tasks: Sequence[str], k: int | None = None) -> Iterator[Partition]:
     """Every partition of `tasks` (Bell(n) of them), or those with exactly `k` groups (Stirling S(n, k))."""
-    _check_k(len(tasks), k)
+    check_k(len(tasks), k)
     for rgs in _rgs(len(tasks), k):
         yield Partition.from_rgs(tasks, rgs)
 
 
 def num_partitions(n: int, k: int | None = None) -> int:
     """Bell(n), or the Stirling number of the second kind S(n, k)."""
-    _check_k(n, k)
+    check_k(n, k)
     # S(i, j) = j * S(i-1, j) + S(i-1, j-1)
     row = [1]  # S(0, 0)
     for i in range(1, n + 1):
@@ -217,7 +218,7 @@ def best_partition(affinity: torch.Tensor, tasks: Sequence[str], k: int | None =
     n = len(tasks)
     if tuple(affinity.shape) != (n, n):
         raise ValueError(f"affinity has shape {tuple(affinity.shape)}, expected ({n}, {n}) for tasks {list(tasks)}")
-    _check_k(n, k)
+    check_k(n, k)
     if k is None:
         if n <= 2:
             return Partition.single(tasks)
@@ -254,7 +255,7 @@ def fixed_partition(scheme: str, tasks: Sequence[str], k: int | None = None, see
     if scheme == "random":
         import random
 
-        _check_k(len(tasks), k)
+        check_k(len(tasks), k)
         return partition_from_index(tasks, random.Random(seed).randrange(num_partitions(len(tasks), k)), k)
     if scheme in AFFINITY_SCHEMES:
         raise ValueError(f"scheme {scheme!r} needs an affinity matrix: use mmap_ray.affinity.task_affinity")

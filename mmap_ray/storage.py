@@ -214,8 +214,13 @@ def move_aside(folder: Location, suffix: str) -> Location:
 
 
 def check_reachable(loc: Location, field: str = "storage_path") -> None:
-    """Fail now, with the reason, if the bucket cannot be listed (wrong endpoint, bucket or credentials)."""
+    """Fail now, with the reason, if the bucket cannot be listed (wrong endpoint, bucket or credentials) or
+    the local folder cannot be one (a file stands where it or a parent folder would be)."""
     if loc.is_local:
+        path = Path(loc.path)
+        blocking = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
+        if blocking is not None:
+            raise ValueError(f"{field}={loc.uri!r}: {blocking} is a file, not a folder; choose a folder")
         return
     bucket = loc.path.split("/", 1)[0]
     try:

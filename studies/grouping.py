@@ -98,6 +98,7 @@ SMOKE = {
     "affinity": {"affinity_warmup_steps": 2, "affinity_steps": 2, "affinity_batch_size": 16},
     "resources": {"cpus_per_worker": 0.5},
 }
+PROG = "grouping.py"  # how errors start: "grouping.py: error: ...", from argparse and from the checks alike
 # run settings a study sets per trial (from `schemes` and `seeds`): no flags for them here
 PER_TRIAL = ("partition", "seed")
 
@@ -111,20 +112,21 @@ def build_study(args: argparse.Namespace) -> StudyConfig:
         settings = merge(settings, layer)
     settings = merge(settings, parsed_values(StudyConfig, args, skip=PER_TRIAL))
     data = settings.get("run", {}).get("data", {})
-    if data.get("dataset", "toy") != "toy":
-        if not data.get("root"):
-            raise ValueError(f"--preset {args.preset} needs --root: the folder holding the dataset")
-        if not Path(data["root"]).expanduser().is_dir():
-            raise ValueError(f"--root {data['root']} does not exist or is not a folder")
+    if isinstance(data, dict) and data.get("dataset", "toy") != "toy" and not data.get("root"):
+        raise ValueError(f"--preset {args.preset} needs --root: the folder holding the dataset")
     try:
-        return from_dict(StudyConfig, settings, "StudyConfig")
+        study = from_dict(StudyConfig, settings, "StudyConfig")
     except ValueError as e:
         raise ValueError(f"study file {args.study}: {e}" if args.study else str(e)) from None
+    root = study.run.data.root
+    if root is not None and not Path(root).is_dir():
+        raise ValueError(f"--root {root} does not exist or is not a folder")
+    return study
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The study's flags: its own, then one per StudyConfig field (the same names as `mmap-ray train`'s)."""
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
     p.add_argument("--preset", default="toy", help=f"one of {sorted(PRESETS)} (default: toy)")
     p.add_argument("--study", default=None, help="a TOML study file (StudyConfig's fields and tables)")
     p.add_argument("--smoke", action="store_true", help="a seconds-scale run of the whole pipeline")
@@ -144,18 +146,18 @@ def main(argv: list[str] | None = None) -> int:
         study = build_study(args)
         results = run_study(study, resume=args.resume, overwrite=args.overwrite, break_lock=args.break_lock)
     except ValueError as e:
-        print(f"grouping study: error: {e}", file=sys.stderr)
+        print(f"{PROG}: error: {e}", file=sys.stderr)
         return 2
     except StorageError as e:  # results could not be written: nothing finished is lost, --resume goes on
-        print(f"grouping study: error: {e}; fix it and rerun with --resume", file=sys.stderr)
+        print(f"{PROG}: error: {e}; fix it and rerun with --resume", file=sys.stderr)
         return 1
     except Interrupted as e:  # Ctrl-C reached Tune, which stopped the trials: no partial leaderboard
-        print(f"grouping study: {e} (study folder: {study.study_dir})", file=sys.stderr)
+        print(f"{PROG}: {e} (study folder: {study.study_dir})", file=sys.stderr)
         return 130
     except KeyboardInterrupt:
         where = f" (study folder: {study.study_dir})" if study else ""
         print(
-            f"grouping study: interrupted before every trial had a result; continue with --resume{where}",
+            f"{PROG}: interrupted before every trial had a result; continue with --resume{where}",
             file=sys.stderr,
         )
         return 130

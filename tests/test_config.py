@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 from mmap_ray.affinity import AffinityConfig
 from mmap_ray.cli import build_parser, run_config
 from mmap_ray.config import DataConfig, ModelConfig, RunConfig, read_run_config
+from mmap_ray.data.toy import DOMAINS as TOY_DOMAINS
 from mmap_ray.distributed import WorkerSpec
 from mmap_ray.engine import TrainConfig
 from mmap_ray.fields import from_dict, hints, leaf_paths, to_dict
@@ -43,7 +44,8 @@ small_float = st.floats(1e-5, 10, allow_nan=False, allow_subnormal=False)
 def data_configs(draw) -> DataConfig:
     dataset = draw(st.sampled_from(("toy", "office-home", "folders")))
     root = None if dataset == "toy" else tempfile.gettempdir()  # a folder that exists (the study checks)
-    domains = draw(st.none() | st.lists(names, min_size=1, max_size=4, unique=True).map(tuple))
+    domain = st.sampled_from(TOY_DOMAINS) if dataset == "toy" else names  # the toy has its four
+    domains = draw(st.none() | st.lists(domain, min_size=1, max_size=4, unique=True).map(tuple))
     return DataConfig(
         dataset, root, domains, draw(st.none() | st.integers(1, 50)), draw(st.integers(0, 99)), draw(st.booleans())
     )

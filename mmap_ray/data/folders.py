@@ -137,6 +137,11 @@ def load_folder_tasks(
     return out
 
 
+def task_names(cfg: FolderDataConfig) -> list[str]:
+    """The task names of the dataset's domains, from its folders and split lists (no image is read)."""
+    return [task for task, _ in _resolve_domains(cfg)]
+
+
 def _resolve_domains(cfg: FolderDataConfig) -> list[tuple[str, str]]:
     """(task name, folder name) per domain; task names drop spaces ("Real World" -> "RealWorld")."""
     root = Path(cfg.root)

@@ -33,6 +33,10 @@ NOT_IN_RESULT = ("train.seed", "train.loader_workers", "train.eval_batch_size")
 RESUME_MAY_CHANGE = ("storage", "max_concurrent_trials", "resources", "run.train.loader_workers")
 
 
+# run settings every trial of a study shares: the tasks and the backbone its partitions are planned on
+STUDY_WIDE = ("data.dataset", "data.root", "data.domains", "backbone.model", "backbone.pretrained")
+
+
 def _check_scheme(scheme: str) -> str:
     if scheme in SCHEMES:
         return scheme
@@ -119,9 +123,16 @@ class StudyConfig:
                 )
         for variant in self.variants:
             try:
-                replace(self.run, **parse_variant(variant))
+                changes = parse_variant(variant)
+                replace(self.run, **changes)
             except ValueError as e:
                 raise ValueError(f"StudyConfig.variants has {variant!r}: {e}") from None
+            shared = [k.split(".")[-1] for k in changes if k in STUDY_WIDE]
+            if shared:
+                raise ValueError(
+                    f"StudyConfig.variants has {variant!r}, which sets {shared}: every trial of a study shares "
+                    f"its tasks and backbone (the partitions are planned on them); run one study per value"
+                )
         object.__setattr__(self, "storage", resolve_storage(self.storage))
         location(self.storage, "StudyConfig.storage")  # a bad path or URI fails here
 

@@ -16,6 +16,27 @@ from ..storage import Location
 from .config import StudyConfig
 
 
+def check_tasks(cfg: StudyConfig) -> list[str]:
+    """The study's task names, with every scheme checked against them (k <= tasks, an explicit partition
+    names exactly these tasks), from folder names alone: run before the study writes or starts anything."""
+    from ..build import run_task_names
+    from ..grouping import check_k, fixed_partition
+
+    try:
+        names = run_task_names(cfg.run.data)
+    except (ValueError, OSError) as e:
+        raise ValueError(f"StudyConfig.run.data: {e}") from None
+    for scheme in cfg.schemes:
+        try:
+            if scheme in AFFINITY_SCHEMES:
+                check_k(len(names), cfg.k)
+            else:
+                fixed_partition(scheme, names, cfg.k)
+        except ValueError as e:
+            raise ValueError(f"StudyConfig.schemes has {scheme!r} (tasks {names}, k={cfg.k}): {e}") from None
+    return names
+
+
 def plan_partitions(cfg: StudyConfig, folder: Location) -> tuple[dict[str, str], BackboneInfo, list[str]]:
     """The partition of every (scheme, seed), computed once and kept in folder/partitions.json; the
     backbone's geometry and the task names."""

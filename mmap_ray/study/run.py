@@ -25,7 +25,7 @@ from ..storage import StorageError, check_reachable, location, move_aside
 from .callback import parquet_writer
 from .config import METRIC, StudyConfig
 from .ownership import check_start, stored_rows
-from .partitions import plan_partitions
+from .partitions import check_tasks, plan_partitions
 from .trials import grid_trials, searcher, trial_of
 
 TRIAL_DRIVER_CPU = 0.01  # each Tune trial's own reservation; its Train workers reserve theirs
@@ -129,8 +129,9 @@ def run_study(
     from ..lock import acquire
 
     folder = location(study.study_dir)
-    check_reachable(folder, "StudyConfig.storage")
+    check_reachable(location(study.storage), "StudyConfig.storage")
     check_start(study, folder, resume, overwrite)
+    check_tasks(study)  # everything that can be checked is, before the lock, Ray or study.json
     if overwrite and folder.exists():
         acquire(folder, break_lock).release()  # the old study must not be in use while it is moved
         moved = move_aside(folder, "old-" + time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()))
@@ -141,9 +142,9 @@ def run_study(
         ensure_ray()
         check_resources(study.resources, extra_cpus=TRIAL_DRIVER_CPU)  # fail now, not hang later
         warn_unshared_storage(folder, log)
-        if not resume:
+        partitions, info, tasks = plan_partitions(study, folder)  # reads the data: may still refuse it
+        if not resume:  # the study exists from here on (a rerun is refused, --resume continues it)
             (folder / "study.json").write_text(json.dumps(to_dict(study), indent=2) + "\n")
-        partitions, info, tasks = plan_partitions(study, folder)
         base = {"study": study, "partitions": partitions, "info": info}
         total, interrupted = _run_trials(study, base, tasks, resume, log)
         done = len(stored_rows(folder))

@@ -10,6 +10,7 @@ Everything is tiny: the 4-block toy CLIP with random weights and 8x8 JPEG trees.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import pickle
 import zlib
@@ -559,3 +560,41 @@ def test_decoded_images_are_remembered_by_path_size_and_mtime(tree, tmp_path, mo
     os.utime(image, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))  # touched: checked again
     with pytest.raises(ValueError, match=rf"1 of 24 image files .*\n  {image}: UnidentifiedImageError"):
         load_folder_tasks(folders(tree))
+
+
+# ---- round two (issue 18): messages and help (case 11), and a warning nobody asked for (case 12) ---------
+
+
+def test_params_with_no_tasks_names_the_flag(capsys):
+    err = run_cli(capsys, "params", "--tasks", "", *TINY)
+    assert "--tasks '' must name distinct tasks" in err and "partition" not in err
+    err = run_cli(capsys, "params", "--tasks", "A,B,A", *TINY)
+    assert "--tasks 'A,B,A' must name distinct tasks" in err
+
+
+def test_random_weights_are_spelt_alike_in_the_api_and_every_command(capsys):
+    """`--pretrained none` and BackboneConfig(pretrained="none") both mean random weights; `params` takes
+    the same --pretrained values as `train` and refuses 'toy' for another model with the same line."""
+    assert BackboneConfig(TINY_MODEL, "none").pretrained is None and BackboneConfig(TINY_MODEL, "").pretrained is None
+    assert main(["params", "--tasks", "A,B", *TINY, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["model"] == TINY_MODEL
+    err = run_cli(capsys, "params", "--tasks", "A,B", "--pretrained", "toy")
+    assert "ModelConfig.pretrained='toy' is only for model 'mmap-ViT-Tiny-8', not 'ViT-B-16'" in err
+
+
+def test_eval_of_a_run_refuses_run_flags_it_would_ignore(tmp_path, capsys):
+    err = run_cli(capsys, "eval", "--run", str(tmp_path), "--root", "elsewhere", "--n-tokens", "16")
+    assert f"--run {tmp_path} is evaluated as it was trained (its config.json), so --root, --n-tokens" in err
+
+
+def test_group_refuses_k_for_a_scheme_that_does_not_use_it(tmp_path, capsys):
+    out = tmp_path / "g.json"
+    err = run_cli(capsys, "group", "--scheme", "single", "--k", "3", *TINY, "--out", str(out))
+    assert "--k 3 has no effect with --scheme single" in err and not out.exists()
+
+
+def test_random_weights_asked_for_bring_no_open_clip_warning(capsys, caplog):
+    """Case 12: open_clip's 'No pretrained weights loaded ... initialized randomly' on every smoke run."""
+    with caplog.at_level(logging.WARNING):
+        assert main(["params", "--tasks", "A,B", *TINY]) == 0
+    assert not [r for r in caplog.records if "initialized randomly" in r.getMessage()]

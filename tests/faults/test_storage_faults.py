@@ -82,7 +82,7 @@ def test_study_stops_clearly_when_results_cannot_be_written_and_resumes(tmp_path
     out = subprocess.run([*NO_DAC, *argv], env=env, capture_output=True, text=True, timeout=900)
     results.chmod(0o755)
     assert out.returncode == 1, out.stderr[-3000:]
-    assert f"grouping study: error: cannot write {results}/" in out.stderr, out.stderr[-3000:]
+    assert f"grouping.py: error: cannot write {results}/" in out.stderr, out.stderr[-3000:]
     assert "Permission denied" in out.stderr and "rerun with --resume" in out.stderr
     assert not list(results.rglob("*.parquet"))
     resumed = subprocess.run([*argv, "--resume"], env=env, capture_output=True, text=True, timeout=900)

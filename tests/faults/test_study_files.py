@@ -40,6 +40,30 @@ CASES = {  # study file text -> the message it must give
     "bad storage scheme": ('storage = "ftp://host/studies"\n', "unsupported scheme 'ftp'"),
     "credentials in uri": ('storage = "s3://b/x?secret_key=abc"\n', "carries credentials (['secret_key'])"),
     "escaping name": ('name = "../../etc"\n', "StudyConfig.name='../../etc': use letters, digits"),
+    # issue 18 case 10: found from the task names, before the lock, Ray or study.json
+    "k beyond the tasks": (
+        "k = 7\n",
+        "StudyConfig.schemes has 'gradient' (tasks ['Art', 'Clipart', 'Product', 'RealWorld'], k=7): k=7 groups "
+        "is not valid for 4 tasks; choose 1 <= k <= 4",
+    ),
+    "one domain, two groups": ('[run.data]\ndomains = "Art"\n', "k=2 groups is not valid for 1 tasks"),
+    "domain the toy lacks": (
+        '[run.data]\ndomains = "Art,Photo"\n',
+        "StudyConfig.run.data.domains=['Art', 'Photo'] has ['Photo'], which the toy benchmark does not have",
+    ),
+    "unknown dataset": (
+        '[run.data]\ndataset = "imagenet"\n',
+        "StudyConfig.run.data.dataset='imagenet' is not valid; choose one of ('toy', ",
+    ),
+    "partition of other tasks": ('schemes = ["A+B|C+D"]\n', "it names unknown tasks ['A', 'B', 'C', 'D']"),
+    "no far-fetched suggestion": (  # 'num_workers' is not 'n_tokens' (issue 18 case 11)
+        "[run.prompts]\nnum_workers = 2\n",
+        "StudyConfig.run.prompts has unknown settings ['num_workers']; valid: [",
+    ),
+    "variant that changes the tasks": (
+        'variants = ["domains=Art,Clipart"]\n',
+        "which sets ['domains']: every trial of a study shares its tasks and backbone",
+    ),
 }
 
 
@@ -88,3 +112,23 @@ def test_missing_and_binary_study_files(tmp_path, capsys):
 def test_bad_flags(argv, needle, tmp_path, capsys):
     code, err = _run([*argv, "--storage", str(tmp_path / "s")], capsys)
     assert code == 2 and needle in err, err
+
+
+def test_storage_that_is_a_file_is_named_and_left_alone(tmp_path, capsys):
+    """Issue 18 case 10: storage (or a folder above it) is a file: one line naming it, before anything."""
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mine")
+    for storage in (notes, notes / "studies"):
+        code, err = _run(["--smoke", "--storage", str(storage)], capsys)
+        assert code == 2 and f"StudyConfig.storage='{storage}': {notes} is a file, not a folder" in err, err
+        assert "--resume" not in err
+    assert notes.read_text() == "mine" and sorted(tmp_path.iterdir()) == [notes]
+
+
+def test_missing_domain_folder_is_named_before_anything_is_written(tmp_path, capsys):
+    """A dataset folder without one of the preset's domains: named from the folder names alone."""
+    root = tmp_path / "office"
+    (root / "Art" / "ant").mkdir(parents=True)
+    code, err = _run(["--preset", "office-home", "--root", str(root), "--storage", str(tmp_path / "s")], capsys)
+    assert code == 2 and f"StudyConfig.run.data: domain 'Clipart' has no folder: expected {root / 'Clipart'}" in err
+    assert not (tmp_path / "s").exists()
