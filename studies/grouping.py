@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a ch
 
 import pandas as pd  # noqa: E402
 
+from mmap_ray.config import DATASETS  # noqa: E402
 from mmap_ray.fields import add_arguments, from_dict, merge, parsed_values  # noqa: E402
 from mmap_ray.report import failures, leaderboard, load_study, mean_std, write_report  # noqa: E402
 from mmap_ray.storage import StorageError  # noqa: E402
@@ -112,7 +113,8 @@ def build_study(args: argparse.Namespace) -> StudyConfig:
         settings = merge(settings, layer)
     settings = merge(settings, parsed_values(StudyConfig, args, skip=PER_TRIAL))
     data = settings.get("run", {}).get("data", {})
-    if isinstance(data, dict) and data.get("dataset", "toy") != "toy" and not data.get("root"):
+    on_disk = [d for d in DATASETS if d != "toy"]  # an unknown dataset is named by the config's own check
+    if isinstance(data, dict) and data.get("dataset", "toy") in on_disk and not data.get("root"):
         raise ValueError(f"--preset {args.preset} needs --root: the folder holding the dataset")
     try:
         study = from_dict(StudyConfig, settings, "StudyConfig")
