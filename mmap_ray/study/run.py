@@ -142,9 +142,9 @@ def run_study(
         ensure_ray()
         check_resources(study.resources, extra_cpus=TRIAL_DRIVER_CPU)  # fail now, not hang later
         warn_unshared_storage(folder, log)
-        partitions, info, tasks = plan_partitions(study, folder)  # reads the data: may still refuse it
-        if not resume:  # the study exists from here on (a rerun is refused, --resume continues it)
+        if not resume:
             (folder / "study.json").write_text(json.dumps(to_dict(study), indent=2) + "\n")
+        partitions, info, tasks = plan_partitions(study, folder)
         base = {"study": study, "partitions": partitions, "info": info}
         total, interrupted = _run_trials(study, base, tasks, resume, log)
         done = len(stored_rows(folder))
