@@ -20,20 +20,16 @@ import pandas as pd  # noqa: E402
 
 from mmap_ray.report import load_study  # noqa: E402
 from mmap_ray.report.load import completed  # noqa: E402
+from mmap_ray.stats import seed_interval  # noqa: E402
 
 BASE = "projection=kron"
 PROMPT_FREE = ("clip-adapter", "bitfit", "layers=none")  # designs without prompts: n_tokens does not apply
-# Student t quantiles t(0.975, df): a table, so the analysis needs no scipy
-T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
 
 
 def paired(a: pd.Series, b: pd.Series) -> str:
-    """'+1.2 [−0.3, +2.7]': mean of a − b over the seeds both have, with a 95% t interval."""
-    d = (a - b).dropna()
-    if len(d) < 2:
-        return "–"
-    half = T975.get(len(d) - 1, 1.96) * d.std(ddof=1) / len(d) ** 0.5
-    return f"{d.mean():+.1f} [{d.mean() - half:+.1f}, {d.mean() + half:+.1f}]"
+    """'+1.2 [-0.3, +2.7]': mean of a - b (in points) over the seeds both have, with a 95% t interval."""
+    d = seed_interval(((a - b) / 100).dropna().to_numpy())
+    return "–" if d is None else str(d)
 
 
 def table(results: str) -> pd.DataFrame:

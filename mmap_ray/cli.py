@@ -157,6 +157,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    import pandas as pd
+
     from .build import build_run
     from .checkpoint import load, load_trainable
     from .config import read_run_config
@@ -176,10 +178,60 @@ def cmd_eval(args: argparse.Namespace) -> int:
         load_trainable(model, load(run / "checkpoint.pt")["trainable"])
     else:
         model, tasks = build_run(run_config(args))
-    acc = evaluate(model, tasks, args.split)
+    if args.predictions:
+        from .engine import predictions
+        from .results import write_predictions
+
+        cols = predictions(model, tasks, args.split)
+        write_predictions(args.predictions, cols)
+        correct = pd.DataFrame(cols).groupby("task", sort=False)["correct"].mean()
+        acc = {**correct.to_dict(), "mean": float(correct.mean())}
+        print(f"predictions ({len(cols['task']):,} images): {args.predictions}")
+    else:
+        acc = evaluate(model, tasks, args.split)
     _print_accuracy(f"{args.split} accuracy (%):", acc)
     if args.out:
         write_json(Path(args.out), acc)
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from .results import read_predictions
+    from .stats import mcnemar, paired_bootstrap
+
+    a, b = read_predictions(args.a), read_predictions(args.b)
+    key = ["task", "image"]
+    joined = a.merge(b, on=key, how="outer", suffixes=("_a", "_b"), indicator=True)
+    unmatched = joined[joined["_merge"] != "both"]
+    if len(unmatched) or (joined["label_a"] != joined["label_b"]).any():
+        raise ValueError(
+            f"{args.a} and {args.b} are not predictions on the same images ({len(unmatched)} images in only "
+            f"one, {int((joined['label_a'] != joined['label_b']).sum())} with different labels): evaluate both "
+            f"runs on the same data, split and data seed"
+        )
+    rows = []
+    for task, g in [*joined.groupby("task", sort=False), ("mean", joined)]:
+        groups = g["task"].astype("category").cat.codes.to_numpy()
+        d = paired_bootstrap(g["correct_a"].to_numpy(), g["correct_b"].to_numpy(), groups, seed=args.seed)
+        only_a, only_b, p = mcnemar(g["correct_a"].to_numpy(), g["correct_b"].to_numpy())
+        rows.append(
+            {
+                "task": task,
+                "images": len(g),
+                "A (%)": 100 * g.groupby("task")["correct_a"].mean().mean(),
+                "B (%)": 100 * g.groupby("task")["correct_b"].mean().mean(),
+                "A - B, 95% CI (points)": str(d),
+                "verdict": d.verdict,
+                "only A right": only_a,
+                "only B right": only_b,
+                "McNemar p": p,
+            }
+        )
+    table = pd.DataFrame(rows)
+    print(f"A: {args.a}\nB: {args.b}\n(mean: over tasks; CI: paired bootstrap over images within each task)")
+    print(table.to_string(index=False, float_format=lambda v: f"{v:.3g}" if v < 1 else f"{v:.1f}"))
     return 0
 
 
@@ -248,7 +300,7 @@ def cmd_group(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mmap-ray", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_params, _add_train, _add_group, _add_eval, _add_report):
+    for add in (_add_params, _add_train, _add_group, _add_eval, _add_compare, _add_report):
         add(sub)
     return parser
 
@@ -318,8 +370,29 @@ def _add_eval(sub) -> None:
     p.add_argument("--run", default=None, help="a run folder written by `mmap-ray train`")
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
     p.add_argument("--out", default=None, help="also write the accuracies to this JSON file")
+    p.add_argument(
+        "--predictions",
+        default=None,
+        help="also write every image's outcome to this Parquet file (task, image, label, prediction, correct), "
+        "for `mmap-ray compare`",
+    )
     add_run_args(p, ("data", "backbone", "prompts"), layers=())
     p.set_defaults(func=cmd_eval)
+
+
+def _add_compare(sub) -> None:
+    p = sub.add_parser(
+        "compare",
+        help="two runs' predictions on the same images: paired bootstrap CI and McNemar's test",
+        description="Compare the per-image predictions of two runs (`mmap-ray eval --predictions`) on the same "
+        "images: per task and for the mean over tasks, the accuracy difference A - B with a 95% paired "
+        "bootstrap interval (images resampled within each task, both outcomes kept together) and McNemar's "
+        "exact test on the images only one run gets right. An interval containing 0 is no detectable difference.",
+    )
+    p.add_argument("a", help="predictions Parquet file of run A")
+    p.add_argument("b", help="predictions Parquet file of run B")
+    p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap resampling")
+    p.set_defaults(func=cmd_compare)
 
 
 def _add_report(sub) -> None:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,6 +83,38 @@ def _autocast(device: torch.device):
 
 
 @torch.no_grad()
+def predict(
+    model: PromptedCLIP,
+    tasks: Sequence[TaskData],
+    split: str,
+    batch_size: int = 256,
+    rank: int = 0,
+    world_size: int = 1,
+) -> Iterator[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """(task index, image indices in the split, labels, predicted classes) per batch of this rank's
+    shard (every `world_size`-th image) of `split`. Class-prompt features are encoded once."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    text_feats, where = model.text_features(torch.arange(len(tasks), device=device))  # (R, E), (T, C_max)
+    try:
+        for t, task in enumerate(tasks):
+            data = task.split(split)
+            index = torch.arange(rank, len(data), world_size)  # (N_shard,)
+            for start, (images, labels) in zip(
+                range(0, len(index), batch_size), DataLoader(Subset(data, index.tolist()), batch_size=batch_size)
+            ):
+                images, labels = images.to(device), labels.to(device)
+                task_ids = torch.full_like(labels, t)
+                with _autocast(device):
+                    img = model.image_embedding(images, task_ids, model.bank(task_ids).vision)
+                    img = F.normalize(img.float(), dim=-1)  # (B, E)
+                logits = model.logits(img, task_ids, text_feats.float(), where)  # (B, C_max)
+                yield t, index[start : start + len(labels)], labels.cpu(), logits.argmax(1).cpu()
+    finally:
+        model.train(was_training)
+
+
 def evaluate_counts(
     model: PromptedCLIP,
     tasks: Sequence[TaskData],
@@ -91,29 +123,27 @@ def evaluate_counts(
     rank: int = 0,
     world_size: int = 1,
 ) -> torch.Tensor:
-    """(T, 2) [correct, total] per task on this rank's shard (every `world_size`-th sample) of `split`.
-
-    Class-prompt features are encoded once. Sum the counts over ranks to get the whole split's accuracy.
-    """
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    text_feats, where = model.text_features(torch.arange(len(tasks), device=device))  # (R, E), (T, C_max)
+    """(T, 2) [correct, total] per task on this rank's shard of `split`; sum over ranks for the whole split."""
     counts = torch.zeros(len(tasks), 2, dtype=torch.float64)
-    for t, task in enumerate(tasks):
-        data = task.split(split)
-        shard = Subset(data, range(rank, len(data), world_size))
-        for images, labels in DataLoader(shard, batch_size=batch_size):
-            images, labels = images.to(device), labels.to(device)
-            task_ids = torch.full_like(labels, t)
-            with _autocast(device):
-                img = model.image_embedding(images, task_ids, model.bank(task_ids).vision)
-                img = F.normalize(img.float(), dim=-1)  # (B, E)
-            logits = model.logits(img, task_ids, text_feats.float(), where)  # (B, C_max)
-            counts[t, 0] += int((logits.argmax(1) == labels).sum())
-            counts[t, 1] += len(labels)
-    model.train(was_training)
+    for t, _, labels, pred in predict(model, tasks, split, batch_size, rank, world_size):
+        counts[t, 0] += int((pred == labels).sum())
+        counts[t, 1] += len(labels)
     return counts
+
+
+def predictions(
+    model: PromptedCLIP, tasks: Sequence[TaskData], split: str = "test", batch_size: int = 256
+) -> dict[str, list]:
+    """Every image's outcome on `split`, as columns: task, image (its index in the task's split), label,
+    prediction, correct. What paired comparisons (`stats`) need: two runs, the same images."""
+    cols: dict[str, list] = {"task": [], "image": [], "label": [], "prediction": [], "correct": []}
+    for t, index, labels, pred in predict(model, tasks, split, batch_size):
+        cols["task"] += [tasks[t].name] * len(labels)
+        cols["image"] += index.tolist()
+        cols["label"] += labels.tolist()
+        cols["prediction"] += pred.tolist()
+        cols["correct"] += (pred == labels).tolist()
+    return cols
 
 
 def accuracy(names: Sequence[str], counts: torch.Tensor) -> dict[str, float]:

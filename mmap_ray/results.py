@@ -364,3 +364,43 @@ def provenance() -> dict:
         "optuna": optuna.__version__,
         "pandas": pd.__version__,
     }
+
+
+# ---- per-image predictions (`mmap-ray eval --predictions`, `mmap-ray compare`) --------------------------
+
+PREDICTION_SCHEMA = pa.schema(
+    [
+        ("task", pa.string()),
+        ("image", pa.int64()),
+        ("label", pa.int64()),
+        ("prediction", pa.int64()),
+        ("correct", pa.bool_()),
+    ]
+)
+
+
+def write_predictions(path: str | Path, cols: Mapping[str, list]) -> Location:
+    """Every image's outcome (`engine.predictions`) as one Parquet file, written atomically."""
+    arrow = pa.table({name: cols[name] for name in PREDICTION_SCHEMA.names}, schema=PREDICTION_SCHEMA)
+    buf = io.BytesIO()
+    pq.write_table(arrow.replace_schema_metadata({SCHEMA_KEY: str(SCHEMA_VERSION).encode()}), buf)
+    where = location(path, "--predictions")
+    where.write_bytes(buf.getvalue())
+    return where
+
+
+def read_predictions(path: str | Path) -> pd.DataFrame:
+    """A predictions file `write_predictions` wrote; ValueError naming the file if it is not one."""
+    where = location(path, "predictions file")
+    if not where.exists():
+        raise ValueError(f"predictions file {path} does not exist; write one with `mmap-ray eval --predictions`")
+    try:
+        arrow = pq.read_table(io.BytesIO(where.read_bytes()))
+    except (pa.ArrowException, OSError) as e:
+        raise ValueError(f"predictions file {path} is not a Parquet file ({e})") from None
+    missing = [n for n in PREDICTION_SCHEMA.names if n not in arrow.column_names]
+    if missing:
+        raise ValueError(
+            f"predictions file {path} lacks the columns {missing}: it is not what `mmap-ray eval --predictions` writes"
+        )
+    return arrow.select(PREDICTION_SCHEMA.names).to_pandas()
