@@ -560,3 +560,39 @@ def test_designs_table_pairs_each_design_with_kron_by_seed(tmp_path):
     table = module.table(str(tmp_path / "results")).set_index("design")
     assert table.loc["kron", "test mean (%)"] == "81.0 ± 1.0"
     assert table.loc["coop", "vs kron, same n_tokens (paired, 95% CI)"] == "-5.0 [-5.0, -5.0]"  # same noise per seed
+
+
+def test_oracle_ranks_partitions_and_scores_each_method_against_it(tmp_path):
+    """An oracle study (every two-group partition, 3 seeds) with known accuracies: the ranking, and each
+    method's chosen partitions, ranks, regret (paired by seed), agreement and cost."""
+    from mmap_ray.grouping import set_partitions
+    from mmap_ray.report.oracle import method_scores
+
+    parts = [str(p) for p in set_partitions(TASKS, 2)]  # 7
+    rows = []
+    for i, part in enumerate(parts):
+        for seed in (0, 1, 2):
+            acc = 0.90 - 0.01 * i + 0.001 * seed  # partition i is the (i+1)-th best on every seed
+            rows.append(_trial(f"p{i}s{seed}", part, seed, acc, partition=part))
+    results = tmp_path / "results"
+    write_rows(results, rows, epochs=False)
+    chosen = {"gradient": [parts[0]] * 3, "random": [parts[3], parts[6], parts[3]]}
+    side = {f"{m}/{s}": p for m, ps in chosen.items() for s, p in enumerate(ps)}
+    seconds = {f"gradient/{s}": 12.0 for s in range(3)} | {f"random/{s}": 0.0 for s in range(3)}
+    (tmp_path / "partitions.json").write_text(json.dumps({"partitions": side, "seconds": seconds}))
+    study = load_study(results)
+    scores = method_scores(study.trials, study.partitions, study.seconds).set_index("method")
+    assert scores.loc["gradient", "rank"] == "1, 1, 1" and scores.loc["gradient", "agreement"] == 1.0
+    assert scores.loc["gradient", "regret (points, 95% CI)"] == "+0.0 [+0.0, +0.0]"
+    assert scores.loc["random", "rank"] == "4, 7, 4" and scores.loc["random", "agreement"] == pytest.approx(2 / 3)
+    assert scores.loc["random", "regret (points, 95% CI)"].startswith("+4.0 [")  # (3 + 6 + 3) / 3 points
+    assert scores.loc["gradient", "cost_s"] == 12.0 and scores.loc["gradient", "oracle_s"] == 7 * 36.0
+    paths = write_report(study, tmp_path / "report")
+    section = Path(paths.markdown).read_text().split("Grouping methods against the oracle")[1].split("\n## ")[0]
+    lines = [line for line in section.splitlines() if parts[0].replace("|", "\\|") in line]  # Markdown escapes |
+    assert "90.1 ± 0.1" in lines[0] and "gradient" in section and "random" in section
+
+
+def test_an_ordinary_study_says_it_is_not_an_oracle(tmp_path):
+    paths = write_report(load_study(fabricate(tmp_path / "fab")), tmp_path / "report")
+    assert "Not an oracle study (`--preset oracle`)" in Path(paths.markdown).read_text()

@@ -48,6 +48,7 @@ class Study:
     affinity: dict[str, dict]
     baselines: pd.DataFrame
     notes: list[str] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)  # "scheme/seed" -> seconds its partition took
 
 
 def _folder(path: str | Path | Location, table: str, field: str) -> Location:
@@ -128,6 +129,7 @@ def load_study(results: str | Path | Location, baselines: str | Path | Location 
     if side.exists():
         saved = json.loads(side.read_text())
         study.partitions, study.affinity = saved.get("partitions", {}), saved.get("affinity", {})
+        study.seconds = saved.get("seconds", {})
     else:
         study.notes.append(f"No {side}: the task-affinity matrices are left out.")
     if baselines is not None:

@@ -27,6 +27,7 @@ from .figures import (
     tradeoff_figure,
 )
 from .load import METRIC_LABELS, Study, accuracy_columns
+from .oracle import method_scores, oracle_ranking
 from .tables import COMPARISONS, comparisons, failures, leaderboard, mean_std, overview, shown, status_table
 
 READING = {  # a figure's file name -> the text above it, which says how to read it
@@ -155,6 +156,31 @@ def ablation_section(setting: str, name: str, study: Study) -> Section:
     return _figure_section(ABLATIONS[setting][1], ablation_figure(study, setting), name, text)
 
 
+def oracle_section(study: Study) -> Section:
+    s = Section("Grouping methods against the oracle")
+    ranking = oracle_ranking(study.trials)
+    if ranking is None:
+        s.notes.append("Not an oracle study (`--preset oracle`): no ranking of every partition.")
+        return s
+    s.text = (
+        f"Every partition trained over the same seeds, ranked by mean {_what(study)} (%, ± std over seeds); then "
+        "each grouping method: the partition it chose per seed, that partition's rank, its regret (the best "
+        "partition's accuracy minus the chosen one's, paired by seed, 95% t interval; an interval containing 0 "
+        "is no detectable difference), how often it chose the same partition, and the seconds its choice took "
+        "against the oracle's training seconds per seed."
+    )
+    shown_ranking = ranking.assign(
+        accuracy=[
+            f"{100 * m:.1f} ± {100 * sd:.1f}" if sd == sd else f"{100 * m:.1f}"  # one seed: no std
+            for m, sd in zip(ranking["mean"], ranking["std"])
+        ]
+    )[["rank", "partition", "accuracy", "seeds"]]
+    s.tables.append(shown_ranking)
+    if study.partitions:
+        s.tables.append(method_scores(study.trials, study.partitions, study.seconds))
+    return s
+
+
 def budget_section(study: Study) -> Section:
     return _figure_section("Designs at matched budgets", budget_figure(study), "budget")
 
@@ -166,6 +192,7 @@ SECTIONS: tuple[Callable[[Study], Section], ...] = (
     comparisons_section,
     tradeoff_section,
     budget_section,
+    oracle_section,
     affinity_section,
     curves_section,
     partial(ablation_section, "n_tokens", "ablation-prompt-length"),

@@ -9,6 +9,7 @@ resumed study reuses the same partitions.
 from __future__ import annotations
 
 import json
+import time
 
 from ..backbone import BackboneInfo
 from ..grouping import AFFINITY_SCHEMES
@@ -47,12 +48,14 @@ def plan_partitions(cfg: StudyConfig, folder: Location) -> tuple[dict[str, str],
 
     path = folder / "partitions.json"
     saved = json.loads(path.read_text()) if path.exists() else {"partitions": {}, "affinity": {}}
+    saved.setdefault("seconds", {})  # what each choice cost (an oracle study compares it with training all)
     backbone = load_run_backbone(cfg.run.backbone)
     tasks = load_run_tasks(cfg.run.data, backbone)
     names = [t.name for t in tasks]
     seeds = cfg.seeds if cfg.mode == "compare" else cfg.seeds[:1]
     needed = [(s, seed) for s in cfg.schemes for seed in seeds if f"{s}/{seed}" not in saved["partitions"]]
     for scheme, seed in needed:
+        start = time.perf_counter()
         if scheme in AFFINITY_SCHEMES:
             affinity = task_affinity(backbone, tasks, replace(cfg.affinity, method=scheme, seed=seed))
             saved["affinity"][f"{scheme}/{seed}"] = {"tasks": names, "matrix": affinity.tolist()}
@@ -60,6 +63,7 @@ def plan_partitions(cfg: StudyConfig, folder: Location) -> tuple[dict[str, str],
         else:
             partition = fixed_partition(scheme, names, cfg.k, seed)
         saved["partitions"][f"{scheme}/{seed}"] = str(partition)
+        saved["seconds"][f"{scheme}/{seed}"] = round(time.perf_counter() - start, 3)
     if needed:
         path.write_text(json.dumps(saved, indent=2) + "\n")
     return saved["partitions"], backbone.info, names

@@ -1,0 +1,80 @@
+"""The oracle: every partition of the tasks trained over the same seeds, and each grouping method scored
+against it.
+
+A grouping method is only as good as the partition it picks, and the only ground truth for that is to
+train them all (`studies/grouping.py --preset oracle`: all 15 partitions of 4 tasks, or `oracle-k2`: the
+7 with two groups, with the methods in the same study, so a partition a method picks is the same trial
+as the oracle's and is trained once). From such a study:
+
+- `oracle_ranking`: each partition's accuracy, mean ± std over seeds, ranked by the mean;
+- `method_scores`: for each method (gradient, lookahead, random, ...) the partition it chose per seed,
+  that partition's rank, its regret (the oracle-best partition's accuracy minus the chosen one's, paired
+  by seed, with a 95% t interval), how often it chose the same partition across seeds, and what its
+  choice cost (seconds of the affinity step against the oracle's training seconds).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from ..grouping import AFFINITY_SCHEMES, FIXED_SCHEMES, Partition, parse_groups
+from ..stats import seed_interval
+from .load import completed
+
+
+def _canonical(text: str, tasks: tuple[str, ...]) -> str:
+    return str(Partition(tasks, parse_groups(text)))
+
+
+def oracle_ranking(trials: pd.DataFrame, metric: str = "test_mean") -> pd.DataFrame | None:
+    """(partition, mean, std, seeds, rank) over the completed trials, best first; None unless the trials
+    hold at least two partitions of one configuration (an oracle study)."""
+    t = completed(trials)
+    t = t[t["partition"].notna() & t[metric].notna()] if len(t) else t
+    if t.empty or t["partition"].nunique() < 2 or t["config_id"].nunique() != t["partition"].nunique():
+        return None  # not every partition of one configuration: the other settings would differ too
+    table = t.groupby("partition", observed=True)[metric].agg(mean="mean", std="std", seeds="count")
+    table = table.sort_values("mean", ascending=False)
+    table["rank"] = np.arange(1, len(table) + 1)
+    return table.reset_index()
+
+
+def method_scores(
+    trials: pd.DataFrame, partitions: dict[str, str], seconds: dict[str, float] | None = None, metric: str = "test_mean"
+) -> pd.DataFrame:
+    """One row per grouping method in `partitions` ("scheme/seed" -> the partition it chose).
+
+    Columns: method, chosen (per seed), rank (of each choice in the oracle ranking), regret (points, mean
+    over seeds with a 95% t interval), agreement (share of seeds on the method's most frequent choice),
+    cost_s (mean seconds of the method's affinity step) and oracle_s (the oracle's training seconds per seed).
+    """
+    ranking = oracle_ranking(trials, metric)
+    if ranking is None:
+        raise ValueError("these results are not an oracle study: they need every partition of one configuration")
+    t = completed(trials)
+    tasks = tuple(sorted({task for p in ranking["partition"] for g in parse_groups(str(p)) for task in g}))
+    acc = {(_canonical(str(p), tasks), int(s)): v for p, s, v in zip(t["partition"], t["seed"], t[metric])}
+    rank = {_canonical(str(p), tasks): int(r) for p, r in zip(ranking["partition"], ranking["rank"])}
+    best = _canonical(str(ranking["partition"].iloc[0]), tasks)
+    oracle_s = t.groupby("seed")["wall_s"].sum().mean() if "wall_s" in t else float("nan")
+    choices = [(*k.rsplit("/", 1), v) for k, v in partitions.items()]  # (scheme, seed, partition)
+    rows = []
+    for method in sorted({m for m, _, _ in choices} & set(AFFINITY_SCHEMES + FIXED_SCHEMES)):
+        chosen = {int(s): _canonical(v, tasks) for m, s, v in choices if m == method}
+        seeds = sorted(s for s in chosen if (chosen[s], s) in acc and (best, s) in acc)
+        regret = seed_interval(np.array([acc[best, s] - acc[chosen[s], s] for s in seeds]))
+        picks = pd.Series([chosen[s] for s in sorted(chosen)])
+        cost = [seconds[f"{method}/{s}"] for s in chosen if seconds and f"{method}/{s}" in seconds]
+        rows.append(
+            {
+                "method": method,
+                "chosen": ", ".join(f"{s}: {chosen[s]}" for s in sorted(chosen)),
+                "rank": ", ".join(str(rank.get(chosen[s], "–")) for s in sorted(chosen)),
+                "regret (points, 95% CI)": str(regret) if regret else "–",
+                "agreement": float(picks.value_counts().iloc[0] / len(picks)),
+                "cost_s": float(np.mean(cost)) if cost else float("nan"),
+                "oracle_s": float(oracle_s),
+            }
+        )
+    return pd.DataFrame(rows)
