@@ -12,4 +12,4 @@ from pathlib import Path
 
 def cache_dir() -> Path:
     """Where built artefacts live: $MMAP_RAY_CACHE, else ~/.cache/mmap-ray."""
-    return Path(os.environ.get("MMAP_RAY_CACHE", Path.home() / ".cache" / "mmap-ray"))
+    return Path(os.environ.get("MMAP_RAY_CACHE") or Path.home() / ".cache" / "mmap-ray")  # "" counts as unset

@@ -409,8 +409,9 @@ def _add_report(sub) -> None:
     p.set_defaults(func=run_report)
 
 
-# Bad input: a wrong value, a missing or unreadable file, a run folder that cannot be written. One line.
-INPUT_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError, StorageError)
+# Bad input: a wrong value, a missing or unreadable file (any OSError: it names the path), a run folder that
+# cannot be written. One line.
+INPUT_ERRORS = (ValueError, OSError, StorageError)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -118,11 +118,21 @@ def check_types(cfg: Any) -> None:
             if isinstance(member, type) and issubclass(member, enum.Enum):
                 raise ValueError(f"{name}.{f.name}={value!r} is not valid; choose one of {_values(member)}")
             raise ValueError(f"{name}.{f.name}={value!r} is not valid: it must be {describe(tp)}")
+        if _beyond_int32(value):  # no setting needs more; tensor shapes and Parquet columns would overflow
+            raise ValueError(f"{name}.{f.name}={value!r} is out of range: integers must lie in [-2**31, 2**31)")
         if isinstance(value, list):  # lists from JSON / TOML become the tuples the annotation says
             object.__setattr__(cfg, f.name, _tuples(value))
         choices = f.metadata.get("choices")
         if choices and value is not None and value not in choices:
             raise ValueError(f"{name}.{f.name}={value!r} is not valid; choose one of {tuple(choices)}")
+
+
+def _beyond_int32(value: Any) -> bool:
+    if isinstance(value, (list, tuple)):
+        return any(_beyond_int32(v) for v in value)
+    if isinstance(value, dict):
+        return any(_beyond_int32(v) for v in value.values())
+    return isinstance(value, int) and not isinstance(value, bool) and not -(2**31) <= value < 2**31
 
 
 def _values(enum_type: type[enum.Enum]) -> str:
@@ -153,10 +163,33 @@ def to_dict(cfg: Any) -> dict:
 CLOSE = 0.75  # difflib ratio for a suggestion: 'epocs'/'epochs' 0.91 is one, 'num_workers'/'n_tokens' 0.63 is not
 
 
-def did_you_mean(unknown: Iterable[str], valid: Iterable[str]) -> str:
-    """' (did you mean 'a' -> 'b'?)' for the closest valid name of each unknown one, or ''."""
+def closest(name: str, valid: Iterable[str]) -> str | None:
+    """The valid name `name` most likely meant: the closest spelling ('epocs' -> 'epochs'), else the one
+    sharing the longest beginning or end with it, of 4+ letters ('model_name' -> 'model'); None if none is."""
     valid = list(valid)
-    hints_ = [f"{u!r} -> {m[0]!r}" for u in unknown if (m := difflib.get_close_matches(u, valid, n=1, cutoff=CLOSE))]
+    match = difflib.get_close_matches(name, valid, n=1, cutoff=CLOSE)
+    if match:
+        return match[0]
+
+    def affix(v: str) -> int:
+        short, long_ = sorted((v, name), key=len)
+        return len(short) if len(short) >= 4 and (long_.startswith(short) or long_.endswith(short)) else 0
+
+    best = max(valid, key=affix, default=None)
+    return best if best is not None and affix(best) else None
+
+
+def did_you_mean(unknown: Iterable[str], fields: Iterable[str], paths: Mapping[str, str] | None = None) -> str:
+    """' (did you mean 'a' -> 'b'?)' for the closest field of each unknown name, or "'b' in [table]" when
+    the closest is a setting of a nested table (`paths`: leaf name -> dotted path); '' when none is close."""
+    fields, paths = list(fields), dict(paths or {})
+    hints_ = []
+    for u in unknown:
+        m = closest(u, fields + [p for p in paths if p not in fields])
+        if m in fields:
+            hints_.append(f"{u!r} -> {m!r}")
+        elif m is not None and "." in paths[m]:
+            hints_.append(f"{m!r} in [{paths[m].rsplit('.', 1)[0]}]")
     return f" (did you mean {', '.join(hints_)}?)" if hints_ else ""
 
 
@@ -187,22 +220,12 @@ def check_keys(cls: type, data: Any, where: str = "", recursive: bool = True) ->
         paths = {name: prefix + path for name, path in leaf_paths(cls).items()}
         elsewhere = {u: paths[u] for u in unknown if u in paths}
         hint = f" ({', '.join(f'{u!r} belongs in [{paths[u].rsplit(chr(46), 1)[0]}]' for u in elsewhere)})"
-        hint = hint if elsewhere else did_you_mean(unknown, fields) or _nearest_leaf(unknown, paths)
+        hint = hint if elsewhere else did_you_mean(unknown, fields, paths)
         raise ValueError(f"{where} has unknown settings {unknown}{hint}; valid: {sorted(fields)}")
     for name, value in data.items() if recursive else ():
         tp = hints(cls)[name]
         if dataclasses.is_dataclass(tp):
             check_keys(tp, value, f"{where}.{name}")
-
-
-def _nearest_leaf(unknown: Iterable[str], paths: Mapping[str, str]) -> str:
-    """' (did you mean 'epochs' in [run.train]?)' for a misspelt setting of a nested table, or ''."""
-    found = []
-    for u in unknown:
-        match = difflib.get_close_matches(u, list(paths), n=1, cutoff=CLOSE)
-        if match and "." in paths[match[0]]:
-            found.append(f"{match[0]!r} in [{paths[match[0]].rsplit('.', 1)[0]}]")
-    return f" (did you mean {', '.join(found)}?)" if found else ""
 
 
 def from_dict(cls: type[T], data: Mapping, where: str | None = None) -> T:

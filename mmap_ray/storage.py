@@ -218,9 +218,14 @@ def check_reachable(loc: Location, field: str = "storage_path") -> None:
     the local folder cannot be one (a file stands where it or a parent folder would be)."""
     if loc.is_local:
         path = Path(loc.path)
-        blocking = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
-        if blocking is not None:
-            raise ValueError(f"{field}={loc.uri!r}: {blocking} is a file, not a folder; choose a folder")
+        try:
+            for p in (path, *path.parents):
+                if p.is_symlink() and not p.exists():
+                    raise ValueError(f"{field}={loc.uri!r}: {p} is a broken symbolic link; choose a folder")
+                if p.exists() and not p.is_dir():
+                    raise ValueError(f"{field}={loc.uri!r}: {p} is a file, not a folder; choose a folder")
+        except OSError as e:  # a name too long, a folder we may not enter
+            raise ValueError(f"{field}={loc.uri!r}: {e.strerror or e}") from None
         return
     bucket = loc.path.split("/", 1)[0]
     try:

@@ -25,7 +25,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a ch
 import pandas as pd  # noqa: E402
 
 from mmap_ray.config import DATASETS  # noqa: E402
+from mmap_ray.data.toy import DOMAINS as TOY_DOMAINS  # noqa: E402
 from mmap_ray.fields import add_arguments, from_dict, merge, parsed_values  # noqa: E402
+from mmap_ray.grouping import set_partitions  # noqa: E402
 from mmap_ray.report import failures, leaderboard, load_study, mean_std, write_report  # noqa: E402
 from mmap_ray.storage import StorageError  # noqa: E402
 from mmap_ray.study import Interrupted, StudyConfig, read_study_file, run_study  # noqa: E402
@@ -86,6 +88,12 @@ PRESETS = {
         "run": {"train": {"epochs": 8}},
     },
 }
+# the oracle: every partition of the toy's 4 tasks (15; `oracle-k2`: the 7 with two groups) trained over 3
+# seeds, with the grouping methods in the same study: a partition a method picks is the oracle's trial
+ALL = [str(p) for p in set_partitions(TOY_DOMAINS)]
+TWO = [str(p) for p in set_partitions(TOY_DOMAINS, 2)]
+PRESETS["oracle"] = {**ON_TOY, "schemes": [*ALL, "gradient", "lookahead", "random"], "run": {"train": {"epochs": 8}}}
+PRESETS["oracle-k2"] = {**ON_TOY, "schemes": [*TWO, "gradient", "lookahead", "random"], "run": {"train": {"epochs": 8}}}
 SMOKE = {
     "name": "smoke",
     "schemes": ["single", "gradient"],
@@ -121,8 +129,12 @@ def build_study(args: argparse.Namespace) -> StudyConfig:
     except ValueError as e:
         raise ValueError(f"study file {args.study}: {e}" if args.study else str(e)) from None
     root = study.run.data.root
-    if root is not None and not Path(root).is_dir():
-        raise ValueError(f"--root {root} does not exist or is not a folder")
+    try:
+        is_dir = root is None or Path(root).is_dir()
+    except OSError as e:  # a name too long, a folder we may not enter
+        raise ValueError(f"run.data.root (--root) {root}: {e.strerror or e}") from None
+    if not is_dir:
+        raise ValueError(f"run.data.root (--root) {root} does not exist or is not a folder")
     return study
 
 
@@ -153,6 +165,9 @@ def main(argv: list[str] | None = None) -> int:
     except StorageError as e:  # results could not be written: nothing finished is lost, --resume goes on
         print(f"{PROG}: error: {e}; fix it and rerun with --resume", file=sys.stderr)
         return 1
+    except OSError as e:  # a file or folder we could not read or create (it names the path)
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return 2
     except Interrupted as e:  # Ctrl-C reached Tune, which stopped the trials: no partial leaderboard
         print(f"{PROG}: {e} (study folder: {study.study_dir})", file=sys.stderr)
         return 130

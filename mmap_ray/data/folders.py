@@ -114,8 +114,11 @@ def load_folder_tasks(
 
     out = []
     for task, _ in tasks:
+        listed = [it for s in SPLITS for it in reused[task][s]] if reused[task] else pools[task] + (tests[task] or [])
+        dropped = sum(rel in bad for rel, _ in listed)
         if reused[task] is not None:
             split = {s: [it for it in reused[task][s] if it[0] not in bad] for s in SPLITS}
+            _check_split_sizes(task, root, split, cfg, dropped, split_file[task])
         else:
             pool = [it for it in pools[task] if it[0] not in bad]
             test_fraction = 0.0 if tests[task] is not None else cfg.test_fraction
@@ -124,9 +127,9 @@ def load_folder_tasks(
                 split["test"] = [it for it in tests[task] if it[0] not in bad]
             if cfg.shots is not None:
                 split["train"] = _take_shots(split["train"], cfg.shots, random.Random(f"shots:{cfg.seed}:{task}"))
+            _check_split_sizes(task, root, split, cfg, dropped)  # before a split that cannot serve is saved
             if split_file[task] is not None:
                 _write_split_file(split_file[task], meta, split)
-        _check_split_sizes(task, root, split, cfg, reused[task] is not None)
         datasets = {
             s: ImageListDataset(
                 [(root / rel, label) for rel, label in split[s]], transform_train if s == "train" else transform_eval
@@ -316,24 +319,27 @@ def _same_classes(classes_by_task: dict[str, set[str]], what: str) -> list[str]:
 
 
 def _check_split_sizes(
-    task: str, root: Path, split: dict[str, list[Item]], cfg: FolderDataConfig, reused: bool
+    task: str, root: Path, split: dict[str, list[Item]], cfg: FolderDataConfig, dropped: int, reused: Path | None = None
 ) -> None:
     """Every split must hold an image: training, model selection (val) and the reported accuracy (test)
-    all need one. Refused at load time, naming the domain and the sizes, not after the first epoch."""
+    all need one. Refused at load time, naming the domain, the sizes and the cause, not after an epoch."""
     empty = [s for s in SPLITS if not split[s]]
     if not empty:
         return
     sizes = ", ".join(f"{s}={len(split[s])}" for s in SPLITS)
-    if reused:
-        hint = f"the split file {Path(cfg.splits_dir) / f'{task}.json'} leaves it empty; delete it to re-split"
+    if dropped:
+        hint = f"{dropped} of its images were dropped as undecodable (skip_bad_images); repair or replace them"
+    elif reused is not None:
+        hint = f"the split file {reused}, written by an earlier run into this folder, leaves it so"
+    elif cfg.layout in OFFICIAL_SPLITS and not split["test"]:
+        hint = "its official test list names no usable image"
     else:
-        need = _min_class_size(cfg)
         fractions = f"val_fraction={cfg.val_fraction}" + (
             "" if cfg.layout in OFFICIAL_SPLITS else f", test_fraction={cfg.test_fraction}"
         )
         hint = (
-            f"with {fractions}, a class needs at least {need} images to give each split one; add images, or "
-            f"leave the domain out with domains=..."
+            f"with {fractions}, a class needs at least {_min_class_size(cfg)} images to give each split one; add "
+            f"images, or leave the domain out with domains=..."
         )
     raise ValueError(f"domain {task!r} under {root} splits into {sizes} images: {' and '.join(empty)} empty; {hint}")
 
@@ -341,12 +347,13 @@ def _check_split_sizes(
 def _min_class_size(cfg: FolderDataConfig) -> int:
     """The fewest images a class needs for `_stratified_split` to give each of its splits one."""
     test_fraction = 0.0 if cfg.layout in OFFICIAL_SPLITS else cfg.test_fraction  # the official list is the test
-    for n in range(1, 1001):
+    n = 1
+    while True:  # ends: both fractions are > 0, so round(n * f) >= 1 once n > 1 / f, with n - 1 left over
         n_test = min(round(n * test_fraction), n - 1)
         n_val = min(round(n * cfg.val_fraction), n - 1 - n_test)
         if n_val >= 1 and (n_test >= 1 or cfg.layout in OFFICIAL_SPLITS):
             return n
-    raise AssertionError("unreachable: fractions in (0, 1) fill every split by 1000 images")
+        n += 1
 
 
 def _stratified_split(

@@ -23,7 +23,9 @@ from ..cache import cache_dir
 SHOW = 5  # how many offending paths an error message names
 DRAFT = (64, 64)  # JPEGs decode at reduced scale: every byte of the stream is still read, 10-60x faster
 
-Stamp = tuple[int, int]  # (size in bytes, modification time in ns): a file changed since its check differs
+# (size, mtime, ctime in ns): a file changed since its check differs; ctime also catches a replacement whose
+# size and mtime were put back (tar, cp -p, rsync -a), as nothing but the kernel sets it
+Stamp = tuple[int, int, int]
 
 
 def drop_unreadable(root: Path, rels: list[str], skip: bool) -> set[str]:
@@ -69,7 +71,7 @@ def decode_problem(path: Path) -> str | None:
 
 def _stamp(path: Path) -> Stamp:
     st = path.stat()
-    return st.st_size, st.st_mtime_ns
+    return st.st_size, st.st_mtime_ns, st.st_ctime_ns
 
 
 def _checked_file(root: Path) -> Path:
@@ -83,14 +85,17 @@ def _read_checked(root: Path) -> dict[str, Stamp]:
         data = json.loads(_checked_file(root).read_text())
         if data.get("root") != str(_real(root)):
             return {}
-        return {rel: (int(st[0]), int(st[1])) for rel, st in data["decoded"].items()}
-    except (OSError, ValueError, TypeError, KeyError, IndexError, AttributeError):
-        return {}  # no cache, or one we cannot read: decode again
+        return {rel: tuple(int(v) for v in st) for rel, st in data["decoded"].items()}
+    except (OSError, RuntimeError, ValueError, TypeError, KeyError, AttributeError):
+        return {}  # no cache (or no home folder), or one we cannot read: decode again
 
 
 def _write_checked(root: Path, decoded: dict[str, Stamp]) -> None:
     """Remember what decoded (atomically; a cache that cannot be written only costs a decode next time)."""
-    path = _checked_file(root)
+    try:
+        path = _checked_file(root)
+    except RuntimeError:  # no home folder to keep a cache in
+        return
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

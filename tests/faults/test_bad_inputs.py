@@ -396,6 +396,12 @@ def test_partition_file_that_group_did_not_write(tree, tmp_path, capsys, content
         ("--loader-workers", "-2", "TrainConfig.loader_workers=-2 must be >= 0"),
         ("--workers", "-1", "--workers -1 is not valid; give 0 (train in this process) or >= 1 Ray workers"),
         ("--n-tokens", "0", "MmAPConfig.n_tokens=0 must be an integer >= 1"),
+        (
+            "--n-tokens",
+            str(2**63),
+            f"MmAPConfig.n_tokens={2**63} is out of range: integers must lie in [-2**31, 2**31)",
+        ),
+        ("--seed", str(2**40), f"TrainConfig.seed={2**40} is out of range"),  # found by test_properties.py
         ("--source-dim", "0", "MmAPConfig.source_dim=0 must be a positive integer or None"),
         (
             "--layers",
@@ -509,8 +515,37 @@ def test_split_file_with_an_empty_split_is_named(tmp_path):
     data["train"] += data.pop("test")
     data["test"] = []
     saved.write_text(json.dumps(data))
-    with pytest.raises(ValueError, match=rf"test empty; the split file {saved} leaves it empty; delete it"):
+    with pytest.raises(ValueError, match=rf"test empty; the split file {saved}, written by an earlier run"):
         load_folder_tasks(cfg)
+
+
+def test_a_refused_split_is_not_saved_so_adding_images_fixes_it(tmp_path):
+    """The refusal comes before the split file is written: after adding images, the same command works."""
+    root = make_tree(tmp_path / "data", domains=("Art",), classes=("ant", "bee"), n=3)
+    cfg = FolderDataConfig("folders", root, splits_dir=str(tmp_path / "splits"))
+    with pytest.raises(ValueError, match="val empty"):
+        load_folder_tasks(cfg)
+    assert not (tmp_path / "splits" / "Art.json").exists()
+    make_tree(root, domains=("Art",), classes=("ant", "bee"), n=6)
+    (task,) = load_folder_tasks(cfg)
+    assert len(task.val) > 0 and (tmp_path / "splits" / "Art.json").is_file()
+
+
+def test_a_split_emptied_by_skipped_images_names_them(tmp_path):
+    root = make_tree(tmp_path / "data", domains=("Art",), classes=("ant", "bee"), n=6)
+    cfg = FolderDataConfig("folders", root, splits_dir=str(tmp_path / "splits"), skip_bad_images=True)
+    saved = load_folder_tasks(cfg)[0]
+    for path, _ in saved.val.items:
+        path.write_bytes(b"")  # every val image broken after the split was saved
+    with pytest.warns(UserWarning, match="dropping 2 undecodable"):
+        with pytest.raises(ValueError, match=r"val empty; 2 of its images were dropped as undecodable"):
+            load_folder_tasks(cfg)
+
+
+def test_tiny_fractions_still_name_a_class_size():
+    from mmap_ray.data.folders import _min_class_size
+
+    assert _min_class_size(FolderDataConfig("folders", Path("."), val_fraction=0.0004)) == 1251
 
 
 # ---- round two (issue 18): images that only fail when decoded --------------------------------------------
@@ -546,20 +581,22 @@ def test_png_with_truncated_pixel_data_is_named_at_load_time_and_skippable(tree,
 
 
 def test_decoded_images_are_remembered_by_path_size_and_mtime(tree, tmp_path, monkeypatch):
-    """A second load does not decode again: what decoded is kept per machine under the path, size and
-    modification time, so a file changed since (another size or mtime) is decoded, and named, again."""
+    """A second load does not decode again: what decoded is kept per machine under the path, size,
+    modification and change time, so a file changed since (even with its size and mtime put back, as
+    tar and rsync do) is decoded, and named, again."""
     monkeypatch.setenv("MMAP_RAY_CACHE", str(tmp_path / "cache"))
     load_folder_tasks(folders(tree))
     (kept,) = (tmp_path / "cache" / "image-checks").glob("*.json")
     assert len(json.loads(kept.read_text())["decoded"]) == 24
     image = tree / "Art" / "ant" / "ant_000.jpg"
     st = image.stat()
-    image.write_bytes(b"\0" * st.st_size)  # broken, but with the size and mtime it was checked with
+    kept_text = kept.read_text()
+    load_folder_tasks(folders(tree))  # everything from the cache: nothing decoded, nothing rewritten
+    assert kept.read_text() == kept_text
+    image.write_bytes(b"\0" * st.st_size)  # broken, with the size and mtime it was checked with put back
     os.utime(image, ns=(st.st_atime_ns, st.st_mtime_ns))
-    load_folder_tasks(folders(tree))  # trusted from the cache: not decoded again
-    os.utime(image, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))  # touched: checked again
     with pytest.raises(ValueError, match=rf"1 of 24 image files .*\n  {image}: UnidentifiedImageError"):
-        load_folder_tasks(folders(tree))
+        load_folder_tasks(folders(tree))  # its ctime changed: checked again
 
 
 # ---- round two (issue 18): messages and help (case 11), and a warning nobody asked for (case 12) ---------

@@ -60,6 +60,7 @@ CASES = {  # study file text -> the message it must give
         "[run.prompts]\nnum_workers = 2\n",
         "StudyConfig.run.prompts has unknown settings ['num_workers']; valid: [",
     ),
+    "close spelling of a setting elsewhere": ('model_name = "ViT-B-16"\n', "(did you mean 'model' in [run.backbone]?)"),
     "variant that changes the tasks": (
         'variants = ["domains=Art,Clipart"]\n',
         "which sets ['domains']: every trial of a study shares its tasks and backbone",
