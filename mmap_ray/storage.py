@@ -220,8 +220,6 @@ def check_reachable(loc: Location, field: str = "storage_path") -> None:
         path = Path(loc.path)
         try:
             for p in (path, *path.parents):
-                if p.is_symlink() and not p.exists():
-                    raise ValueError(f"{field}={loc.uri!r}: {p} is a broken symbolic link; choose a folder")
                 if p.exists() and not p.is_dir():
                     raise ValueError(f"{field}={loc.uri!r}: {p} is a file, not a folder; choose a folder")
         except OSError as e:  # a name too long, a folder we may not enter

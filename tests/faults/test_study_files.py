@@ -133,3 +133,13 @@ def test_missing_domain_folder_is_named_before_anything_is_written(tmp_path, cap
     code, err = _run(["--preset", "office-home", "--root", str(root), "--storage", str(tmp_path / "s")], capsys)
     assert code == 2 and f"StudyConfig.run.data: domain 'Clipart' has no folder: expected {root / 'Clipart'}" in err
     assert not (tmp_path / "s").exists()
+
+
+def test_storage_and_root_the_filesystem_refuses_are_one_line(tmp_path, capsys):
+    """Names longer than the filesystem allows, as storage and as the dataset root."""
+    long = str(tmp_path / ("x" * 300))
+    code, err = _run(["--smoke", "--storage", long], capsys)
+    assert code == 2 and "File name too long" in err, err
+    code, err = _run(["--preset", "office-home", "--root", long, "--storage", str(tmp_path / "s")], capsys)
+    assert code == 2 and "run.data.root (--root)" in err and "File name too long" in err, err
+    assert not list(tmp_path.iterdir())  # nothing written
