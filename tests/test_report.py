@@ -4,6 +4,7 @@ by config_id; the report writes only files it owns; the walkthrough notebook run
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import runpy
@@ -546,7 +547,6 @@ def test_designs_at_matched_budgets_figure(tmp_path):
 
 def test_designs_table_pairs_each_design_with_kron_by_seed(tmp_path):
     """analysis/designs_table.py: mean ± std per (design, budget), and a paired 95% CI against kron."""
-    import importlib.util
 
     spec = importlib.util.spec_from_file_location("designs_table", REPO / "analysis" / "designs_table.py")
     module = importlib.util.module_from_spec(spec)
@@ -596,3 +596,22 @@ def test_oracle_ranks_partitions_and_scores_each_method_against_it(tmp_path):
 def test_an_ordinary_study_says_it_is_not_an_oracle(tmp_path):
     paths = write_report(load_study(fabricate(tmp_path / "fab")), tmp_path / "report")
     assert "Not an oracle study (`--preset oracle`)" in Path(paths.markdown).read_text()
+
+
+def test_paired_table_pairs_each_value_with_the_base_by_seed(tmp_path, capsys):
+    """analysis/paired_table.py: per scheme, mean ± std and the paired 95% t interval against the base; a
+    trial two schemes chose counts for both."""
+    spec = importlib.util.spec_from_file_location("paired_table", REPO / "analysis" / "paired_table.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    rows = []
+    for scheme, acc, part in (("single", 0.80, SHARED), ("gradient, lookahead", 0.83, PLANTED)):
+        for seed, noise in zip((0, 1, 2), (0.0, 0.01, 0.02)):
+            rows.append(_trial(f"{scheme[:3]}{seed}", scheme, seed, acc + noise, partition=part))
+    write_rows(tmp_path / "results", rows)
+    table = module.table(str(tmp_path / "results"), "scheme", "single").set_index("scheme")
+    assert list(table.index) == ["gradient", "lookahead", "single"]  # best first; the shared trial counts twice
+    assert table.loc["single", "test mean (%)"] == "81.0 ± 1.0"
+    assert table.loc["gradient", "test vs single (paired, 95% CI)"] == "+3.0 [+3.0, +3.0] better"
+    assert module.main([str(tmp_path / "results"), "--base", "nope"]) == 2
+    assert "--base 'nope' is not a value of scheme" in capsys.readouterr().err
