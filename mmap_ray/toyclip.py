@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -28,7 +29,12 @@ from .data.toy import CLASSES, DOMAINS, MEAN, STD, _seed, render
 from .engine import warmup_cosine
 
 # Bump when the pretraining or rendering code changes what a cached checkpoint would contain.
-CODE_VERSION = 2
+CODE_VERSION = 3  # 3: threads pinned; a version-2 checkpoint built in a Ray worker (1 thread) differed
+# The weights depend on how many threads split each reduction, not on the machine's cores: pinned, so a
+# driver and a Ray worker (OMP_NUM_THREADS=1) build the same checkpoint. With 2 threads it is the one
+# every figure in the README was measured with (its digest: REFERENCE_DIGEST).
+PRETRAIN_THREADS = 2
+REFERENCE_DIGEST = "a031754390de2ab5"  # `state_digest` of the default recipe's weights, built on the dev machine
 CAPTIONS = ("a photo of a {}.", "a {}.", "a photo of the {}.", "a picture of a {}.", "an image of a {}.")
 
 
@@ -65,8 +71,27 @@ def _caption_tokens(tokenizer) -> torch.Tensor:
     return tokens.view(len(CAPTIONS), len(CLASSES), -1)
 
 
+def state_digest(state: dict[str, torch.Tensor]) -> str:
+    """A short SHA-256 of a state dict's names and tensor bytes: equal weights, equal digest."""
+    h = hashlib.sha256()
+    for name in sorted(state):
+        h.update(name.encode())
+        h.update(state[name].detach().contiguous().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
 def pretrain(cfg: ToyCLIPConfig, progress: bool = True) -> dict[str, torch.Tensor]:
-    """Contrastive pretraining from scratch; returns the model's state dict."""
+    """Contrastive pretraining from scratch, on PRETRAIN_THREADS threads whatever the caller's setting;
+    returns the model's state dict."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(PRETRAIN_THREADS)
+    try:
+        return _pretrain(cfg, progress)
+    finally:
+        torch.set_num_threads(saved)
+
+
+def _pretrain(cfg: ToyCLIPConfig, progress: bool) -> dict[str, torch.Tensor]:
     torch.manual_seed(cfg.seed)
     model = open_clip.create_model(TINY_MODEL)
     model.train()
@@ -118,6 +143,13 @@ def pretrained_toy_clip(cfg: ToyCLIPConfig | None = None, progress: bool = True)
     if path.is_file():
         return path
     state = pretrain(cfg, progress=progress)
+    if cfg == ToyCLIPConfig() and state_digest(state) != REFERENCE_DIGEST:
+        warnings.warn(
+            f"the tiny CLIP built here (digest {state_digest(state)}) differs from the one the README's figures "
+            f"were measured with ({REFERENCE_DIGEST}): this CPU computes the pretraining differently, so "
+            f"toy-benchmark figures may differ by a point or so",
+            stacklevel=2,
+        )
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".tmp{os.getpid()}")
     torch.save(state, tmp)

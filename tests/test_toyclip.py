@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from mmap_ray.cli import main
-from mmap_ray.toyclip import ToyCLIPConfig, pretrain, pretrained_toy_clip
+from mmap_ray.toyclip import ToyCLIPConfig, pretrain, pretrained_toy_clip, state_digest
 
 
 def test_pretraining_is_deterministic_and_cached(tmp_path, monkeypatch):
@@ -20,6 +20,22 @@ def test_pretraining_is_deterministic_and_cached(tmp_path, monkeypatch):
     assert pretrained_toy_clip(cfg, progress=False) == path and path.stat().st_mtime_ns == mtime  # reused
     assert ToyCLIPConfig(steps=3, batch_size=8, warmup=1, seed=1).key() != cfg.key()
     assert not list(tmp_path.glob("*.tmp*"))
+
+
+def test_pretraining_does_not_depend_on_the_callers_threads():
+    """A Ray worker (OMP_NUM_THREADS=1) and a driver build the same weights: the thread count is pinned,
+    and the caller's is restored after (issue 17: the tiny CLIP differed between environments)."""
+    cfg = ToyCLIPConfig(steps=3, batch_size=16, warmup=1)
+    saved = torch.get_num_threads()
+    try:
+        digests = set()
+        for threads in (1, 3):
+            torch.set_num_threads(threads)
+            digests.add(state_digest(pretrain(cfg, progress=False)))
+            assert torch.get_num_threads() == threads
+    finally:
+        torch.set_num_threads(saved)
+    assert len(digests) == 1
 
 
 def test_bad_recipe():
