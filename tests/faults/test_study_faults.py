@@ -55,16 +55,18 @@ def test_rerun_second_driver_killed_driver_and_planted_pickles_keep_one_row_per_
     study, results = storage / "resume", storage / "resume" / "results"
     argv = [*STUDY, "--smoke", "--storage", str(storage), "--name", "resume", "--seeds", "0", "1"]
     env = _env(RAY_AUTH_MODE="disabled", **SECRETS)
+    subprocess.run([str(VENV_BIN / "ray"), "stop", "--force"], env=env, capture_output=True, timeout=120)
     sessions_before = _ray_sessions()
     proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     _wait_for(lambda: (study / "study.json").exists(), "the study start")
     second = subprocess.run([*argv, "--resume"], env=env, capture_output=True, text=True, timeout=300)
-    assert second.returncode == 2 and f"in use by another driver (pid {proc.pid} on host" in second.stderr
+    assert second.returncode == 2, second.stderr[-3000:]
+    assert f"in use by another driver (pid {proc.pid} on host" in second.stderr, second.stderr[-3000:]
     _wait_for(lambda: _rows(results), "a finished trial")
     os.killpg(proc.pid, signal.SIGKILL)  # the driver dies mid-study, leaving its lock behind
     proc.wait()
     subprocess.run([str(VENV_BIN / "ray"), "stop", "--force"], env=env, capture_output=True, timeout=120)
-    assert 1 <= len(_rows(results)) < 4 and (study / ".lock").exists()
+    assert 1 <= len(_rows(results)) < 4 and (study / ".lock").exists(), _rows(results)
 
     marker = tmp_path / "code-ran"
     evil = pickle.dumps(_Planted(marker))
