@@ -67,7 +67,8 @@ def test_task_gradients_match_separate_backward_passes(tiny, toy_tasks):
         loss = F.cross_entropy(model(images[sel], task_ids[sel]), labels[sel])
         loss.backward()
         ref = torch.cat([p.grad.flatten() for p in model.bank.groups.parameters() if p.numel()])
-        torch.testing.assert_close(grads[t], ref, rtol=1e-3, atol=1e-5)  # batch composition changes float sums
+        # batch composition changes float sums: compare as a whole (measured: 1e-6 to 4e-6 of the norm)
+        assert (grads[t] - ref).norm() <= 1e-4 * ref.norm(), ((grads[t] - ref).norm(), ref.norm())
         torch.testing.assert_close(losses[t], loss.detach())
 
 
