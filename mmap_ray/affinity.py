@@ -10,6 +10,9 @@ multi-task batches at *fixed* weights:
   j's loss after a plain gradient step on task i alone, averaged over the batches. The step is taken on
   copies through `torch.func.functional_call`; the live weights are never touched.
 
+`zeroshot` and `features` are training-free proxies (proxies.py), computed here so that every scheme
+goes through one function.
+
 The measuring phase computes gradients with `torch.autograd.grad`, so it leaves every weight, `.grad`
 and optimizer state bit-identical. Under DDP, pass `reduce` (e.g. an all-reduce mean): it is applied once
 per batch to the stacked per-task gradients and losses before any similarity is computed.
@@ -30,11 +33,12 @@ from .data.base import MultiTaskDataset, TaskData
 from .data.sampler import MultiTaskBatchSampler
 from .engine import train_step
 from .fields import check_types, option
-from .grouping import Partition
+from .grouping import AFFINITY_SCHEMES, Partition
 from .model import PromptedCLIP
 from .prompts import MmAPConfig
+from .proxies import PROXIES, proxy_affinity
 
-METHODS = ("gradient", "lookahead")
+METHODS = AFFINITY_SCHEMES  # gradient, lookahead, and the training-free proxies (proxies.py)
 
 
 @dataclass(frozen=True)
@@ -175,7 +179,10 @@ def measure_affinity(
 
 
 def task_affinity(backbone, tasks: Sequence[TaskData], cfg: AffinityConfig, mmap: MmAPConfig | None = None) -> Tensor:
-    """Warm up a fresh shared MmAP on `tasks`, then measure the (T, T) affinity with `cfg.method`."""
+    """Warm up a fresh shared MmAP on `tasks`, then measure the (T, T) affinity with `cfg.method`; a
+    training-free proxy (`proxies.PROXIES`) is computed from the frozen backbone instead."""
+    if cfg.method in PROXIES:
+        return proxy_affinity(cfg.method, backbone, tasks)
     torch.manual_seed(cfg.seed)
     model = shared_model(backbone, tasks, mmap)
     warm_up(model, tasks, cfg)

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -146,15 +148,10 @@ def load_backbone(cfg: BackboneConfig, device: str | torch.device = "cpu") -> Ba
     local = pretrained is not None and Path(pretrained).is_file()  # else a tag open_clip downloads or caches
     # open_clip's "No pretrained weights loaded ... initialized randomly" is wrong when we load a local file
     # next, and noise when random weights are what was asked for
-    quiet = _DropLine("initialized randomly")
-    if local or pretrained is None:
-        logging.getLogger().addFilter(quiet)
-    try:
+    with quiet_random_init(local or pretrained is None):
         model, preprocess_train, preprocess_val = open_clip.create_model_and_transforms(
             cfg.model, pretrained=None if local else pretrained, device=device
         )
-    finally:
-        logging.getLogger().removeFilter(quiet)
     if local:
         load_weights_file(model, Path(pretrained), cfg.model)
     tokenizer = open_clip.get_tokenizer(cfg.model)
@@ -169,13 +166,17 @@ def load_backbone(cfg: BackboneConfig, device: str | torch.device = "cpu") -> Ba
     )
 
 
-class _DropLine(logging.Filter):
-    def __init__(self, text: str):
-        super().__init__()
-        self.text = text
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return self.text not in record.getMessage()
+@contextmanager
+def quiet_random_init(active: bool = True) -> Iterator[None]:
+    """Drop open_clip's "... Model initialized randomly" log line while creating a model (when `active`)."""
+    quiet = logging.Filter()
+    quiet.filter = lambda record: "initialized randomly" not in record.getMessage()  # type: ignore[method-assign]
+    if active:
+        logging.getLogger().addFilter(quiet)
+    try:
+        yield
+    finally:
+        logging.getLogger().removeFilter(quiet)
 
 
 def load_weights_file(model: CLIP, path: Path, name: str) -> None:

@@ -13,26 +13,27 @@ from pathlib import Path
 import torch
 
 from .backbone import Backbone, BackboneConfig, load_backbone
-from .config import DataConfig, ModelConfig, RunConfig
+from .config import TOY_DATASETS, DataConfig, ModelConfig, RunConfig
 from .data.base import TaskData
 from .grouping import Partition
 from .model import PromptedCLIP
 
 
-def load_run_backbone(cfg: ModelConfig) -> Backbone:
-    """The backbone; pretrained 'toy' is our tiny CLIP pretrained on the toy benchmark (built and cached)."""
+def load_run_backbone(cfg: ModelConfig, dataset: str = "toy") -> Backbone:
+    """The backbone; pretrained 'toy' is our tiny CLIP pretrained for the run's toy benchmark (`dataset`
+    'toy2' has its own recipe), built on first use and cached."""
     pretrained = cfg.pretrained
     if pretrained == "toy":
-        from .toyclip import pretrained_toy_clip
+        from .toyclip import pretrained_toy_clip, recipe_for
 
-        pretrained = str(pretrained_toy_clip())
+        pretrained = str(pretrained_toy_clip(recipe_for(dataset)))
     return load_backbone(BackboneConfig(cfg.model, pretrained))
 
 
 def run_task_names(cfg: DataConfig) -> list[str]:
     """The task names `load_run_tasks` would give, from the folder names alone (no image is read):
     what a study checks its schemes against before it starts anything."""
-    if cfg.dataset == "toy":
+    if cfg.dataset in TOY_DATASETS:
         from .data.toy import DOMAINS, ToyConfig
 
         return list(ToyConfig(domains=cfg.domains or DOMAINS).domains)
@@ -43,12 +44,15 @@ def run_task_names(cfg: DataConfig) -> list[str]:
 
 def load_run_tasks(cfg: DataConfig, backbone: Backbone, splits_dir: Path | None = None) -> list[TaskData]:
     """The tasks (one per domain), rendered (toy) or read from the dataset folder."""
-    if cfg.dataset == "toy":
-        from .data.toy import DOMAINS, ToyConfig, load_toy_tasks
+    if cfg.dataset in TOY_DATASETS:
+        from .data.toy import DOMAINS, TOY2_SHOTS, ToyConfig, load_toy_tasks
 
         size = backbone.model.visual.image_size[0]
-        shots = {"train_per_class": cfg.shots} if cfg.shots else {}  # k-shot: k rendered images per class
-        return load_toy_tasks(ToyConfig(image_size=size, seed=cfg.data_seed, domains=cfg.domains or DOMAINS, **shots))
+        toy2 = cfg.dataset == "toy2"
+        default_shots = {"train_per_class": TOY2_SHOTS} if toy2 else {}
+        shots = {"train_per_class": cfg.shots} if cfg.shots else default_shots  # k rendered images per class
+        toy = ToyConfig(image_size=size, seed=cfg.data_seed, domains=cfg.domains or DOMAINS, conventions=toy2, **shots)
+        return load_toy_tasks(toy)
     from .data.folders import FolderDataConfig, load_folder_tasks
 
     folders = FolderDataConfig(
@@ -71,7 +75,7 @@ def run_partition(cfg: RunConfig, names: list[str]) -> Partition:
 def build_run(cfg: RunConfig, splits_dir: Path | None = None) -> tuple[PromptedCLIP, list[TaskData]]:
     """The run's PromptedCLIP and tasks; random weights and prompt init follow the run's seed."""
     torch.manual_seed(cfg.seed)
-    backbone = load_run_backbone(cfg.backbone)
+    backbone = load_run_backbone(cfg.backbone, cfg.data.dataset)
     tasks = load_run_tasks(cfg.data, backbone, splits_dir)
     names = [t.name for t in tasks]
     model = PromptedCLIP(backbone, {t.name: t.class_names for t in tasks}, cfg.prompts, run_partition(cfg, names))

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 
 RUN_FILE = "checkpoint.pt"  # an in-process run's checkpoint, in its run folder
 METRICS_FILE = "metrics.jsonl"  # the history, one JSON row per epoch, next to it
+PREDICTIONS_FILE = "predictions.parquet"  # every test image's outcome after the last epoch
 STATE_FILE = "state.pt"  # the file in each Ray Train checkpoint folder
 KEYS = ("trainable", "optimizer", "scheduler", "history", "train_config")
 # what each key must hold; checked on load, so a damaged or foreign file fails here, not mid-resume
@@ -63,8 +64,13 @@ def save_run(out: str | Path, run_state: dict) -> None:
     """An in-process run folder's checkpoint.pt and metrics.jsonl (the whole history, so a resumed run
     never duplicates a row)."""
     save(run_state, Path(out) / RUN_FILE)
-    rows = "".join(json.dumps(r) + "\n" for r in run_state["history"])
+    history = run_state["history"]
+    rows = "".join(json.dumps({k: v for k, v in r.items() if k != "predictions"}) + "\n" for r in history)
     location(Path(out) / METRICS_FILE, "out").write_text(rows)
+    if history and "predictions" in history[-1]:  # the last epoch's test outcomes, one row per image
+        from .results import write_predictions
+
+        write_predictions(Path(out) / PREDICTIONS_FILE, history[-1]["predictions"])
 
 
 def load(where: str | Path | Location, map_location: str | torch.device = "cpu") -> dict:

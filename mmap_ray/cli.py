@@ -99,7 +99,7 @@ def _print_accuracy(title: str, acc: dict[str, float]) -> None:
 def cmd_train(args: argparse.Namespace) -> int:
     from .build import build_run
     from .config import read_run_config
-    from .engine import evaluate, train, write_json
+    from .engine import evaluate, train, without_predictions, write_json
     from .fields import from_dict, parsed_values, to_dict
     from .model import count_parameters
 
@@ -142,7 +142,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     _, total = count_parameters(model)
     summary = {
         "epochs": len(history),
-        "final": history[-1] if history else {},
+        "final": without_predictions(history[-1]) if history else {},
         "test": test,
         "trainable_params": trainable,
         "total_params": total,
@@ -263,7 +263,7 @@ def cmd_group(args: argparse.Namespace) -> int:
     acfg = from_dict(AffinityConfig, {**parsed_values(AffinityConfig, args), "method": method, "seed": args.seed})
     cfg = run_config(args)
     torch.manual_seed(args.seed)
-    backbone = load_run_backbone(cfg.backbone)
+    backbone = load_run_backbone(cfg.backbone, cfg.data.dataset)
     tasks = load_run_tasks(cfg.data, backbone)
     names = [t.name for t in tasks]
     if args.k is not None and not 1 <= args.k <= len(names):

@@ -28,7 +28,8 @@ from .fields import check_types, from_dict, option
 from .grouping import format_groups, parse_groups
 from .prompts import MmAPConfig
 
-DATASETS = ("toy", "office-home", "minidomainnet", "domainnet", "folders")
+TOY_DATASETS = ("toy", "toy2")  # rendered, no folder (data/toy.py)
+DATASETS = ("toy", "toy2", "office-home", "minidomainnet", "domainnet", "folders")
 
 
 def comma_list(text: str) -> tuple[str, ...]:
@@ -56,7 +57,11 @@ def partition_arg(text: str) -> tuple[tuple[str, ...], ...]:
 class DataConfig:
     """Which benchmark the tasks come from and how they are split."""
 
-    dataset: str = option("toy", "benchmark; toy is rendered, the others read a dataset folder", choices=DATASETS)
+    dataset: str = option(
+        "toy",
+        "benchmark; toy and toy2 (the grouping benchmark) are rendered, the others read a dataset folder",
+        choices=DATASETS,
+    )
     root: str | None = option(None, "dataset folder (not for toy)")
     domains: tuple[str, ...] | None = option(
         None, "comma-separated domains to use as tasks (default: all)", parse=comma_list
@@ -71,7 +76,7 @@ class DataConfig:
             raise ValueError(f"DataConfig.shots={self.shots!r} must be None (all images) or an integer >= 1")
         if self.domains is not None and not self.domains:
             raise ValueError("DataConfig.domains=() names no domain; give at least one, or None for all")
-        if self.dataset == "toy" and self.domains:
+        if self.dataset in TOY_DATASETS and self.domains:
             from .data.toy import DOMAINS
 
             unknown = [d for d in self.domains if d not in DOMAINS]
@@ -80,9 +85,11 @@ class DataConfig:
                     f"DataConfig.domains={list(self.domains)} has {unknown}, which the toy benchmark does not "
                     f"have; its domains are {list(DOMAINS)}"
                 )
-        if self.dataset == "toy" and self.root:
-            raise ValueError(f"DataConfig.root={self.root!r} is not used with dataset 'toy' (it is rendered)")
-        if self.dataset != "toy" and not self.root:
+        if self.dataset in TOY_DATASETS and self.root:
+            raise ValueError(
+                f"DataConfig.root={self.root!r} is not used with dataset {self.dataset!r} (it is rendered)"
+            )
+        if self.dataset not in TOY_DATASETS and not self.root:
             raise ValueError(f"DataConfig.root is required with dataset {self.dataset!r}: the folder that holds it")
         if self.root:  # absolute, so Ray workers (other working directories) read the same folder
             object.__setattr__(self, "root", os.path.abspath(os.path.expanduser(self.root)))

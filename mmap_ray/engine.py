@@ -283,6 +283,52 @@ def _split_accuracy(model: PromptedCLIP, tasks: Sequence[TaskData], split: str, 
     return {f"{split}/{k}": v for k, v in accuracy([t.name for t in tasks], ctx.all_reduce(counts)).items()}
 
 
+def _gathered_predictions(
+    model: PromptedCLIP, tasks: Sequence[TaskData], cfg: TrainConfig, ctx: Context
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(T, N_max) labels and predicted classes of every test image (-1 past a task's end), from all ranks.
+
+    Each rank fills its shard's columns with class + 1 (0 elsewhere); the ranks' shards are disjoint, so
+    the all-reduce sum assembles the whole split."""
+    n_max = max(len(t.test) for t in tasks)
+    both = torch.zeros(2, len(tasks), n_max, dtype=torch.int64)  # (2, T, N_max): label + 1, prediction + 1
+    for t, index, labels, pred in predict(model, tasks, "test", cfg.eval_batch_size, ctx.rank, ctx.world_size):
+        both[0, t, index] = labels + 1
+        both[1, t, index] = pred + 1
+    both = ctx.all_reduce(both).to(torch.int64) - 1
+    return both[0], both[1]
+
+
+def _test_outcomes(model: PromptedCLIP, tasks: Sequence[TaskData], cfg: TrainConfig, ctx: Context) -> dict:
+    """The last epoch's test results: `test/<task>` and `test/mean`, the backbone's zero-shot accuracy on
+    the same images (`zeroshot/<task>`, `zeroshot/mean`), and every image's outcome under "predictions"
+    (columns task, image, label, prediction, correct: what paired comparisons need)."""
+    names = [t.name for t in tasks]
+    labels, pred = _gathered_predictions(model, tasks, cfg, ctx)  # (T, N_max) each
+    valid = labels >= 0
+    correct = (pred == labels) & valid
+    counts = torch.stack([correct.sum(1), valid.sum(1)], dim=1).double()  # (T, 2)
+    zero_shot = model.zero_shot().to(ctx.device)
+    zs_counts = evaluate_counts(zero_shot, tasks, "test", cfg.eval_batch_size, ctx.rank, ctx.world_size)
+    t_idx, i_idx = valid.nonzero(as_tuple=True)  # task-major, image order within a task
+    return {
+        **{f"test/{k}": v for k, v in accuracy(names, counts).items()},
+        **{f"zeroshot/{k}": v for k, v in accuracy(names, ctx.all_reduce(zs_counts)).items()},
+        "predictions": {
+            "task": [names[t] for t in t_idx.tolist()],
+            "image": i_idx.tolist(),
+            "label": labels[t_idx, i_idx].tolist(),
+            "prediction": pred[t_idx, i_idx].tolist(),
+            "correct": correct[t_idx, i_idx].tolist(),
+        },
+    }
+
+
+def without_predictions(row: dict) -> dict:
+    """A history row without its (large) "predictions" columns: what metrics files and summaries keep."""
+    return {k: v for k, v in row.items() if k != "predictions"}
+
+
 def fit(
     model: PromptedCLIP,
     tasks: Sequence[TaskData],
@@ -294,7 +340,8 @@ def fit(
     """Train `model` on `tasks` from `ctx.restore()` (or afresh) to `cfg.epochs`; returns the history.
 
     One row per epoch, the same on every path: epoch, train_loss (mean over ranks), lr, trainable_params,
-    total_params, val/<task> and val/mean, and test/<task> and test/mean in the row of the last epoch.
+    total_params, val/<task> and val/mean; the last epoch's row adds test/<task>, test/mean, the
+    backbone's zeroshot/<task> and zeroshot/mean, and every test image's outcome ("predictions").
     Each rank reads every `world_size`-th sample of each task's share of the global batch.
     `stop_after_epoch` ends the call early (to test resuming).
     """
@@ -323,7 +370,7 @@ def fit(
         row = {"epoch": epoch + 1, "train_loss": float(loss), "lr": sched.get_last_lr()[0], **sizes}
         row.update(_split_accuracy(model, tasks, "val", cfg, ctx))
         if epoch + 1 == cfg.epochs:
-            row.update(_split_accuracy(model, tasks, "test", cfg, ctx))
+            row.update(_test_outcomes(model, tasks, cfg, ctx))
         history.append(row)
         ctx.report(row, checkpoint.state(model, opt, sched, history, cfg) if ctx.rank == 0 else None)
         if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch:

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
 GROUP_SEP = "|"
 TASK_SEP = "+"
-SCHEMES = ("single", "independent", "gradient", "lookahead", "random")
+SCHEMES = ("single", "independent", "gradient", "lookahead", "random", "zeroshot", "features")
 
 
 def parse_groups(text: str) -> tuple[tuple[str, ...], ...]:
@@ -242,7 +242,7 @@ def best_partition(affinity: torch.Tensor, tasks: Sequence[str], k: int | None =
 # ---- schemes -----------------------------------------------------------------------------------------
 
 FIXED_SCHEMES = ("single", "independent", "random")
-AFFINITY_SCHEMES = ("gradient", "lookahead")
+AFFINITY_SCHEMES = ("gradient", "lookahead", "zeroshot", "features")  # the last two: training-free proxies
 
 
 def fixed_partition(scheme: str, tasks: Sequence[str], k: int | None = None, seed: int = 0) -> Partition:

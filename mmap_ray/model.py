@@ -109,6 +109,7 @@ class PromptedCLIP(nn.Module):
             raise ValueError(f"partition is over tasks {list(partition.tasks)} but the model's tasks are {names}")
         self.clip = backbone.model
         self.info = backbone.info
+        self._backbone = backbone  # for `zero_shot` (a plain attribute: not a second copy of its parameters)
         self.cfg = cfg
         self.task_names = names
         self.class_names = {t: list(tasks[t]) for t in names}
@@ -138,6 +139,11 @@ class PromptedCLIP(nn.Module):
     @property
     def partition(self) -> Partition:
         return self.bank.partition
+
+    def zero_shot(self) -> PromptedCLIP:
+        """The same frozen backbone and tasks with plain class prompts and no MmAP: CLIP's zero-shot classifier."""
+        tasks = self.class_names
+        return PromptedCLIP(self._backbone, tasks, MmAPConfig(layers=()), Partition.single(list(tasks)))
 
     def train(self, mode: bool = True) -> PromptedCLIP:
         """Train the prompts; the backbone stays in eval mode unless it is itself trainable."""

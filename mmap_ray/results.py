@@ -46,9 +46,9 @@ import pyarrow.parquet as pq
 from .grouping import format_groups
 from .storage import Location, location
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 SCHEMA_KEY = b"mmap_ray.schema_version"
-TRIALS, EPOCHS = "trials", "epochs"
+TRIALS, EPOCHS, PREDICTIONS = "trials", "epochs", "predictions"
 
 _I, _F, _S, _B = pa.int64(), pa.float64(), pa.string(), pa.bool_()
 # The trial table's fixed columns, in file order; per-task accuracy columns follow the outcome columns.
@@ -82,6 +82,7 @@ TRIAL_FIELDS: tuple[tuple[str, pa.DataType], ...] = (
     ("val_mean_final", _F),
     ("val_mean_best", _F),
     ("test_mean", _F),
+    ("zeroshot_mean", _F),  # the backbone's zero-shot accuracy on the trial's test images (v4)
     ("wall_s", _F),
     ("device_hours", _F),
     ("device_kind", _S),
@@ -110,6 +111,20 @@ EPOCH_SCHEMA = pa.schema(
         ("test_acc", _F),
     ]
 )
+# A trial's test outcomes, one row per image (the `predictions` table, v4): what paired comparisons
+# between two configurations on the same seed (hence the same data_seed and images) are computed from.
+TRIAL_PREDICTION_SCHEMA = pa.schema(
+    [
+        ("study", _S),
+        ("config_id", _S),
+        ("seed", _I),
+        ("task", _S),
+        ("image", _I),
+        ("label", _I),
+        ("prediction", _I),
+        ("correct", _B),
+    ]
+)
 CATEGORIES = ("status", "scheme", "variant", "partition", "projection", "combine", "study")
 # UPGRADES[v] turns a DataFrame of schema v into schema v + 1; add one whenever SCHEMA_VERSION grows.
 UPGRADES: dict[int, Callable[[pd.DataFrame], pd.DataFrame]] = {}
@@ -118,7 +133,8 @@ UPGRADES: dict[int, Callable[[pd.DataFrame], pd.DataFrame]] = {}
 def trial_schema(tasks: list[str]) -> pa.Schema:
     """The trial table's schema for a study over `tasks` (per-task val final/best and test columns)."""
     per_task = [(f"val_{t}_final", _F) for t in tasks] + [(f"val_{t}_best", _F) for t in tasks]
-    return pa.schema([*TRIAL_FIELDS, *per_task, *[(f"test_{t}", _F) for t in tasks], *PROVENANCE_FIELDS])
+    per_task += [(f"test_{t}", _F) for t in tasks] + [(f"zeroshot_{t}", _F) for t in tasks]
+    return pa.schema([*TRIAL_FIELDS, *per_task, *PROVENANCE_FIELDS])
 
 
 def canonical_json(config: Mapping) -> str:
@@ -191,16 +207,27 @@ def trial_rows(
         "val_mean_final": last.get("val/mean"),
         "val_mean_best": best["mean"],
         "test_mean": last.get("test/mean"),
+        "zeroshot_mean": last.get("zeroshot/mean"),
         "wall_s": wall_s,
         "device_hours": wall_s * workers * device_per_worker / 3600,
         "device_kind": device_kind,
         **{f"val_{n}_final": last.get(f"val/{n}") for n in tasks},
         **{f"val_{n}_best": best[n] for n in tasks},
         **{f"test_{n}": last.get(f"test/{n}") for n in tasks},
+        **{f"zeroshot_{n}": last.get(f"zeroshot/{n}") for n in tasks},
         **provenance(),
         "config": trial["config"],
     }
     return row, epoch_rows(ident, tasks, history)
+
+
+def prediction_rows(ident: dict, history: list[dict]) -> list[dict]:
+    """`TRIAL_PREDICTION_SCHEMA` rows of a run's last epoch ([] if it has no test outcomes)."""
+    cols = history[-1].get("predictions") if history else None
+    if not cols:
+        return []
+    keep = {k: ident[k] for k in ("study", "config_id", "seed")}
+    return [{**keep, **dict(zip(cols, values))} for values in zip(*cols.values())]
 
 
 def epoch_rows(ident: dict, tasks: list[str], history: list[dict]) -> list[dict]:
@@ -337,8 +364,17 @@ def _v2_to_v3(df: pd.DataFrame) -> pd.DataFrame:
     return df
 
 
+def _v3_to_v4(df: pd.DataFrame) -> pd.DataFrame:
+    """v4 added the backbone's zero-shot accuracy to trial rows: unknown (NaN) before it."""
+    df = df.copy()
+    if "config_id" in df and "test_mean" in df and "zeroshot_mean" not in df:
+        df["zeroshot_mean"] = float("nan")
+    return df
+
+
 UPGRADES[1] = _v1_to_v2
 UPGRADES[2] = _v2_to_v3
+UPGRADES[3] = _v3_to_v4
 
 
 def provenance() -> dict:

@@ -8,7 +8,7 @@ import torch
 
 from mmap_ray import checkpoint
 from mmap_ray.data.toy import ToyConfig, load_toy_tasks
-from mmap_ray.engine import Context, TrainConfig, evaluate, fit, train
+from mmap_ray.engine import Context, TrainConfig, evaluate, fit, predictions, train
 from mmap_ray.model import PromptedCLIP
 from mmap_ray.prompts import MmAPConfig
 
@@ -61,8 +61,15 @@ def test_training_reduces_loss_and_reports_every_task(tiny, toy_tasks):
     val = [f"val/{t.name}" for t in toy_tasks] + ["val/mean"]
     every = ["epoch", "train_loss", "lr", "trainable_params", "total_params", *val]
     assert [list(r) for r in hist[:-1]] == [every] * 3  # the row format of every path (see test_distributed)
-    assert list(hist[-1]) == every + [k.replace("val/", "test/") for k in val]  # test accuracy after the last epoch
+    test = [k.replace("val/", "test/") for k in val]
+    zero_shot = [k.replace("val/", "zeroshot/") for k in val]
+    assert list(hist[-1]) == every + test + zero_shot + ["predictions"]  # test outcomes after the last epoch
     assert hist[-1]["test/mean"] == evaluate(model, toy_tasks)["mean"]
+    # the backbone's zero-shot accuracy on the same images: the model with no prompts at all
+    plain = PromptedCLIP(tiny, {t.name: t.class_names for t in toy_tasks}, MmAPConfig(layers=()))
+    assert {k: hist[-1][f"zeroshot/{k}"] for k in ["mean", *[t.name for t in toy_tasks]]} == evaluate(plain, toy_tasks)
+    # every test image's outcome, in the order `predictions` lists them (task, then image index)
+    assert hist[-1]["predictions"] == predictions(model, toy_tasks)
     assert hist[0]["trainable_params"] == sum(p.numel() for p in model.bank.parameters())
 
 
@@ -85,7 +92,8 @@ def test_fit_reports_every_epoch_and_resumes_from_the_context(tiny, toy_tasks, t
 def test_checkpoint_round_trip_from_file_and_bytes(tiny, toy_tasks, tmp_path):
     model = _model(tiny, toy_tasks)
     train(model, toy_tasks, TrainConfig(epochs=1, batch_size=16), tmp_path, progress=False)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt", "metrics.jsonl"]  # no temporary file left
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert files == ["checkpoint.pt", "metrics.jsonl", "predictions.parquet"]  # no temporary file left
     state = checkpoint.load(tmp_path / "checkpoint.pt")
     again = checkpoint.from_bytes((tmp_path / "checkpoint.pt").read_bytes(), "s3://bucket/state.pt")
     assert again["history"] == state["history"] and again["train_config"] == state["train_config"]

@@ -37,6 +37,15 @@ def _check_smoke_results(results: Path, schemes: set[str]) -> pd.DataFrame:
     assert (df["epochs_run"] == 2).all() and df["val_mean_final"].between(0, 1).all()
     epochs = load(results, "epochs")
     assert len(epochs) == len(schemes) * 2 * 5  # trials x epochs x (4 tasks + mean)
+    # every trial's test images, one row each, keyed by (config_id, seed): they give its test accuracy back
+    preds = load(results, "predictions")
+    assert len(preds) == len(df) * preds.groupby(["config_id", "seed"]).size().iloc[0]
+    acc = preds.groupby(["config_id", "seed", "task"], observed=True)["correct"].mean().groupby(level=[0, 1]).mean()
+    merged = df.set_index(["config_id", "seed"])["test_mean"]
+    assert (acc.reindex(merged.index) - merged).abs().max() < 1e-9
+    # the backbone's zero-shot accuracy on the same test images, in every row (the smoke study's backbone is
+    # random, so only its range is known)
+    assert df["zeroshot_mean"].between(0, 1).all() and df["zeroshot_Art"].notna().all()
     return df
 
 

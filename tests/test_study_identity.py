@@ -13,7 +13,7 @@ import pandas as pd
 import pyarrow.dataset as pads
 import pytest
 
-from mmap_ray.config import RunConfig
+from mmap_ray.config import DataConfig, RunConfig
 from mmap_ray.distributed import WorkerSpec
 from mmap_ray.engine import TrainConfig
 from mmap_ray.fields import to_dict
@@ -50,6 +50,19 @@ def test_grid_covers_every_axis_once_and_seed_is_not_identity(tiny):
     assert all(len(v) == 1 for v in ids.values())  # seeds 0 and 1 of one configuration share its config_id
     assert len({next(iter(v)) for v in ids.values()}) == 8  # and different configurations never do
     assert {t["depth"] for t in trials} == {1, 3} and all(t["layers"] == list(range(t["depth"])) for t in trials)
+
+
+def test_each_seed_draws_its_own_data_under_one_config_id(tiny):
+    """Seeds vary the data too (issue 17, part 4): data_seed = the study's + seed, and the configuration's
+    identity stays one id across seeds; with data_per_seed off every seed reads the study's data_seed."""
+    parts = {f"single/{seed}": "+".join(TASKS) for seed in (0, 1, 2)}
+    base = RunConfig(data=DataConfig(data_seed=10))
+    varied = _trials(tiny, parts, schemes=("single",), seeds=(0, 1, 2), run=base)
+    assert [t["run"]["data"]["data_seed"] for t in varied] == [10, 11, 12]
+    assert len({t["config_id"] for t in varied}) == 1 and len({t["key"] for t in varied}) == 3
+    fixed = _trials(tiny, parts, schemes=("single",), seeds=(0, 1, 2), run=base, data_per_seed=False)
+    assert [t["run"]["data"]["data_seed"] for t in fixed] == [10, 10, 10]
+    assert len({t["config_id"] for t in fixed}) == 1 and fixed[0]["config_id"] != varied[0]["config_id"]
 
 
 def test_explicit_partitions_are_two_configurations_and_equal_choices_are_one(tiny):

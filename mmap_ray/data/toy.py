@@ -9,9 +9,21 @@ rotation, rendered in one of four styles:
 - Product:   a shaded object (directional light) with a drop shadow on a light-grey studio gradient.
 - RealWorld: a shaded object on a cluttered low-frequency colour background, lighting jitter and noise.
 
-Planted structure (the ground truth for grouping methods): {Art, Clipart} are flat illustrations and
-{Product, RealWorld} are shaded photo-like renders, so domains are much more alike within those pairs
-than across them: the expected best 2-group partition is "Art+Clipart|Product+RealWorld".
+Two benchmarks are built from these renders:
+
+- `toy` (the first benchmark): every class name means its shape in every domain. Planted structure:
+  {Art, Clipart} are flat illustrations and {Product, RealWorld} shaded photo-like renders. It is
+  confounded as a grouping benchmark: the tiny CLIP is pretrained on RealWorld only, so what it saw
+  already separates the pairs, and training-free proxies find them (issue 17). Kept for the ablations.
+- `toy2` (the grouping benchmark): the tasks follow one of two labelling *conventions*, like two
+  annotation teams. Six names ("star" ... "hourglass") mean other shapes than in pretraining, and
+  differently in each convention: convention A (Art, Product) swaps them in pairs, convention B
+  (Clipart, RealWorld) shifts them by two. No name means the same shape in both conventions, so a prompt
+  shared across conventions is pulled two ways (negative transfer), while tasks of one convention help
+  each other (8 training images per class, so sharing matters). The planted partition
+  "Art+Product|Clipart+RealWorld" crosses the style pairs, and the tiny CLIP for `toy2` is pretrained
+  on every domain and the pretraining names, so neither what it saw nor its zero-shot accuracy (near
+  zero on the six relabelled classes in every domain) points to it.
 
 Everything is deterministic from a seed, vectorised in torch (no Python loop over pixels), at any size.
 """
@@ -43,7 +55,12 @@ CLASSES = (
     "hourglass",
 )
 DOMAINS = ("Art", "Clipart", "Product", "RealWorld")
-PAIRS = "Art+Clipart|Product+RealWorld"  # the planted partition
+PAIRS = "Art+Clipart|Product+RealWorld"  # toy's planted partition (the styles)
+# toy2: the labelling convention of each domain, and the names it relabels (class ids 6..11).
+CONVENTIONS = {"Art": "A", "Product": "A", "Clipart": "B", "RealWorld": "B"}
+CONVENTION_GROUPS = "Art+Product|Clipart+RealWorld"  # toy2's planted partition
+RELABELLED = tuple(range(6, 12))
+TOY2_SHOTS = 8  # training images per class and domain in toy2
 # open_clip's (OpenAI) normalisation; the tiny toy CLIP uses the same.
 MEAN = (0.48145466, 0.4578275, 0.40821073)
 STD = (0.26862954, 0.26130258, 0.27577711)
@@ -143,6 +160,17 @@ def _seed(*parts: object) -> int:
     return int.from_bytes(hashlib.sha256("/".join(map(str, parts)).encode()).digest()[:8], "little") >> 1
 
 
+def shape_of(domain: str, conventions: bool) -> Tensor:
+    """(classes,) the shape each class id is drawn as in `domain`: itself, or under toy2's conventions:
+    convention A swaps the relabelled names in pairs (6<->7, ...), B shifts them by two (6->8, ...)."""
+    shapes = torch.arange(len(CLASSES))
+    if conventions:
+        k = len(RELABELLED)
+        for i, c in enumerate(RELABELLED):
+            shapes[c] = RELABELLED[i ^ 1] if CONVENTIONS[domain] == "A" else RELABELLED[(i + 2) % k]
+    return shapes
+
+
 @dataclass(frozen=True)
 class ToyConfig:
     """Size and seed of the toy benchmark."""
@@ -153,6 +181,7 @@ class ToyConfig:
     test_per_class: int = 32
     seed: int = 0
     domains: tuple[str, ...] = DOMAINS
+    conventions: bool = False  # toy2: labels follow the domain's labelling convention
 
     def __post_init__(self) -> None:
         if self.image_size < 8:
@@ -181,23 +210,27 @@ class ToyImages(Dataset):
         return (self.images[i].float() / 255 - self._mean) / self._std, int(self.labels[i])
 
 
-def render_split(domain: str, per_class: int, size: int, seed: int, stream: str) -> ToyImages:
-    """`per_class` images of every class in `domain`, from the random stream named by (seed, stream)."""
+def render_split(
+    domain: str, per_class: int, size: int, seed: int, stream: str, conventions: bool = False
+) -> ToyImages:
+    """`per_class` images of every class in `domain`, from the random stream named by (seed, stream);
+    with `conventions`, class c is drawn as the shape `shape_of(domain)[c]`."""
     g = torch.Generator().manual_seed(_seed(seed, domain, stream))
-    labels = torch.arange(len(CLASSES)).repeat_interleave(per_class)
-    return ToyImages(render(labels, domain, size, g), labels)
+    labels = torch.arange(len(CLASSES)).repeat_interleave(per_class)  # (N,)
+    return ToyImages(render(shape_of(domain, conventions)[labels], domain, size, g), labels)
 
 
 def load_toy_tasks(cfg: ToyConfig | None = None) -> list[TaskData]:
-    """The toy benchmark: one task per domain with train / val / test splits."""
+    """The toy benchmark (or toy2, with `cfg.conventions`): one task per domain with train / val / test splits."""
     cfg = cfg or ToyConfig()
+    split = lambda d, n, stream: render_split(d, n, cfg.image_size, cfg.seed, stream, cfg.conventions)  # noqa: E731
     return [
         TaskData(
             name=d,
             class_names=list(CLASSES),
-            train=render_split(d, cfg.train_per_class, cfg.image_size, cfg.seed, "train"),
-            val=render_split(d, cfg.val_per_class, cfg.image_size, cfg.seed, "val"),
-            test=render_split(d, cfg.test_per_class, cfg.image_size, cfg.seed, "test"),
+            train=split(d, cfg.train_per_class, "train"),
+            val=split(d, cfg.val_per_class, "val"),
+            test=split(d, cfg.test_per_class, "test"),
         )
         for d in cfg.domains
     ]

@@ -1,4 +1,5 @@
-"""The Tune driver's results writer: one Parquet file per (config_id, seed) as each trial ends.
+"""The Tune driver's results writer: one Parquet file per (config_id, seed) and table as each trial ends
+(trials; epochs; predictions, one row per test image).
 
 It runs in the Tune driver, the one process that sees every trial end, so files are written by one
 writer each. A trial's metrics come from its newest Ray Train checkpoint (read with `weights_only=True`),
@@ -10,7 +11,18 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from ..results import EPOCH_SCHEMA, EPOCHS, TRIALS, row_key, trial_rows, trial_schema, write_table
+from ..results import (
+    EPOCH_SCHEMA,
+    EPOCHS,
+    PREDICTIONS,
+    TRIAL_PREDICTION_SCHEMA,
+    TRIALS,
+    prediction_rows,
+    row_key,
+    trial_rows,
+    trial_schema,
+    write_table,
+)
 from ..storage import StorageError, location
 from .config import StudyConfig
 from .trials import trial_of
@@ -72,6 +84,8 @@ def parquet_writer(study: StudyConfig, base: dict, tasks: list[str], failures: l
             try:
                 if epochs:
                     write_table(root, EPOCHS, key, epochs, EPOCH_SCHEMA)
+                if preds := prediction_rows(row, done):
+                    write_table(root, PREDICTIONS, key, preds, TRIAL_PREDICTION_SCHEMA)
                 write_table(root, TRIALS, key, [row], trial_schema(tasks))  # last: a row means its curves exist
             except StorageError as e:  # Tune wraps it in a TuneError trace; run_study re-raises this one
                 failures.append(e)

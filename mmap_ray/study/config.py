@@ -54,6 +54,11 @@ class StudyConfig:
     schemes: tuple[str, ...] = option(SCHEMES, "grouping schemes, or explicit partitions such as 'A+B|C+D'")
     k: int = option(2, "groups for the gradient, lookahead and random schemes")
     seeds: tuple[int, ...] = option((0, 1, 2), "training seeds (search mode: the first is the search seed)")
+    data_per_seed: bool = option(
+        True,
+        "each seed also draws its own data: data_seed = run.data.data_seed + seed (toy renders, folder "
+        "splits), so seeds vary the test set too; false: every seed uses run.data.data_seed",
+    )
     prompt_lengths: tuple[int, ...] = option((), "prompt lengths to compare (default: run.prompts.n_tokens)")
     depths: tuple[int, ...] = option((), "alignment depths d (layers 0..d-1) to compare (default: run.prompts)")
     projections: tuple[Projection, ...] = option((), "projections to compare (default: run.prompts.projection)")

@@ -45,19 +45,27 @@ def plan_partitions(cfg: StudyConfig, folder: Location) -> tuple[dict[str, str],
     from ..build import load_run_backbone, load_run_tasks
     from ..fields import replace
     from ..grouping import best_partition, fixed_partition
+    from .trials import trial_data_seed
 
     path = folder / "partitions.json"
     saved = json.loads(path.read_text()) if path.exists() else {"partitions": {}, "affinity": {}}
     saved.setdefault("seconds", {})  # what each choice cost (an oracle study compares it with training all)
-    backbone = load_run_backbone(cfg.run.backbone)
-    tasks = load_run_tasks(cfg.run.data, backbone)
-    names = [t.name for t in tasks]
+    backbone = load_run_backbone(cfg.run.backbone, cfg.run.data.dataset)
+    loaded: dict[int, list] = {}  # data_seed -> tasks: each seed's affinity is measured on that seed's data
+
+    def tasks_of(seed: int) -> list:
+        data_seed = trial_data_seed(cfg, seed)
+        if data_seed not in loaded:
+            loaded[data_seed] = load_run_tasks(replace(cfg.run.data, data_seed=data_seed), backbone)
+        return loaded[data_seed]
+
+    names = [t.name for t in tasks_of(cfg.seeds[0])]
     seeds = cfg.seeds if cfg.mode == "compare" else cfg.seeds[:1]
     needed = [(s, seed) for s in cfg.schemes for seed in seeds if f"{s}/{seed}" not in saved["partitions"]]
     for scheme, seed in needed:
         start = time.perf_counter()
         if scheme in AFFINITY_SCHEMES:
-            affinity = task_affinity(backbone, tasks, replace(cfg.affinity, method=scheme, seed=seed))
+            affinity = task_affinity(backbone, tasks_of(seed), replace(cfg.affinity, method=scheme, seed=seed))
             saved["affinity"][f"{scheme}/{seed}"] = {"tasks": names, "matrix": affinity.tolist()}
             partition = best_partition(affinity, names, cfg.k)
         else:

@@ -40,6 +40,11 @@ def canonical(run: RunConfig, info: BackboneInfo) -> tuple[dict, ResolvedLayers]
     return config, layers
 
 
+def trial_data_seed(study: StudyConfig, seed: int) -> int:
+    """The data_seed of a trial with this seed (and of the affinity measured for it)."""
+    return study.run.data.data_seed + seed if study.data_per_seed else study.run.data.data_seed
+
+
 def make_trial(
     base: dict,
     scheme: str,
@@ -64,9 +69,14 @@ def make_trial(
     }
     if depth:
         changes["prompts.layers"] = tuple(range(depth))
+    if study.data_per_seed:
+        changes["data.data_seed"] = trial_data_seed(study, seed)
     changes.update(parse_variant(variant))
     run = replace(study.run, **changes)
     config, layers = canonical(run, base["info"])
+    if study.data_per_seed:  # the data follows the seed: identify the configuration by the study's rule
+        config["data"]["data_seed"] = study.run.data.data_seed
+        config["data"]["data_per_seed"] = True
     cid = config_id(config)
     return {
         "key": row_key(cid, seed),
