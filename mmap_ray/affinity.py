@@ -1,21 +1,23 @@
 """Task affinity for grouping: how much training on one task helps another, measured on a shared MmAP.
 
-Both schemes start the same way: one MmAP shared by all tasks (one group, no task-specific prompts) is
-warmed up on all tasks for `warmup_steps` (AdamW, with the training loop's step). Then, over `steps`
-multi-task batches at *fixed* weights:
+Both schemes follow TAG (Fifty et al. 2021): one MmAP shared by all tasks (one group, no task-specific
+prompts) is trained on all tasks jointly (AdamW, the training loop's step). After `affinity_warmup_steps`
+steps, the affinity is measured on every `affinity_every`-th of the next `affinity_steps` training steps,
+on the batch that step trains on, before it trains, and averaged:
 
-- gradient (our reading of the paper): each task's gradient g_t on the shared prompt parameters; the
-  affinity is the pairwise cosine similarity cos(g_i, g_j), averaged over the batches.
-- lookahead (TAG, Fifty et al. 2021): Z[i→j] = 1 - L_j(θ - lr·g_i) / L_j(θ): the relative drop of task
-  j's loss after a plain gradient step on task i alone, averaged over the batches. The step is taken on
-  copies through `torch.func.functional_call`; the live weights are never touched.
+- gradient (our reading of the paper): each task's gradient g_i on the shared prompt parameters; the
+  affinity is the cosine similarity cos(g_i, g_j).
+- lookahead (TAG): Z[i->j] = 1 - L_j(θ') / L_j(θ), where θ' is where the optimizer's own update (AdamW,
+  with its moments and step count) would take the shared parameters given task i's gradient alone. The
+  update is taken and undone: weights and optimizer state are restored bit for bit, so measuring never
+  changes the training run it observes.
 
 `zeroshot` and `features` are training-free proxies (proxies.py), computed here so that every scheme
 goes through one function.
 
-The measuring phase computes gradients with `torch.autograd.grad`, so it leaves every weight, `.grad`
-and optimizer state bit-identical. Under DDP, pass `reduce` (e.g. an all-reduce mean): it is applied once
-per batch to the stacked per-task gradients and losses before any similarity is computed.
+Gradients are computed with `torch.autograd.grad` (no `.grad` is written by measuring). Under DDP, pass
+`reduce` (e.g. an all-reduce mean): it is applied once per measured step to the stacked per-task gradients
+and losses before any similarity is computed.
 """
 
 from __future__ import annotations
@@ -26,7 +28,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.func import functional_call
 from torch.utils.data import DataLoader
 
 from .data.base import MultiTaskDataset, TaskData
@@ -46,27 +47,29 @@ class AffinityConfig:
     """How task affinity is measured."""
 
     method: str = "gradient"  # set by the grouping scheme (gradient or lookahead)
-    affinity_warmup_steps: int = option(40, "steps of training one shared MmAP before affinity is measured")
-    affinity_steps: int = option(20, "batches the affinity is averaged over")
-    affinity_batch_size: int = option(64, "batch size of the affinity warm-up and measurement")
-    affinity_lr: float = option(2e-3, "learning rate of the affinity warm-up")
-    # The plain gradient step of the look-ahead. Too large and every step raises every loss (on the toy
-    # benchmark Z < 0 everywhere at 1.0 and 0.05); 0.005 keeps the self-step a descent step there.
-    lookahead_lr: float = option(0.005, "the look-ahead's plain gradient step (TAG)")
+    affinity_warmup_steps: int = option(40, "steps of joint training of one shared MmAP before measuring")
+    affinity_steps: int = option(20, "joint training steps the affinity is measured over (TAG)")
+    affinity_every: int = option(1, "measure on every N-th of those steps")
+    affinity_batch_size: int = option(64, "batch size of the affinity's joint training")
+    affinity_lr: float = option(2e-3, "learning rate of the affinity's joint training (AdamW)")
     seed: int = 0  # set per grouping seed
 
     def __post_init__(self) -> None:
         check_types(self)
         if self.method not in METHODS:
             raise ValueError(f"AffinityConfig.method={self.method!r} is not valid; choose one of {METHODS}")
-        for name in ("affinity_steps", "affinity_batch_size"):
+        for name in ("affinity_steps", "affinity_batch_size", "affinity_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"AffinityConfig.{name}={getattr(self, name)} must be >= 1")
         if self.affinity_warmup_steps < 0:
             raise ValueError(f"AffinityConfig.affinity_warmup_steps={self.affinity_warmup_steps} must be >= 0")
-        for name in ("affinity_lr", "lookahead_lr"):
-            if not 0 < getattr(self, name) < float("inf"):
-                raise ValueError(f"AffinityConfig.{name}={getattr(self, name)} must be > 0 and finite")
+        if not 0 < self.affinity_lr < float("inf"):
+            raise ValueError(f"AffinityConfig.affinity_lr={self.affinity_lr} must be > 0 and finite")
+
+    @property
+    def measured_steps(self) -> int:
+        """How many steps the affinity is averaged over."""
+        return len(range(0, self.affinity_steps, self.affinity_every))
 
 
 def per_task_loss(logits: Tensor, labels: Tensor, task_ids: Tensor, num_tasks: int) -> Tensor:
@@ -106,20 +109,35 @@ def task_gradients(
     return stacked[:, :-1], stacked[:, -1]
 
 
-def _lookahead(model: PromptedCLIP, batch, grads: Tensor, losses: Tensor, lr: float) -> Tensor:
-    """Z (T, T) for one batch: Z[i, j] = 1 - L_j(θ - lr·g_i) / L_j(θ), on copies of the weights."""
+def _lookahead(model: PromptedCLIP, batch, grads: Tensor, losses: Tensor, opt: torch.optim.Optimizer) -> Tensor:
+    """Z (T, T) for one batch: Z[i, j] = 1 - L_j(θ'_i) / L_j(θ), θ'_i = the optimizer's step on g_i alone.
+
+    Each step is taken for real on the live parameters and undone: their values and the optimizer's state
+    are put back exactly (the step count and moments included)."""
     images, labels, task_ids = batch
-    shared = shared_parameters(model)
+    shared = list(shared_parameters(model).values())
     T = grads.shape[0]
     z = torch.zeros(T, T)
-    with torch.no_grad():
+    values = [p.detach().clone() for p in shared]
+    states = {p: {k: v.clone() if torch.is_tensor(v) else v for k, v in opt.state[p].items()} for p in shared}
+    saved_grads = [p.grad for p in shared]
+    try:
         for i in range(T):
-            stepped, offset = {}, 0
-            for name, p in shared.items():
-                stepped[name] = p - lr * grads[i, offset : offset + p.numel()].view_as(p)
+            offset = 0
+            for p in shared:
+                p.grad = grads[i, offset : offset + p.numel()].view_as(p).clone()
                 offset += p.numel()
-            logits = functional_call(model, stepped, (images, task_ids))
-            z[i] = 1 - per_task_loss(logits, labels, task_ids, T).cpu() / losses.cpu()
+            opt.step()
+            with torch.no_grad():
+                z[i] = 1 - per_task_loss(model(images, task_ids), labels, task_ids, T).cpu() / losses.cpu()
+            with torch.no_grad():
+                for p, v in zip(shared, values):
+                    p.copy_(v)
+            for p in shared:
+                opt.state[p] = {k: v.clone() if torch.is_tensor(v) else v for k, v in states[p].items()}
+    finally:
+        for p, g in zip(shared, saved_grads):
+            p.grad = g
     return z
 
 
@@ -146,45 +164,57 @@ def shared_model(backbone, tasks: Sequence[TaskData], mmap: MmAPConfig | None = 
     return PromptedCLIP(backbone, {t.name: t.class_names for t in tasks}, cfg, Partition.single(names))
 
 
-def warm_up(model: PromptedCLIP, tasks: Sequence[TaskData], cfg: AffinityConfig) -> None:
-    """Train the shared MmAP on all tasks for `cfg.affinity_warmup_steps` steps: AdamW at a constant `cfg.affinity_lr`,
-    through the training loop's step (`engine.train_step`), in full precision like the measuring phase."""
-    if cfg.affinity_warmup_steps == 0:
-        return
+def joint_optimizer(model: PromptedCLIP, cfg: AffinityConfig) -> torch.optim.Optimizer:
+    """The affinity run's optimizer: AdamW at a constant `cfg.affinity_lr` on the shared prompts."""
+    return torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.affinity_lr)
+
+
+def warm_up(
+    model: PromptedCLIP, tasks: Sequence[TaskData], cfg: AffinityConfig, opt: torch.optim.Optimizer | None = None
+) -> torch.optim.Optimizer:
+    """Train the shared MmAP on all tasks for `cfg.affinity_warmup_steps` steps through the training loop's
+    step (`engine.train_step`), in full precision like the measuring phase; returns the optimizer."""
     device = next(model.parameters()).device
+    opt = opt or joint_optimizer(model, cfg)
     model.train()
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.affinity_lr)
     for step, batch in zip(range(cfg.affinity_warmup_steps), _stream(tasks, cfg, 0, device)):
         train_step(model, batch, opt, step=step, where="of the affinity warm-up", autocast=False)
+    return opt
 
 
 def measure_affinity(
     model: PromptedCLIP,
     tasks: Sequence[TaskData],
     cfg: AffinityConfig,
+    opt: torch.optim.Optimizer | None = None,
     reduce: Callable[[Tensor], Tensor] | None = None,
 ) -> Tensor:
-    """Affinity matrix (T, T) at the model's current weights, averaged over `cfg.affinity_steps` batches."""
+    """Affinity matrix (T, T) over `cfg.affinity_steps` further joint training steps with `opt` (a fresh
+    `joint_optimizer` if None), measured on every `cfg.affinity_every`-th step's batch before it trains."""
     device = next(model.parameters()).device
+    opt = opt or joint_optimizer(model, cfg)
     T = len(tasks)
     total = torch.zeros(T, T)
-    for _, batch in zip(range(cfg.affinity_steps), _stream(tasks, cfg, 1, device)):
-        grads, losses = task_gradients(model, batch, T, reduce)
-        if cfg.method == "gradient":
-            unit = F.normalize(grads, dim=1)
-            total += (unit @ unit.T).cpu()
-        else:
-            total += _lookahead(model, batch, grads, losses, cfg.lookahead_lr)
-    return total / cfg.affinity_steps
+    model.train()
+    for step, batch in zip(range(cfg.affinity_steps), _stream(tasks, cfg, 1, device)):
+        if step % cfg.affinity_every == 0:
+            grads, losses = task_gradients(model, batch, T, reduce)
+            if cfg.method == "gradient":
+                unit = F.normalize(grads, dim=1)
+                total += (unit @ unit.T).cpu()
+            else:
+                total += _lookahead(model, batch, grads, losses, opt)
+        where = "of the affinity measurement"
+        train_step(model, batch, opt, step=cfg.affinity_warmup_steps + step, where=where, autocast=False)
+    return total / cfg.measured_steps
 
 
 def task_affinity(backbone, tasks: Sequence[TaskData], cfg: AffinityConfig, mmap: MmAPConfig | None = None) -> Tensor:
-    """Warm up a fresh shared MmAP on `tasks`, then measure the (T, T) affinity with `cfg.method`; a
+    """Train a fresh shared MmAP on `tasks` and measure the (T, T) affinity with `cfg.method` (TAG); a
     training-free proxy (`proxies.PROXIES`) is computed from the frozen backbone instead."""
     if cfg.method in PROXIES:
         return proxy_affinity(cfg.method, backbone, tasks)
     torch.manual_seed(cfg.seed)
     model = shared_model(backbone, tasks, mmap)
-    warm_up(model, tasks, cfg)
-    model.eval()
-    return measure_affinity(model, tasks, cfg)
+    opt = warm_up(model, tasks, cfg)
+    return measure_affinity(model, tasks, cfg, opt)

@@ -2,7 +2,7 @@
 
 Runs on the Ray cluster it is submitted to (`ray job submit --working-dir . -- python studies/grouping.py`)
 or, with no cluster, on a local Ray instance. With no arguments: every grouping scheme x 3 seeds on the toy
-benchmark with the tiny pretrained CLIP (about 15 minutes on a 2-core machine). Results land in a Parquet
+benchmark toy2 with its tiny pretrained CLIP (about 15 minutes on a 2-core machine). Results land in a Parquet
 dataset (`<storage>/<name>/results/`); the leaderboard is printed and the report written next to it.
 
     python studies/grouping.py                                   # compare schemes on the toy benchmark
@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a ch
 
 import pandas as pd  # noqa: E402
 
-from mmap_ray.config import DATASETS  # noqa: E402
+from mmap_ray.config import DATASETS, TOY_DATASETS  # noqa: E402
 from mmap_ray.data.toy import DOMAINS as TOY_DOMAINS  # noqa: E402
 from mmap_ray.fields import add_arguments, from_dict, merge, parsed_values  # noqa: E402
 from mmap_ray.grouping import set_partitions  # noqa: E402
@@ -46,8 +46,11 @@ KRON_READINGS = [
     "projection=kron; kron_tokens=2",
     "projection=phm",
 ]
+# toy2, the grouping benchmark (two labelling conventions, 8 images per class): 32 epochs of 6 steps
+ON_TOY2 = {**ON_TOY, "run": {"data": {"dataset": "toy2"}, "train": {"epochs": 32}}}
 PRESETS = {
-    "toy": {**ON_TOY, "run": {"train": {"epochs": 8}}},
+    "toy": ON_TOY2,
+    "toy-v1": {**ON_TOY, "run": {"train": {"epochs": 8}}},  # the first toy benchmark (the default until issue 17)
     "office-home": {"run": {"data": {"dataset": "office-home"}, **REAL}, "affinity": {"affinity_batch_size": 32}},
     "mini-domainnet": {"run": {"data": {"dataset": "minidomainnet"}, **REAL}, "affinity": {"affinity_batch_size": 32}},
     # the paper's ablations: a grid over one axis (x seeds), grouping fixed to the gradient scheme, all else fixed
@@ -88,12 +91,14 @@ PRESETS = {
         "run": {"train": {"epochs": 8}},
     },
 }
-# the oracle: every partition of the toy's 4 tasks (15; `oracle-k2`: the 7 with two groups) trained over 3
-# seeds, with the grouping methods in the same study: a partition a method picks is the oracle's trial
+# the oracle: every partition of toy2's 4 tasks (15; `oracle-k2`: the 7 with two groups) trained over 3
+# seeds, with the grouping methods and the training-free proxies in the same study: a partition a method
+# picks is the oracle's trial, trained once
 ALL = [str(p) for p in set_partitions(TOY_DOMAINS)]
 TWO = [str(p) for p in set_partitions(TOY_DOMAINS, 2)]
-PRESETS["oracle"] = {**ON_TOY, "schemes": [*ALL, "gradient", "lookahead", "random"], "run": {"train": {"epochs": 8}}}
-PRESETS["oracle-k2"] = {**ON_TOY, "schemes": [*TWO, "gradient", "lookahead", "random"], "run": {"train": {"epochs": 8}}}
+METHODS = ["gradient", "lookahead", "random", "zeroshot", "features"]
+PRESETS["oracle"] = {**ON_TOY2, "name": "oracle", "schemes": [*ALL, *METHODS]}
+PRESETS["oracle-k2"] = {**ON_TOY2, "name": "oracle-k2", "schemes": [*TWO, *METHODS]}
 SMOKE = {
     "name": "smoke",
     "schemes": ["single", "gradient"],
@@ -121,7 +126,7 @@ def build_study(args: argparse.Namespace) -> StudyConfig:
         settings = merge(settings, layer)
     settings = merge(settings, parsed_values(StudyConfig, args, skip=PER_TRIAL))
     data = settings.get("run", {}).get("data", {})
-    on_disk = [d for d in DATASETS if d != "toy"]  # an unknown dataset is named by the config's own check
+    on_disk = [d for d in DATASETS if d not in TOY_DATASETS]  # an unknown dataset is named by the config's own check
     if isinstance(data, dict) and data.get("dataset", "toy") in on_disk and not data.get("root"):
         raise ValueError(f"--preset {args.preset} needs --root: the folder holding the dataset")
     try:

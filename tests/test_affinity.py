@@ -1,14 +1,25 @@
 """Task affinity: leaves weights and optimizer state untouched, reduces once per step, recovers planted pairs."""
 
+import copy
 import json
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from mmap_ray.affinity import AffinityConfig, measure_affinity, shared_model, task_gradients, warm_up
+from mmap_ray.affinity import (
+    AffinityConfig,
+    _lookahead,
+    _stream,
+    measure_affinity,
+    per_task_loss,
+    shared_model,
+    task_gradients,
+    warm_up,
+)
 from mmap_ray.cli import main
 from mmap_ray.data.toy import PAIRS, ToyConfig, load_toy_tasks
+from mmap_ray.engine import train_step
 
 FAST = AffinityConfig(affinity_warmup_steps=2, affinity_steps=2, affinity_batch_size=8)
 
@@ -18,31 +29,64 @@ def toy_tasks():
     return load_toy_tasks(ToyConfig(train_per_class=2, val_per_class=1, test_per_class=1))
 
 
-@pytest.mark.parametrize("method", ["gradient", "lookahead"])
-def test_measuring_leaves_weights_grads_and_optimizer_bit_identical(tiny, toy_tasks, method):
-    model = shared_model(tiny, toy_tasks)
-    assert model.bank.task_specific is None and model.partition.num_groups == 1
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
-    images = torch.stack([toy_tasks[0].train[i][0] for i in range(4)])  # (4, 3, H, W)
-    batch = (images, torch.tensor([0, 1, 2, 3]), torch.zeros(4, dtype=torch.long))
-    F.cross_entropy(model(batch[0], batch[2]), batch[1]).backward()
-    opt.step()  # optimizer state and .grad now exist
+def _state(model, opt):
     weights = {k: v.clone() for k, v in model.state_dict().items()}
-    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-    saved = opt.state_dict()["state"].items()
-    state = {k: {n: t.clone() if torch.is_tensor(t) else t for n, t in v.items()} for k, v in saved}
-    a = measure_affinity(model, toy_tasks, AffinityConfig(method=method, affinity_steps=2, affinity_batch_size=8))
+    moments = {i: {k: v.clone() for k, v in opt.state[p].items()} for i, p in enumerate(opt.param_groups[0]["params"])}
+    return weights, moments
+
+
+@pytest.mark.parametrize("method", ["gradient", "lookahead"])
+def test_measuring_does_not_change_the_training_run_it_observes(tiny, toy_tasks, method):
+    """TAG measures during joint training: the run with measuring ends bit-identical (weights, AdamW moments
+    and step counts) to the same run without it."""
+    cfg = AffinityConfig(method=method, affinity_warmup_steps=2, affinity_steps=3, affinity_batch_size=8)
+    torch.manual_seed(0)
+    measured = shared_model(tiny, toy_tasks)
+    assert measured.bank.task_specific is None and measured.partition.num_groups == 1
+    opt = warm_up(measured, toy_tasks, cfg)
+    a = measure_affinity(measured, toy_tasks, cfg, opt)
     assert a.shape == (4, 4) and torch.isfinite(a).all()
-    assert all(torch.equal(v, weights[k]) for k, v in model.state_dict().items())
-    assert all(torch.equal(p.grad, grads[n]) for n, p in model.named_parameters() if p.grad is not None)
-    after = opt.state_dict()["state"]
-    assert all(torch.equal(after[k][n], t) for k, v in state.items() for n, t in v.items() if torch.is_tensor(t))
+    torch.manual_seed(0)
+    plain = shared_model(tiny, toy_tasks)
+    plain_opt = warm_up(plain, toy_tasks, cfg)
+    for _, batch in zip(range(cfg.affinity_steps), _stream(toy_tasks, cfg, 1, torch.device("cpu"))):
+        train_step(plain, batch, plain_opt, autocast=False)
+    (w1, m1), (w2, m2) = _state(measured, opt), _state(plain, plain_opt)
+    assert all(torch.equal(w1[k], w2[k]) for k in w1)
+    assert m1.keys() == m2.keys() and all(torch.equal(m1[i][k], m2[i][k]) for i in m1 for k in m1[i])
+    assert int(m1[0]["step"]) == cfg.affinity_warmup_steps + cfg.affinity_steps
     if method == "gradient":
         torch.testing.assert_close(a.diagonal(), torch.ones(4))
         torch.testing.assert_close(a, a.T)
 
 
-def test_reduce_is_one_call_per_step_on_grads_and_losses(tiny, toy_tasks):
+def test_lookahead_is_the_optimizers_own_step_on_one_tasks_gradient(tiny, toy_tasks):
+    """A reference written from TAG: copy the model and its AdamW, give the copy task i's gradient alone,
+    step, and read every task's loss; Z[i, j] = 1 - L_j(after) / L_j(before)."""
+    cfg = AffinityConfig(method="lookahead", affinity_warmup_steps=3, affinity_steps=1, affinity_batch_size=8)
+    torch.manual_seed(0)
+    model = shared_model(tiny, toy_tasks)
+    opt = warm_up(model, toy_tasks, cfg)  # AdamW moments and a step count of 3: not a plain SGD step
+    batch = next(_stream(toy_tasks, cfg, 1, torch.device("cpu")))
+    images, labels, task_ids = batch
+    reference = torch.zeros(4, 4)
+    for i in range(4):
+        twin = copy.deepcopy(model)
+        twin_opt = torch.optim.AdamW([p for p in twin.parameters() if p.requires_grad], lr=cfg.affinity_lr)
+        twin_opt.load_state_dict(copy.deepcopy(opt.state_dict()))
+        losses = per_task_loss(twin(images, task_ids), labels, task_ids, 4)
+        twin_opt.zero_grad()
+        losses[i].backward()
+        twin_opt.step()
+        with torch.no_grad():
+            after = per_task_loss(twin(images, task_ids), labels, task_ids, 4)
+        reference[i] = 1 - after / losses.detach()
+    grads, losses = task_gradients(model, batch, 4)
+    torch.testing.assert_close(_lookahead(model, batch, grads, losses, opt), reference, atol=1e-5, rtol=1e-4)
+    assert (reference.diagonal() > 0).all()  # a step on a task's own gradient lowers its own loss
+
+
+def test_reduce_is_one_call_per_measured_step_on_grads_and_losses(tiny, toy_tasks):
     model = shared_model(tiny, toy_tasks)
     calls = []
 
@@ -50,9 +94,10 @@ def test_reduce_is_one_call_per_step_on_grads_and_losses(tiny, toy_tasks):
         calls.append(x.shape)
         return x * 1.0  # stands in for an all-reduce mean over one worker
 
-    measure_affinity(model, toy_tasks, FAST, reduce=reduce)
+    cfg = AffinityConfig(affinity_warmup_steps=0, affinity_steps=5, affinity_every=2, affinity_batch_size=8)
+    measure_affinity(model, toy_tasks, cfg, reduce=reduce)
     n_params = sum(p.numel() for p in model.bank.groups.parameters())
-    assert calls == [(4, n_params + 1)] * FAST.affinity_steps
+    assert cfg.measured_steps == 3 and calls == [(4, n_params + 1)] * 3  # steps 0, 2 and 4
 
 
 def test_task_gradients_match_separate_backward_passes(tiny, toy_tasks):
@@ -92,6 +137,8 @@ def test_affinity_config_errors():
         AffinityConfig(method="tag")
     with pytest.raises(ValueError, match="steps=0 must be >= 1"):
         AffinityConfig(affinity_steps=0)
+    with pytest.raises(ValueError, match="affinity_every=0 must be >= 1"):
+        AffinityConfig(affinity_every=0)
 
 
 def test_group_cli_writes_a_partition_train_accepts(tmp_path, capsys):
