@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..results import EPOCHS, TRIALS, load
+from ..results import EPOCHS, PREDICTIONS, TRIALS, load
 from ..storage import Location, location
 
 BASELINES = "baselines"  # the table that studies/toy_baselines.py writes
@@ -49,6 +49,7 @@ class Study:
     baselines: pd.DataFrame
     notes: list[str] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)  # "scheme/seed" -> seconds its partition took
+    predictions: pd.DataFrame = field(default_factory=pd.DataFrame)  # one row per (trial, test image), v4
 
 
 def _folder(path: str | Path | Location, table: str, field: str) -> Location:
@@ -125,6 +126,9 @@ def load_study(results: str | Path | Location, baselines: str | Path | Location 
         )
     if study.epochs.empty:
         study.notes.append(f"No per-epoch table ({root / EPOCHS}): learning curves are left out.")
+    study.predictions = _table(root, PREDICTIONS)
+    if not study.predictions.empty:
+        study.predictions[CONFIG_ID] = study.predictions[CONFIG_ID].astype(str)
     side = root.parent / "partitions.json"
     if side.exists():
         saved = json.loads(side.read_text())

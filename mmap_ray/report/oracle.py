@@ -20,7 +20,8 @@ import pandas as pd
 
 from ..grouping import AFFINITY_SCHEMES, FIXED_SCHEMES, Partition, parse_groups
 from ..stats import seed_interval
-from .load import completed
+from .load import CONFIG_ID, completed
+from .paired import compare_trials
 
 
 def _canonical(text: str, tasks: tuple[str, ...]) -> str:
@@ -41,12 +42,17 @@ def oracle_ranking(trials: pd.DataFrame, metric: str = "test_mean") -> pd.DataFr
 
 
 def method_scores(
-    trials: pd.DataFrame, partitions: dict[str, str], seconds: dict[str, float] | None = None, metric: str = "test_mean"
+    trials: pd.DataFrame,
+    partitions: dict[str, str],
+    seconds: dict[str, float] | None = None,
+    metric: str = "test_mean",
+    predictions: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """One row per grouping method in `partitions` ("scheme/seed" -> the partition it chose).
 
     Columns: method, chosen (per seed), rank (of each choice in the oracle ranking), regret (points, mean
-    over seeds with a 95% t interval), agreement (share of seeds on the method's most frequent choice),
+    over seeds with a 95% t interval, and paired by image with a 95% bootstrap when `predictions` holds
+    the trials' test images), agreement (share of seeds on the method's most frequent choice),
     cost_s (mean seconds of the method's affinity step) and oracle_s (the oracle's training seconds per seed).
     """
     ranking = oracle_ranking(trials, metric)
@@ -55,6 +61,7 @@ def method_scores(
     t = completed(trials)
     tasks = tuple(sorted({task for p in ranking["partition"] for g in parse_groups(str(p)) for task in g}))
     acc = {(_canonical(str(p), tasks), int(s)): v for p, s, v in zip(t["partition"], t["seed"], t[metric])}
+    cid = {(_canonical(str(p), tasks), int(s)): str(c) for p, s, c in zip(t["partition"], t["seed"], t[CONFIG_ID])}
     rank = {_canonical(str(p), tasks): int(r) for p, r in zip(ranking["partition"], ranking["rank"])}
     best = _canonical(str(ranking["partition"].iloc[0]), tasks)
     oracle_s = t.groupby("seed")["wall_s"].sum().mean() if "wall_s" in t else float("nan")
@@ -64,6 +71,8 @@ def method_scores(
         chosen = {int(s): _canonical(v, tasks) for m, s, v in choices if m == method}
         seeds = sorted(s for s in chosen if (chosen[s], s) in acc and (best, s) in acc)
         regret = seed_interval(np.array([acc[best, s] - acc[chosen[s], s] for s in seeds]))
+        pairs = [(s, cid[best, s], cid[chosen[s], s]) for s in seeds]
+        by_image = compare_trials(t, predictions, pairs, metric)[1] if predictions is not None and pairs else None
         picks = pd.Series([chosen[s] for s in sorted(chosen)])
         cost = [seconds[f"{method}/{s}"] for s in chosen if seconds and f"{method}/{s}" in seconds]
         rows.append(
@@ -72,6 +81,7 @@ def method_scores(
                 "chosen": ", ".join(f"{s}: {chosen[s]}" for s in sorted(chosen)),
                 "rank": ", ".join(str(rank.get(chosen[s], "–")) for s in sorted(chosen)),
                 "regret (points, 95% CI)": str(regret) if regret else "–",
+                "regret by image": str(by_image) if by_image else "–",
                 "agreement": float(picks.value_counts().iloc[0] / len(picks)),
                 "cost_s": float(np.mean(cost)) if cost else float("nan"),
                 "oracle_s": float(oracle_s),

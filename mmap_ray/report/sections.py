@@ -26,8 +26,9 @@ from .figures import (
     curves_figure,
     tradeoff_figure,
 )
-from .load import METRIC_LABELS, Study, accuracy_columns
+from .load import METRIC_LABELS, Study, accuracy_columns, completed, scheme_names
 from .oracle import method_scores, oracle_ranking
+from .paired import affinity_stability, scheme_comparisons
 from .tables import COMPARISONS, comparisons, failures, leaderboard, mean_std, overview, shown, status_table
 
 READING = {  # a figure's file name -> the text above it, which says how to read it
@@ -136,12 +137,39 @@ def comparisons_section(study: Study) -> Section:
     return s
 
 
+def paired_section(study: Study) -> Section:
+    s = Section(
+        "Paired comparisons",
+        "Each grouping scheme against one group for all tasks (`single`), in points of mean test accuracy: paired "
+        "by seed (per-seed differences, 95% t interval) and by image (the same test images of the same seed, "
+        "95% bootstrap within each seed and task). A difference is called only when both intervals exclude 0.",
+    )
+    if "single" not in scheme_names(completed(study.trials)["scheme"]):
+        s.notes.append("No `single` scheme in these results: nothing to compare against.")
+        return s
+    table = scheme_comparisons(study.trials, study.predictions)
+    if table.empty:
+        s.notes.append("No scheme shares a seed with `single`: no paired comparison.")
+    else:
+        s.tables.append(table)
+    if study.predictions.empty:
+        s.notes.append("No predictions table (results before schema v4): paired by seed only.")
+    return s
+
+
 def tradeoff_section(study: Study) -> Section:
     return _figure_section("Accuracy vs trainable parameters", tradeoff_figure(study), "tradeoff")
 
 
 def affinity_section(study: Study) -> Section:
     s = _figure_section("Task affinity", affinity_figure(study), "affinity")
+    stability = affinity_stability(study.affinity) if study.affinity else pd.DataFrame()
+    if not stability.empty and (stability["seeds"] > 1).any():
+        s.tables.append(stability)
+        s.notes.append(
+            "Stability: the Pearson correlation of each scheme's off-diagonal affinities between every two seeds "
+            "(each seed also draws its own data)."
+        )
     if len(study.affinity) > MAX_AFFINITY_PANELS:
         s.notes.append(f"Showing {MAX_AFFINITY_PANELS} of {len(study.affinity)} matrices; all are in partitions.json.")
     return s
@@ -165,9 +193,9 @@ def oracle_section(study: Study) -> Section:
     s.text = (
         f"Every partition trained over the same seeds, ranked by mean {_what(study)} (%, ± std over seeds); then "
         "each grouping method: the partition it chose per seed, that partition's rank, its regret (the best "
-        "partition's accuracy minus the chosen one's, paired by seed, 95% t interval; an interval containing 0 "
-        "is no detectable difference), how often it chose the same partition, and the seconds its choice took "
-        "against the oracle's training seconds per seed."
+        "partition's accuracy minus the chosen one's, paired by seed with a 95% t interval and by image with a "
+        "95% bootstrap; an interval containing 0 is no detectable difference), how often it chose the same "
+        "partition, and the seconds its choice took against the oracle's training seconds per seed."
     )
     shown_ranking = ranking.assign(
         accuracy=[
@@ -177,7 +205,7 @@ def oracle_section(study: Study) -> Section:
     )[["rank", "partition", "accuracy", "seeds"]]
     s.tables.append(shown_ranking)
     if study.partitions:
-        s.tables.append(method_scores(study.trials, study.partitions, study.seconds))
+        s.tables.append(method_scores(study.trials, study.partitions, study.seconds, predictions=study.predictions))
     return s
 
 
@@ -190,6 +218,7 @@ SECTIONS: tuple[Callable[[Study], Section], ...] = (
     trials_section,
     leaderboard_section,
     comparisons_section,
+    paired_section,
     tradeoff_section,
     budget_section,
     oracle_section,

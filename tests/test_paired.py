@@ -1,0 +1,75 @@
+"""The report's paired comparisons on fabricated trials and predictions with a known answer (issue 17, part 4)."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mmap_ray.report.load import prepare
+from mmap_ray.report.paired import affinity_stability, compare_trials, scheme_comparisons, verdict
+from mmap_ray.stats import Difference
+
+TASKS = ("Art", "Clipart")
+N = 40  # test images per task
+
+
+def _study(correct: dict[str, float], seeds=(0, 1, 2), data_per_seed=True):
+    """Trials and predictions: scheme -> share of images it gets right (the first images of each task)."""
+    trials, preds = [], []
+    for scheme, share in correct.items():
+        for seed in seeds:
+            rng = np.random.default_rng(seed if data_per_seed else 0)
+            labels = rng.integers(0, 12, size=N)
+            ok = np.arange(N) < round(share * N)
+            trials.append(
+                {"config_id": f"c-{scheme}", "seed": seed, "scheme": scheme, "status": "TERMINATED", "test_mean": share}
+            )
+            for task in TASKS:
+                for i in range(N):
+                    pred = labels[i] if ok[i] else (labels[i] + 1) % 12
+                    preds.append(
+                        {"config_id": f"c-{scheme}", "seed": seed, "task": task, "image": i, "label": labels[i]}
+                        | {"prediction": pred, "correct": bool(ok[i])}
+                    )
+    return prepare(pd.DataFrame(trials)), pd.DataFrame(preds)
+
+
+def test_a_known_difference_is_found_both_ways():
+    trials, preds = _study({"single": 0.5, "gradient": 0.75})
+    table = scheme_comparisons(trials, preds)
+    assert list(table["scheme"]) == ["gradient"] and table["seeds"].iloc[0] == 3
+    by_seed, by_image = compare_trials(trials, preds, [(s, "c-gradient", "c-single") for s in (0, 1, 2)])
+    assert by_seed.diff == pytest.approx(0.25) and by_image.diff == pytest.approx(0.25)
+    assert by_image.n == 3 * len(TASKS) * N and by_image.low > 0.15 and by_image.high < 0.35
+    assert table["verdict"].iloc[0] == "better"
+
+
+def test_identical_trials_are_no_detectable_difference():
+    trials, preds = _study({"single": 0.6, "random": 0.6})
+    row = scheme_comparisons(trials, preds).iloc[0]
+    assert row["verdict"] == "no detectable difference" and "+0.0 [+0.0, +0.0]" in row["by image (95% bootstrap)"]
+
+
+def test_images_that_do_not_pair_give_no_image_interval():
+    trials, preds = _study({"single": 0.5, "gradient": 0.75})
+    other = preds["config_id"] == "c-gradient"
+    preds.loc[other, "label"] = (preds.loc[other, "label"] + 3) % 12  # not the same images
+    by_seed, by_image = compare_trials(trials, preds, [(s, "c-gradient", "c-single") for s in (0, 1, 2)])
+    assert by_seed is not None and by_image is None
+    assert compare_trials(trials, pd.DataFrame(), [(0, "c-gradient", "c-single")])[1] is None
+
+
+def test_verdict_needs_every_interval_to_exclude_zero():
+    yes, no = Difference(0.02, 0.01, 0.03, 10), Difference(0.02, -0.01, 0.05, 3)
+    assert verdict(yes, yes) == "better" and verdict(yes, no) == "no detectable difference"
+    assert verdict(Difference(-0.02, -0.03, -0.01, 9), None) == "worse" and verdict(None, None) == "–"
+
+
+def test_affinity_stability_is_the_correlation_across_seeds():
+    a = np.array([[1.0, 0.2, 0.9], [0.2, 1.0, 0.1], [0.9, 0.1, 1.0]])
+    saved = {f"gradient/{s}": {"matrix": a.tolist()} for s in (0, 1)} | {
+        "lookahead/0": {"matrix": a.tolist()},
+        "lookahead/1": {"matrix": (-a).tolist()},
+    }
+    table = affinity_stability(saved).set_index("scheme")
+    assert table.loc["gradient", "correlation across seeds (mean)"] == pytest.approx(1.0)
+    assert table.loc["lookahead", "(lowest)"] == pytest.approx(-1.0) and table.loc["lookahead", "seeds"] == 2
