@@ -566,7 +566,7 @@ def test_oracle_ranks_partitions_and_scores_each_method_against_it(tmp_path):
     """An oracle study (every two-group partition, 3 seeds) with known accuracies: the ranking, and each
     method's chosen partitions, ranks, regret (paired by seed), agreement and cost."""
     from mmap_ray.grouping import set_partitions
-    from mmap_ray.report.oracle import method_scores
+    from mmap_ray.report.oracle import method_scores, partition_spread
 
     parts = [str(p) for p in set_partitions(TASKS, 2)]  # 7
     rows = []
@@ -591,6 +591,11 @@ def test_oracle_ranks_partitions_and_scores_each_method_against_it(tmp_path):
     section = Path(paths.markdown).read_text().split("Grouping methods against the oracle")[1].split("\n## ")[0]
     lines = [line for line in section.splitlines() if parts[0].replace("|", "\\|") in line]  # Markdown escapes |
     assert "90.1 ± 0.1" in lines[0] and "gradient" in section and "random" in section
+    # how much the partition matters: best minus worst two-group partition, 6 points, every seed alike
+    spread = partition_spread(study.trials)
+    assert (spread["best"], spread["worst"]) == (parts[0], parts[6]) and spread["gap"] == pytest.approx(0.06)
+    assert str(spread["by_seed"]) == "+6.0 [+6.0, +6.0]" and spread["gap_in_stds"] == pytest.approx(60.0)
+    assert f"the worst ({parts[6]}) is 6.0 points" in section and "60.0 times the larger" in section
 
 
 def test_an_ordinary_study_says_it_is_not_an_oracle(tmp_path):

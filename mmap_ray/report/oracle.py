@@ -88,3 +88,33 @@ def method_scores(
             }
         )
     return pd.DataFrame(rows)
+
+
+def partition_spread(
+    trials: pd.DataFrame, predictions: pd.DataFrame | None = None, groups: int = 2, metric: str = "test_mean"
+) -> dict | None:
+    """How much the choice of partition matters: the best minus the worst ranked partition with `groups`
+    groups, paired by seed (and by image), and that gap in units of the larger of their seed stds.
+    None when the ranking has fewer than two such partitions."""
+    ranking = oracle_ranking(trials, metric)
+    if ranking is None:
+        return None
+    ranked = ranking[[len(parse_groups(str(p))) == groups for p in ranking["partition"]]]
+    if len(ranked) < 2:
+        return None
+    best, worst = ranked.iloc[0], ranked.iloc[-1]
+    t = completed(trials)
+    cid = {(str(p), int(s)): str(c) for p, s, c in zip(t["partition"], t["seed"], t[CONFIG_ID])}
+    seeds = sorted({s for p, s in cid if p == best["partition"]} & {s for p, s in cid if p == worst["partition"]})
+    pairs = [(s, cid[best["partition"], s], cid[worst["partition"], s]) for s in seeds]
+    by_seed, by_image = compare_trials(t, predictions if predictions is not None else pd.DataFrame(), pairs, metric)
+    std = float(max(best["std"], worst["std"]))
+    gap = float(best["mean"] - worst["mean"])
+    return {
+        "best": str(best["partition"]),
+        "worst": str(worst["partition"]),
+        "gap": gap,
+        "by_seed": by_seed,
+        "by_image": by_image,
+        "gap_in_stds": gap / std if std > 0 else float("inf"),
+    }

@@ -27,7 +27,7 @@ from .figures import (
     tradeoff_figure,
 )
 from .load import METRIC_LABELS, Study, accuracy_columns, completed, scheme_names
-from .oracle import method_scores, oracle_ranking
+from .oracle import method_scores, oracle_ranking, partition_spread
 from .paired import affinity_stability, scheme_comparisons
 from .tables import COMPARISONS, comparisons, failures, leaderboard, mean_std, overview, shown, status_table
 
@@ -204,6 +204,14 @@ def oracle_section(study: Study) -> Section:
         ]
     )[["rank", "partition", "accuracy", "seeds"]]
     s.tables.append(shown_ranking)
+    spread = partition_spread(study.trials, study.predictions)
+    if spread:
+        by_image = f", by image {spread['by_image']}" if spread["by_image"] else ""
+        s.notes.append(
+            f"Two-group partitions: the best ({spread['best']}) minus the worst ({spread['worst']}) is "
+            f"{100 * spread['gap']:.1f} points (paired by seed {spread['by_seed'] or '–'}{by_image}), "
+            f"{spread['gap_in_stds']:.1f} times the larger of their seed standard deviations."
+        )
     if study.partitions:
         s.tables.append(method_scores(study.trials, study.partitions, study.seconds, predictions=study.predictions))
     return s
