@@ -46,8 +46,8 @@ KRON_READINGS = [
     "projection=kron; kron_tokens=2",
     "projection=phm",
 ]
-# toy2, the grouping benchmark (two labelling conventions, 8 images per class): 8 epochs of 24 steps
-ON_TOY2 = {**ON_TOY, "run": {"data": {"dataset": "toy2"}, "train": {"epochs": 8, "batch_size": 16}}}
+# toy2, the grouping benchmark (two labelling conventions, 16 images per class): 32 epochs of 12 steps
+ON_TOY2 = {**ON_TOY, "run": {"data": {"dataset": "toy2"}, "train": {"epochs": 32}}}
 PRESETS = {
     "toy": ON_TOY2,
     "toy-v1": {**ON_TOY, "run": {"train": {"epochs": 8}}},  # the first toy benchmark (the default until issue 17)

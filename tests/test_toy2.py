@@ -57,7 +57,7 @@ def test_a_relabelled_class_is_drawn_as_its_conventions_shape():
 def test_toy2_from_a_run_config_is_few_shot_with_its_own_tiny_clip():
     tiny = load_run_backbone(ModelConfig(pretrained=None))
     tasks = load_run_tasks(DataConfig(dataset="toy2", domains=("Art", "Clipart")), tiny)
-    assert [len(t.train) for t in tasks] == [TOY2_SHOTS * len(CLASSES)] * 2
+    assert [len(t.train) for t in tasks] == [TOY2_SHOTS * len(CLASSES)] * 2 and TOY2_SHOTS == 16
     plain = load_run_tasks(DataConfig(dataset="toy", domains=("Art",), shots=TOY2_SHOTS), tiny)[0]
     assert not torch.equal(plain.train.images, tasks[0].train.images)  # the relabelled classes differ
     shots = load_run_tasks(DataConfig(dataset="toy2", domains=("Art",), shots=3), tiny)[0]

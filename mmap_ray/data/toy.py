@@ -16,14 +16,14 @@ Two benchmarks are built from these renders:
   confounded as a grouping benchmark: the tiny CLIP is pretrained on RealWorld only, so what it saw
   already separates the pairs, and training-free proxies find them (issue 17). Kept for the ablations.
 - `toy2` (the grouping benchmark): the tasks follow one of two labelling *conventions*, like two
-  annotation teams. Six names ("star" ... "hourglass") mean other shapes than in pretraining, and
-  differently in each convention: convention A (Art, Product) swaps them in pairs, convention B
-  (Clipart, RealWorld) shifts them by two. No name means the same shape in both conventions, so a prompt
-  shared across conventions is pulled two ways (negative transfer), while tasks of one convention help
-  each other (8 training images per class, so sharing matters). The planted partition
-  "Art+Product|Clipart+RealWorld" crosses the style pairs, and the tiny CLIP for `toy2` is pretrained
-  on every domain and the pretraining names, so neither what it saw nor its zero-shot accuracy (near
-  zero on the six relabelled classes in every domain) points to it.
+  annotation teams. Every class name means another shape than in pretraining, and differently in each
+  convention: convention A (Art, Product) swaps the names in pairs (circle<->square, ...), convention B
+  (Clipart, RealWorld) shifts them by two (circle->triangle, ...). No name means the same shape in both
+  conventions, so a prompt shared across conventions is pulled two ways (negative transfer), while tasks
+  of one convention help each other (16 training images per class, so sharing matters). The planted
+  partition "Art+Product|Clipart+RealWorld" crosses the style pairs, and the tiny CLIP for `toy2` is
+  pretrained on every domain with the pretraining names, so neither what it saw nor its zero-shot
+  accuracy (near zero in every domain: every name is relabelled) points to it.
 
 Everything is deterministic from a seed, vectorised in torch (no Python loop over pixels), at any size.
 """
@@ -56,11 +56,11 @@ CLASSES = (
 )
 DOMAINS = ("Art", "Clipart", "Product", "RealWorld")
 PAIRS = "Art+Clipart|Product+RealWorld"  # toy's planted partition (the styles)
-# toy2: the labelling convention of each domain, and the names it relabels (class ids 6..11).
+# toy2: the labelling convention of each domain, and the names it relabels.
 CONVENTIONS = {"Art": "A", "Product": "A", "Clipart": "B", "RealWorld": "B"}
 CONVENTION_GROUPS = "Art+Product|Clipart+RealWorld"  # toy2's planted partition
-RELABELLED = tuple(range(6, 12))
-TOY2_SHOTS = 8  # training images per class and domain in toy2
+RELABELLED = tuple(range(len(CLASSES)))  # every class (a first version relabelled 6: too little at stake)
+TOY2_SHOTS = 16  # training images per class and domain in toy2
 # open_clip's (OpenAI) normalisation; the tiny toy CLIP uses the same.
 MEAN = (0.48145466, 0.4578275, 0.40821073)
 STD = (0.26862954, 0.26130258, 0.27577711)
@@ -162,7 +162,7 @@ def _seed(*parts: object) -> int:
 
 def shape_of(domain: str, conventions: bool) -> Tensor:
     """(classes,) the shape each class id is drawn as in `domain`: itself, or under toy2's conventions:
-    convention A swaps the relabelled names in pairs (6<->7, ...), B shifts them by two (6->8, ...)."""
+    convention A swaps the relabelled names in pairs (0<->1, ...), B shifts them by two (0->2, ...)."""
     shapes = torch.arange(len(CLASSES))
     if conventions:
         k = len(RELABELLED)
