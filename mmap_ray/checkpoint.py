@@ -60,12 +60,17 @@ def save(run_state: dict, where: str | Path | Location) -> None:
     location(where, "checkpoint").write_bytes(buf.getvalue())
 
 
+def without_predictions(row: dict) -> dict:
+    """A history row without its (large) "predictions" columns: what metrics files and summaries keep."""
+    return {k: v for k, v in row.items() if k != "predictions"}
+
+
 def save_run(out: str | Path, run_state: dict) -> None:
     """An in-process run folder's checkpoint.pt and metrics.jsonl (the whole history, so a resumed run
     never duplicates a row)."""
     save(run_state, Path(out) / RUN_FILE)
     history = run_state["history"]
-    rows = "".join(json.dumps({k: v for k, v in r.items() if k != "predictions"}) + "\n" for r in history)
+    rows = "".join(json.dumps(without_predictions(r)) + "\n" for r in history)
     location(Path(out) / METRICS_FILE, "out").write_text(rows)
     if history and "predictions" in history[-1]:  # the last epoch's test outcomes, one row per image
         from .results import write_predictions

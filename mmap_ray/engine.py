@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 
 from . import checkpoint
 from .checkpoint import load as load_checkpoint  # noqa: F401  (the name callers and tests know)
+from .checkpoint import without_predictions  # noqa: F401  (the CLI's summary uses it)
 from .data.base import MultiTaskDataset, TaskData
 from .data.sampler import MODES, MultiTaskBatchSampler
 from .fields import check_types, option, optional_float
@@ -322,11 +323,6 @@ def _test_outcomes(model: PromptedCLIP, tasks: Sequence[TaskData], cfg: TrainCon
             "correct": correct[t_idx, i_idx].tolist(),
         },
     }
-
-
-def without_predictions(row: dict) -> dict:
-    """A history row without its (large) "predictions" columns: what metrics files and summaries keep."""
-    return {k: v for k, v in row.items() if k != "predictions"}
 
 
 def fit(

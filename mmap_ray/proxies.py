@@ -35,9 +35,9 @@ def zero_shot_accuracy(
     backbone, tasks: Sequence[TaskData], split: str = "test", batch_size: int = 256
 ) -> dict[str, float]:
     """Zero-shot accuracy of each task on `split` and their mean, as fractions (`engine.accuracy`'s keys):
-    the backbone with each task's plain class prompts and no MmAP (`PromptedCLIP.zero_shot`)."""
+    the backbone with each task's plain class prompts and no MmAP (as `PromptedCLIP.zero_shot` builds it)."""
     classes = {t.name: t.class_names for t in tasks}
-    model = PromptedCLIP(backbone, classes, MmAPConfig(layers=()), Partition.single(list(classes))).zero_shot()
+    model = PromptedCLIP(backbone, classes, MmAPConfig(layers=()), Partition.single(list(classes)))
     model.to(next(backbone.model.parameters()).device)
     return accuracy([t.name for t in tasks], evaluate_counts(model, tasks, split, batch_size))
 
