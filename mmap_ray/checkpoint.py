@@ -8,12 +8,14 @@ see the old file or the new one, never a part) through `storage.Location`, and r
 checkpoint before anything uses it.
 
 Where checkpoints live: an in-process run keeps `checkpoint.pt` and `metrics.jsonl` in its run folder;
-each Ray Train checkpoint is a folder holding `state.pt`, which a study reads back (from a local folder
-or object storage) for the trial's history.
+a study trial keeps folders `checkpoint_<time>/state.pt` (Ray Train's layout and names, so they sort by
+time), written by Ray Train when the trial has several workers and by `save_numbered` when it trains in
+the Tune trial's own process. A study reads the newest back (`newest`) for the trial's history.
 """
 
 from __future__ import annotations
 
+import datetime
 import io
 import json
 from dataclasses import asdict
@@ -58,6 +60,29 @@ def save(run_state: dict, where: str | Path | Location) -> None:
     buf = io.BytesIO()
     torch.save(run_state, buf)
     location(where, "checkpoint").write_bytes(buf.getvalue())
+
+
+def _checkpoint_dirs(folder: Location) -> list[Location]:
+    """The checkpoint folders in `folder` that hold a state file, oldest first (names sort by time)."""
+    return [d for d in folder.dirs("checkpoint_*") if (d / STATE_FILE).exists()]
+
+
+def newest(folder: str | Path | Location) -> Location | None:
+    """The newest complete checkpoint folder of a study trial (`checkpoint_<time>/state.pt`), or None."""
+    found = _checkpoint_dirs(location(folder, "checkpoint"))
+    return found[-1] if found else None
+
+
+def save_numbered(run_state: dict, folder: str | Path | Location, keep: int = 2) -> Location:
+    """Save `run_state` as a new `checkpoint_<time>/state.pt` in `folder` (Ray Train's name format, so
+    both writers' checkpoints sort together), then delete all but the newest `keep` complete ones."""
+    folder = location(folder, "checkpoint")
+    stamp = datetime.datetime.now().strftime("%Y-%m-%d_%H-%M-%S.%f")
+    new = folder / f"checkpoint_{stamp}"
+    save(run_state, new / STATE_FILE)  # atomic: a crash leaves no state file, and `newest` skips the folder
+    for old in _checkpoint_dirs(folder)[:-keep]:
+        old.remove_tree()
+    return new
 
 
 def without_predictions(row: dict) -> dict:

@@ -10,7 +10,8 @@ batches is exactly the single-process batch, so 2 workers with batch b each comp
 1 worker with batch 2b, and the history rows are those of an in-process run.
 
 Every epoch the train loss and the evaluation counts are all-reduced, then `ray.train.report` is called
-by every worker (it is a barrier) with a prompt-only checkpoint (`checkpoint`) from rank 0. A restarted
+by every worker (it is a barrier), with a prompt-only checkpoint (`checkpoint`) from rank 0 when one is
+due (`engine.checkpoint_due`: every few epochs and after the last). A restarted
 worker group resumes from `ray.train.get_checkpoint()`; re-running a run with the same folder resumes it
 too, because the run name is derived from the folder, never from the time.
 
@@ -142,7 +143,8 @@ def ray_context(device: torch.device) -> Context:
             if state is not None:  # rank 0
                 checkpoint.save(state, Path(d) / checkpoint.STATE_FILE)
                 ckpt = ray.train.Checkpoint.from_directory(d)
-            ray.train.report(row, checkpoint=ckpt)  # Ray Train: a barrier; every rank calls it every epoch
+            # Ray Train: a barrier; every rank calls it every epoch. The test images' outcomes stay in the checkpoint
+            ray.train.report(checkpoint.without_predictions(row), checkpoint=ckpt)
 
     def wrap_model(model):  # Ray Train: DDP when world > 1; the frozen backbone's buffers stay put
         kwargs = {"broadcast_buffers": False, "find_unused_parameters": False}

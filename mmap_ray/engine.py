@@ -59,6 +59,9 @@ class TrainConfig:
     full_finetune: bool = option(False, "baseline: train the whole backbone too (use with layers 'none')")
     eval_batch_size: int = option(256, "batch size of evaluation")
     loader_workers: int = option(0, "data-loading processes per trainer")
+    checkpoint_every: int = option(
+        0, "save a checkpoint every k epochs, and always after the last; 0: every ceil(epochs / 10)"
+    )
 
     def __post_init__(self) -> None:
         check_types(self)
@@ -71,6 +74,7 @@ class TrainConfig:
             ("grad_clip", self.grad_clip is None or 0 < self.grad_clip < math.inf, "> 0 and finite, or None"),
             ("eval_batch_size", self.eval_batch_size >= 1, ">= 1"),
             ("loader_workers", self.loader_workers >= 0, ">= 0"),
+            ("checkpoint_every", self.checkpoint_every >= 0, ">= 0 (0: every ceil(epochs / 10) epochs)"),
         ]
         for name, ok, valid in checks:
             if not ok:
@@ -206,7 +210,8 @@ class Context:
     rank: int = 0
     world_size: int = 1
     all_reduce: Callable[[torch.Tensor], torch.Tensor] = _same  # the sum over ranks, as a new tensor
-    # Every rank, every epoch, once the row is final: (row, the checkpoint state on rank 0, None elsewhere).
+    # Every rank, every epoch, once the row is final: (row, the checkpoint state on rank 0 when one is due
+    # (`checkpoint_due`), None otherwise).
     # The state shares storage with the live weights and optimizer: save it before returning.
     report: Callable[[dict, dict | None], None] = _keep_nothing
     restore: Callable[[], dict | None] = _fresh  # the checkpoint state to resume from, or None
@@ -271,6 +276,13 @@ def train_epoch(
         batch = tuple(x.to(ctx.device) for x in batch)
         losses.append(train_step(forward, batch, opt, sched, grad_clip=cfg.grad_clip, step=step))
     return sum(losses) / max(1, len(losses))
+
+
+def checkpoint_due(cfg: TrainConfig, epoch: int, stopping: bool = False) -> bool:
+    """Whether the run saves a checkpoint after `epoch` (1-based): every k-th epoch (k = checkpoint_every,
+    or about 10 checkpoints per run), the last epoch, and wherever the run is told to stop."""
+    every = cfg.checkpoint_every or max(1, math.ceil(cfg.epochs / 10))
+    return epoch % every == 0 or epoch == cfg.epochs or stopping
 
 
 def epoch_seed(cfg: TrainConfig, epoch: int, rank: int = 0) -> int:
@@ -368,8 +380,10 @@ def fit(
         if epoch + 1 == cfg.epochs:
             row.update(_test_outcomes(model, tasks, cfg, ctx))
         history.append(row)
-        ctx.report(row, checkpoint.state(model, opt, sched, history, cfg) if ctx.rank == 0 else None)
-        if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch:
+        stopping = stop_after_epoch is not None and epoch + 1 >= stop_after_epoch
+        due = ctx.rank == 0 and checkpoint_due(cfg, epoch + 1, stopping)
+        ctx.report(row, checkpoint.state(model, opt, sched, history, cfg) if due else None)
+        if stopping:
             break
     return history
 
@@ -385,8 +399,9 @@ def train(
 ) -> list[dict]:
     """`fit` in this process; returns the history (one row per epoch, as `fit` describes).
 
-    With `out_dir`, writes checkpoint.pt and metrics.jsonl after every epoch, atomically, and resumes from
-    checkpoint.pt when `resume` is set.
+    With `out_dir`, writes checkpoint.pt and metrics.jsonl atomically whenever a checkpoint is due
+    (`checkpoint_due`: every `checkpoint_every` epochs and after the last), and resumes from checkpoint.pt
+    when `resume` is set.
     """
     device = next(model.parameters()).device
     out = Path(out_dir) if out_dir is not None else None
@@ -396,7 +411,7 @@ def train(
         return checkpoint.load(saved, device) if resume and saved is not None and saved.is_file() else None
 
     def report(row: dict, state: dict | None) -> None:
-        if out is not None:
+        if out is not None and state is not None:
             checkpoint.save_run(out, state)
 
     ctx = Context(device, report=report, restore=restore, progress=progress)

@@ -121,6 +121,14 @@ class Location:
     def write_text(self, text: str) -> None:
         self.write_bytes(text.encode())
 
+    def remove_tree(self) -> None:
+        """Delete this folder and everything below it (a missing folder is fine)."""
+        try:
+            if self.exists():
+                self.filesystem().delete_dir(self.path)
+        except OSError as e:
+            raise StorageError(f"cannot delete {self.uri}: {e.strerror or e}") from e
+
     def glob(self, pattern: str) -> list[Location]:
         """Files below this folder whose relative path matches `pattern` (fnmatch, `/` separated), sorted."""
         fs = self.filesystem()

@@ -1,9 +1,17 @@
-"""The benchmark's Ray figure: one small toy trial through Tune + Train (1 and 2 workers) / the same run
-in-process, measured with the study's own trial pattern (a Tune trial whose driver runs a Ray Train run).
+"""The benchmark's Ray figures: one toy trial through Tune, as a study runs it (`study.run.fit_trial`: in the
+trial's own process with 1 worker, a nested Ray Train run with 2), against the same run in this process,
+with a per-phase breakdown of the difference from timestamps recorded here and by Tune.
+
+Phases (seconds): `start` (tuner.fit called -> the trial function entered: Tune's driver, the trial's
+actor), `first epoch` (the function entered -> its first report: the build, for Ray Train also the
+controller, placement group and worker processes, then one epoch), `other epochs` (the later reports, with
+their checkpoints), `end` (the last report -> tuner.fit returns). The in-process reference has the same
+phases (build + first epoch, other epochs), timed from the loop's reports.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import time
@@ -15,41 +23,66 @@ from mmap_ray.backbone import TINY_MODEL
 
 
 def _trial(config: dict) -> None:
-    """A Tune trial whose driver runs the toy run through Ray Train (the study's trial_driver pattern)."""
-    from ray.tune.integration.ray_train import TuneReportCallback
-
+    """A Tune trial that trains the toy run the way a study trial does, and records when it ran."""
     from mmap_ray.config import RunConfig
-    from mmap_ray.distributed import WorkerSpec, fit_distributed
+    from mmap_ray.distributed import WorkerSpec
     from mmap_ray.fields import from_dict
+    from mmap_ray.storage import location
+    from mmap_ray.study.run import fit_trial
 
+    entered = time.time()
     run, workers = from_dict(RunConfig, config["run"]), from_dict(WorkerSpec, config["workers"])
-    fit_distributed(run, Path(config["out"]), workers, callbacks=[TuneReportCallback()])
+    fit_trial(run, location(config["out"]), workers)
+    Path(config["times"]).write_text(json.dumps({"entered": entered, "left": time.time()}))
+
+
+def _in_process(run) -> tuple[float, list[float]]:
+    """Wall time of the run in this process (build, train, test) and the time of each epoch's report."""
+    import torch
+
+    from mmap_ray.build import build_run
+    from mmap_ray.engine import Context, fit
+
+    t0 = time.time()
+    reports: list[float] = []
+    model, tasks = build_run(run)
+    fit(model, tasks, run.train, Context(torch.device("cpu"), report=lambda r, s: reports.append(time.time())))
+    return time.time() - t0, [t - t0 for t in reports]
+
+
+def _phases(t_fit: float, entered: float, left: float, done: float, iters: list[float]) -> dict[str, float]:
+    """The trial's phases from the driver's, the trial's and Tune's timestamps (`iters`: time_this_iter_s)."""
+    return {
+        "start": entered - t_fit,
+        "first epoch": iters[0],
+        "other epochs": sum(iters[1:]),
+        "end": done - entered - sum(iters),
+        "left": left - entered - sum(iters),  # of "end": inside the trial function, after its last report
+    }
 
 
 def ray_overhead(out: Path, epochs: int) -> list[dict]:
-    """Wall time of one toy run through Tune + Train (1 and 2 workers) / in-process (build, train, test)."""
+    """Tune trial (1 worker, in process; 2 workers, Ray Train) / in-process, with each phase's share."""
     # Over 60 lines on purpose: the in-process reference and both Ray runs are timed in one place, in order.
     import ray
     from ray import tune
 
-    from mmap_ray.build import build_run
     from mmap_ray.config import RunConfig
-    from mmap_ray.engine import TrainConfig, evaluate, train
+    from mmap_ray.distributed import WorkerSpec
+    from mmap_ray.engine import TrainConfig
     from mmap_ray.fields import to_dict
+    from mmap_ray.study.in_trial import trial_resources
+    from mmap_ray.study.run import driver_cpu
     from mmap_ray.toyclip import pretrained_toy_clip
 
     run = RunConfig(train=TrainConfig(epochs=epochs, batch_size=64))
-    cfg = run.train
     pretrained_toy_clip()  # build the cached toy CLIP now, outside every timing
-    t0 = time.perf_counter()
-    model, tasks = build_run(run)
-    train(model, tasks, cfg, progress=False)
-    evaluate(model, tasks, "test")
-    in_process = time.perf_counter() - t0
+    in_process, reports = _in_process(run)
+    ref = {"first epoch": reports[0], "other epochs": reports[-1] - reports[0]}
 
     ncpu = os.cpu_count() or 1
     t0 = time.perf_counter()
-    # One logical CPU more than the cores, so the trial driver's 0.01 CPU and the workers' whole cores fit.
+    # One logical CPU more than the cores, so a Train trial's 0.01 CPU and its workers' whole cores fit.
     ray.init(address="local", num_cpus=ncpu + 1, include_dashboard=False, log_to_driver=False)
     init_s = time.perf_counter() - t0
     rows = []
@@ -57,26 +90,40 @@ def ray_overhead(out: Path, epochs: int) -> list[dict]:
         for workers in (1, 2):
             folder = (out / "ray" / f"workers{workers}").resolve()
             shutil.rmtree(folder, ignore_errors=True)  # a fresh run: never resume an old checkpoint
+            spec = WorkerSpec(workers=workers, cpus_per_worker=ncpu / workers, max_failures=0)
             config = {
                 "run": to_dict(run),
                 "out": str(folder / "train"),
-                "workers": {"workers": workers, "cpus_per_worker": ncpu / workers, "max_failures": 0},
+                "times": str(folder / "times.json"),
+                "workers": to_dict(spec),
             }
             tuner = tune.Tuner(
-                tune.with_resources(_trial, {"cpu": 0.01}),
+                tune.with_resources(_trial, trial_resources(spec, driver_cpu(spec))),
                 param_space=config,
                 run_config=tune.RunConfig(name="tune", storage_path=str(folder), verbose=0),
             )
-            t0 = time.perf_counter()
+            t_fit = time.time()
             grid = tuner.fit()
-            wall = time.perf_counter() - t0
+            done = time.time()
             if grid.errors:
                 raise RuntimeError(f"the Ray overhead trial with {workers} workers failed: {grid.errors[0]}")
+            times = json.loads((folder / "times.json").read_text())
+            iters = grid[0].metrics_dataframe["time_this_iter_s"].tolist()
+            phases = _phases(t_fit, times["entered"], times["left"], done, iters)
+            extra = {
+                "start": phases["start"],
+                "first epoch": phases["first epoch"] - ref["first epoch"],
+                "other epochs": phases["other epochs"] - ref["other epochs"],
+                "end": phases["end"],
+            }
+            wall = done - t_fit
+            how = "1 worker, in the trial's process" if workers == 1 else f"{workers} workers, Ray Train"
+            breakdown = ", ".join(f"{k} {v:+.1f} s" for k, v in extra.items())
             rows.append(
                 row(
                     "ray",
                     None,
-                    f"Tune + Train ({workers} worker{'s' * (workers > 1)}) / in-process",
+                    f"Tune trial ({how}) / in-process",
                     ratio_min=wall / in_process,
                     ratio_median=wall / in_process,
                     ratio_max=wall / in_process,
@@ -85,8 +132,12 @@ def ray_overhead(out: Path, epochs: int) -> list[dict]:
                     denominator_s=in_process,
                     model=TINY_MODEL,
                     device="cpu",
-                    batch_size=cfg.batch_size,
-                    note=f"toy run, {epochs} epochs; ray.init {init_s:.1f} s not included",
+                    batch_size=run.train.batch_size,
+                    note=(
+                        f"toy run, {epochs} epochs; what the trial adds, by phase: {breakdown} "
+                        f"(in the trial after its last report {phases['left']:.1f} s); ray.init {init_s:.1f} s "
+                        f"not included"
+                    ),
                 )
             )
     finally:

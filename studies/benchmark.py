@@ -10,7 +10,8 @@ with the variants interleaved in every repeat; the table gives min / median / ma
 2. peak memory of an MmAP step / a full fine-tuning step (fresh process per variant; CUDA: max allocated);
 3. bytes DDP all-reduces per step, MmAP / full fine-tuning, counted from the parameters and confirmed by a
    comm hook on a 2-process gloo run;
-4. Ray overhead: one small toy trial through Tune + Train (1 and 2 workers) / the same run in-process;
+4. Ray overhead: one small toy trial through Tune as a study runs it (1 worker in the trial's process, 2
+   with Ray Train) / in-process, with what each phase adds;
 5. one fused multi-task forward / a Python loop over tasks;
 6. `--device cuda`: bf16 autocast, achieved TFLOP/s of the training step against the device's bf16 peak.
 

@@ -33,7 +33,7 @@ from mmap_ray.storage import StorageError  # noqa: E402
 from mmap_ray.study import Interrupted, StudyConfig, read_study_file, run_study  # noqa: E402
 
 # Layers of settings in StudyConfig's to_dict form; each is laid over the one before.
-ON_TOY = {"resources": {"cpus_per_worker": 0.99}}  # 0.99 CPU per worker + 0.01 per trial driver: 2 trials on 2 CPUs
+ON_TOY = {"resources": {"cpus_per_worker": 1.0}}  # one core per trial (it trains in its own process): 2 at once on 2
 REAL = {
     "backbone": {"model": "ViT-B-16", "pretrained": "openai"},
     "train": {"epochs": 10, "batch_size": 32, "lr": 3.5e-3},

@@ -8,7 +8,7 @@ import torch
 
 from mmap_ray import checkpoint
 from mmap_ray.data.toy import ToyConfig, load_toy_tasks
-from mmap_ray.engine import Context, TrainConfig, evaluate, fit, predictions, train
+from mmap_ray.engine import Context, TrainConfig, checkpoint_due, evaluate, fit, predictions, train
 from mmap_ray.model import PromptedCLIP
 from mmap_ray.prompts import MmAPConfig
 
@@ -41,6 +41,30 @@ def test_resume_matches_uninterrupted_run(tiny, toy_tasks, tmp_path):
     lines = (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(x)["epoch"] for x in lines] == [1, 2, 3]  # no duplicated rows after resuming
     assert evaluate(full, toy_tasks) == evaluate(resumed, toy_tasks)
+
+
+def test_checkpoints_every_k_epochs_and_after_the_last_and_resume_from_any_is_exact(tiny, toy_tasks, tmp_path):
+    """checkpoint_every=2 over 5 epochs saves after epochs 2, 4 and 5; the default (0) saves every
+    ceil(epochs / 10) epochs. A run stopped after epoch 3 (a crash) resumes from epoch 2, exactly."""
+    assert [e for e in range(1, 6) if checkpoint_due(TrainConfig(epochs=5, checkpoint_every=2), e)] == [2, 4, 5]
+    assert [e for e in range(1, 33) if checkpoint_due(TrainConfig(epochs=32), e)] == [4, 8, 12, 16, 20, 24, 28, 32]
+    assert [e for e in range(1, 4) if checkpoint_due(TrainConfig(epochs=3), e)] == [1, 2, 3]
+    cfg = TrainConfig(epochs=5, batch_size=16, checkpoint_every=2)
+    saved: list[int] = []
+
+    def report(row: dict, state: dict | None) -> None:
+        if state is not None:  # it shares storage with the live prompts: save it now
+            checkpoint.save(state, tmp_path / f"epoch{row['epoch']}.pt")
+            saved.append(row["epoch"])
+
+    ref = fit(_model(tiny, toy_tasks), toy_tasks, cfg, Context(torch.device("cpu"), report=report))
+    assert saved == [2, 4, 5]
+    buf = tmp_path / "epoch2.pt"
+    crashed = fit(_model(tiny, toy_tasks, seed=5), toy_tasks, cfg, Context(torch.device("cpu")), stop_after_epoch=3)
+    assert len(crashed) == 3
+    ctx = Context(torch.device("cpu"), restore=lambda: checkpoint.load(buf))
+    resumed = fit(_model(tiny, toy_tasks, seed=5), toy_tasks, cfg, ctx)
+    assert resumed == ref
 
 
 def test_checkpoint_holds_prompts_only(tiny, toy_tasks, tmp_path):

@@ -2,7 +2,7 @@
 (trials; epochs; predictions, one row per test image).
 
 It runs in the Tune driver, the one process that sees every trial end, so files are written by one
-writer each. A trial's metrics come from its newest Ray Train checkpoint (read with `weights_only=True`),
+writer each. A trial's metrics come from its newest checkpoint (read with `weights_only=True`),
 its outcome from Tune (finished, or errored with the causes from its error file).
 """
 
@@ -29,14 +29,14 @@ from .trials import trial_of
 
 
 def history(study_dir: str, key: str) -> list[dict]:
-    """The metrics history in the trial's newest Ray Train checkpoint ([] before its first epoch)."""
+    """The metrics history in the trial's newest checkpoint ([] before its first)."""
     from .. import checkpoint
     from ..distributed import RUN_NAME
 
-    ckpts = (location(study_dir) / "train" / key / RUN_NAME).dirs("checkpoint_*")
-    if not ckpts:
+    newest = checkpoint.newest(location(study_dir) / "train" / key / RUN_NAME)
+    if newest is None:
         return []
-    return checkpoint.load(ckpts[-1] / checkpoint.STATE_FILE)["history"]  # local or object storage; validated
+    return checkpoint.load(newest / checkpoint.STATE_FILE)["history"]  # local or object storage; validated
 
 
 def error_message(trial) -> str:

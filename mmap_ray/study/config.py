@@ -28,9 +28,15 @@ MODES = ("compare", "search")
 OBJECTIVES = ("accuracy", "pareto")
 METRIC = "val/mean"
 # Run settings that do not change a trial's result (not part of its identity)
-NOT_IN_RESULT = ("train.seed", "train.loader_workers", "train.eval_batch_size")
+NOT_IN_RESULT = ("train.seed", "train.loader_workers", "train.eval_batch_size", "train.checkpoint_every")
 # Study settings that may change on --resume: where and how fast trials run, not what they compute
-RESUME_MAY_CHANGE = ("storage", "max_concurrent_trials", "resources", "run.train.loader_workers")
+RESUME_MAY_CHANGE = (
+    "storage",
+    "max_concurrent_trials",
+    "resources",
+    "run.train.loader_workers",
+    "run.train.checkpoint_every",
+)
 
 
 # run settings every trial of a study shares: the tasks and the backbone its partitions are planned on

@@ -1,8 +1,9 @@
-"""Running a study on Ray Tune: one driver, a fresh Tuner per run, one Ray Train run per trial.
+"""Running a study on Ray Tune: one driver, a fresh Tuner per run; a trial trains in its own process
+with one worker (`in_trial`) and as a Ray Train run with several.
 
 `run_study` checks everything it can before it claims any resource (storage reachable, the folder's
 ownership rules, the lock, the cluster's size), plans the partitions and the trials, and hands Tune
-only the trials without a finished row. Every trial's Train run lives in `train/<config_id>-s<seed>/`,
+only the trials without a finished row. Every trial's run lives in `train/<config_id>-s<seed>/`,
 so a trial run again continues from its last checkpoint. Tune's own state files are written but never
 read back: resuming never unpickles anything from the study folder.
 """
@@ -19,16 +20,18 @@ import time
 import pandas as pd
 
 from ..config import RunConfig
+from ..distributed import WorkerSpec
 from ..fields import from_dict, to_dict
 from ..results import row_key
-from ..storage import StorageError, check_reachable, location, move_aside
+from ..storage import Location, StorageError, check_reachable, location, move_aside
 from .callback import parquet_writer
 from .config import METRIC, StudyConfig
+from .in_trial import fit_in_trial, trial_resources
 from .ownership import check_start, stored_rows
 from .partitions import check_tasks, plan_partitions
 from .trials import grid_trials, searcher, trial_of
 
-TRIAL_DRIVER_CPU = 0.01  # each Tune trial's own reservation; its Train workers reserve theirs
+TRIAL_DRIVER_CPU = 0.01  # a Ray Train trial's own reservation; its Train workers reserve theirs
 SECRET_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SECURITY_TOKEN", "AWS_SESSION_TOKEN")
 
 
@@ -82,16 +85,28 @@ class Interrupt:
 
 
 def trial_driver(config: dict, base: dict) -> None:
-    """One Tune trial: a Ray Train run whose per-epoch reports reach Tune through TuneReportCallback."""
+    """One Tune trial: with one worker, the run trains in this process (`in_trial`); with more, it is a
+    Ray Train run whose per-epoch reports reach Tune through TuneReportCallback."""
+    study: StudyConfig = base["study"]
+    trial = trial_of(config, base)
+    fit_trial(from_dict(RunConfig, trial["run"]), location(study.study_dir) / "train" / trial["key"], study.resources)
+
+
+def fit_trial(run: RunConfig, folder: Location, spec: WorkerSpec) -> None:
+    """Train a Tune trial's run in `folder`: in this process with one worker, with Ray Train with more."""
+    if spec.workers == 1:
+        fit_in_trial(run, folder, spec)
+        return
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from ..distributed import fit_distributed
 
-    study: StudyConfig = base["study"]
-    trial = trial_of(config, base)
-    folder = location(study.study_dir) / "train" / trial["key"]
-    run = from_dict(RunConfig, trial["run"])
-    fit_distributed(run, folder, study.resources, callbacks=[TuneReportCallback()])
+    fit_distributed(run, folder, spec, callbacks=[TuneReportCallback()])
+
+
+def driver_cpu(spec: WorkerSpec) -> float:
+    """CPUs a trial reserves beyond its workers': none when it trains in process (it is the worker)."""
+    return TRIAL_DRIVER_CPU if spec.workers > 1 else 0.0
 
 
 def max_concurrent(study: StudyConfig) -> int:
@@ -102,7 +117,7 @@ def max_concurrent(study: StudyConfig) -> int:
     if res.autoscale:  # the cluster grows while trials wait: let Tune queue them all (0 = no limit)
         return study.max_concurrent_trials or 0
     total = ray.cluster_resources()
-    per_trial_cpu = res.workers * res.cpus_per_worker + TRIAL_DRIVER_CPU
+    per_trial_cpu = res.workers * res.cpus_per_worker + driver_cpu(study.resources)
     fits = math.floor(total.get("CPU", 0) / per_trial_cpu)
     if res.gpus_per_worker:
         fits = min(fits, math.floor(total.get("GPU", 0) / (res.workers * res.gpus_per_worker)))
@@ -140,7 +155,7 @@ def run_study(
         log(f"study {study.name!r}: {folder}")
         keep_secrets_out_of_trials()
         ensure_ray()
-        check_resources(study.resources, extra_cpus=TRIAL_DRIVER_CPU)  # fail now, not hang later
+        check_resources(study.resources, extra_cpus=driver_cpu(study.resources))  # fail now, not hang later
         warn_unshared_storage(folder, log)
         if not resume:
             (folder / "study.json").write_text(json.dumps(to_dict(study), indent=2) + "\n")
@@ -174,7 +189,10 @@ def _run_trials(study: StudyConfig, base: dict, tasks: list[str], resume: bool, 
     if n <= 0:
         return total, False
     failures: list[StorageError] = []
-    trainable = tune.with_resources(tune.with_parameters(trial_driver, base=base), {"cpu": TRIAL_DRIVER_CPU})
+    resources = trial_resources(study.resources, driver_cpu(study.resources))
+    trainable = tune.with_resources(tune.with_parameters(trial_driver, base=base), resources)
+    # in process, Tune retries a failed trial (from its newest checkpoint); Ray Train retries its own workers
+    retries = study.resources.max_failures if study.resources.workers == 1 else 0
     with Interrupt() as interrupt:
         tuner = tune.Tuner(
             trainable,
@@ -184,7 +202,7 @@ def _run_trials(study: StudyConfig, base: dict, tasks: list[str], resume: bool, 
                 **(folder / "tune").ray_storage(),
                 callbacks=[parquet_writer(study, base, tasks, failures, interrupt)],
                 stop=interrupt.stopper(),
-                failure_config=tune.FailureConfig(max_failures=0),
+                failure_config=tune.FailureConfig(max_failures=retries),
                 verbose=1,
             ),
         )
@@ -203,7 +221,8 @@ def _compare_args(study: StudyConfig, todo: list[dict]) -> dict:
     concurrency = max_concurrent(study)
     return {
         "param_space": {"trial": tune.grid_search(todo)},
-        "tune_config": tune.TuneConfig(num_samples=1, max_concurrent_trials=concurrency),
+        # reuse_actors: a trial's process (torch imported, the toy CLIP read) serves the next trial
+        "tune_config": tune.TuneConfig(num_samples=1, max_concurrent_trials=concurrency, reuse_actors=True),
     }
 
 
@@ -226,5 +245,6 @@ def _search_args(study: StudyConfig, remaining: int, finished: pd.DataFrame) -> 
             scheduler=scheduler,
             num_samples=remaining,
             max_concurrent_trials=max_concurrent(study),
+            reuse_actors=True,
         )
     }

@@ -63,3 +63,37 @@ def test_worker_killed_mid_run_recovers_with_same_results(clean, rank, tmp_path,
                 assert a[k] == pytest.approx(b[k], abs=1e-6), k
     for n, t in clean["trainable"].items():
         torch.testing.assert_close(hurt["trainable"][n], t, rtol=0, atol=1e-6)
+
+
+def test_one_worker_study_trial_killed_mid_run_is_retried_by_tune_from_its_checkpoint(ray_local, fault_plan, tmp_path):
+    """A one-worker trial trains in the Tune trial's process: when that process dies, Tune runs the trial
+    again (max_failures), it resumes from its newest checkpoint, and the row equals an undisturbed one."""
+    from mmap_ray.results import load
+    from mmap_ray.study import StudyConfig, run_study
+
+    def study(name: str) -> StudyConfig:
+        return StudyConfig(
+            name=name,
+            storage=str(tmp_path),
+            schemes=("single",),
+            seeds=(0,),
+            run=replace(RUN, partition=None, train=replace(CFG, checkpoint_every=1)),
+            resources=WorkerSpec(cpus_per_worker=1, max_failures=1),
+        )
+
+    run_study(study("clean"), log=lambda *a: None)
+    die = {"rank": 0, "epoch": 2, "marker": str(tmp_path / ".test-failed-once")}
+    fault_plan.write_text(json.dumps({"die": die}))
+    try:
+        run_study(study("hurt"), log=lambda *a: None)
+    finally:
+        fault_plan.unlink()
+    assert (tmp_path / ".test-failed-once").is_file()  # the trial's process really died, at the third epoch
+    clean, hurt = (load(tmp_path / n / "results").iloc[0] for n in ("clean", "hurt"))
+    assert hurt["status"] == "TERMINATED" and hurt["epochs_run"] == 3
+    for col in ["val_mean_final", "test_mean", "test_Art", "test_Product"]:
+        assert hurt[col] == pytest.approx(clean[col], abs=1e-6), col
+    preds = [load(tmp_path / n / "results", "predictions").sort_values(["task", "image"]) for n in ("clean", "hurt")]
+    assert preds[0]["prediction"].tolist() == preds[1]["prediction"].tolist()
+    epochs = [load(tmp_path / n / "results", "epochs") for n in ("clean", "hurt")]
+    assert sorted(epochs[1]["epoch"]) == sorted(epochs[0]["epoch"])  # no epoch's rows twice after the retry
