@@ -32,6 +32,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from .backbone import Backbone
+from .block import run_block
 from .grouping import Partition
 from .prompts import MmAPConfig, Projection, PromptBank
 
@@ -71,10 +72,18 @@ def class_prompt_tokens(
     return out
 
 
-def _run_block(transformer: Transformer, blk: nn.Module, x: Tensor, attn_mask: Tensor | None) -> Tensor:
-    """One residual block exactly as open_clip's Transformer.forward runs it (batch-first)."""
+def _run_block(
+    transformer: Transformer, blk: nn.Module, x: Tensor, attn_mask: Tensor | None, fused: bool = True
+) -> Tensor:
+    """One residual block as open_clip's Transformer.forward runs it (batch-first); with a graph and
+    `fused`, through one GEMM per projection and fused attention (`block`): open_clip's block to rounding."""
+    run = run_block if fused else _open_clip_block
     if transformer.grad_checkpointing and torch.is_grad_enabled():
-        return checkpoint(blk, x, None, None, attn_mask, use_reentrant=False)
+        return checkpoint(run, blk, x, attn_mask, use_reentrant=False)
+    return run(blk, x, attn_mask)
+
+
+def _open_clip_block(blk: nn.Module, x: Tensor, attn_mask: Tensor | None) -> Tensor:
     return blk(x, attn_mask=attn_mask)
 
 
@@ -84,6 +93,9 @@ class PromptedCLIP(nn.Module):
     # Benchmark switch: True runs the blocks below a tower's first alignment layer with autograd enabled
     # too (studies/benchmark.py measures what the no-grad default saves). Gradients are the same.
     grad_below_first_layer: bool = False
+    # Benchmark and test switch: False runs open_clip's own blocks where a graph is built too (the
+    # reference `block` is checked against; studies/benchmark.py measures what the fused blocks save).
+    fused_blocks: bool = True
 
     def __init__(
         self,
@@ -184,7 +196,7 @@ class PromptedCLIP(nn.Module):
                     if i == 0:  # prompts enter with the patch embeddings: ln_pre applies to them too (MaPLe)
                         p = visual.ln_pre(p)
                     x = torch.cat([x[:, :n_tokens], p], dim=1)  # (B, 1 + patches + m, d_vis)
-                x = _run_block(visual.transformer, blk, x, None)
+                x = _run_block(visual.transformer, blk, x, None, self.fused_blocks)
         x = x[:, :n_tokens]  # drop the prompt tokens before open_clip's pooling
         pooled, _ = visual._pool(x)  # (B, d_vis)
         return pooled @ visual.proj if visual.proj is not None else pooled  # (B, E)
@@ -211,7 +223,7 @@ class PromptedCLIP(nn.Module):
                     if i == first:  # the learned context takes the slots' positions (CoOp, MaPLe)
                         p = p + clip.positional_embedding[1 : 1 + p.shape[1]].to(x.dtype)
                     x = torch.cat([x[:, :1], p, x[:, 1 + p.shape[1] :]], dim=1)  # replace the m slots after SOT
-                x = _run_block(clip.transformer, blk, x, mask)
+                x = _run_block(clip.transformer, blk, x, mask, self.fused_blocks)
         x = clip.ln_final(x)
         x = text_global_pool(x, tokens, clip.text_pool_type, eos_token_id=getattr(clip, "text_eos_id", None))
         if clip.text_projection is None:

@@ -17,7 +17,7 @@ import shutil
 import time
 from pathlib import Path
 
-from bench_table import row
+from bench_table import single
 
 from mmap_ray.backbone import TINY_MODEL
 
@@ -120,14 +120,12 @@ def ray_overhead(out: Path, epochs: int) -> list[dict]:
             how = "1 worker, in the trial's process" if workers == 1 else f"{workers} workers, Ray Train"
             breakdown = ", ".join(f"{k} {v:+.1f} s" for k, v in extra.items())
             rows.append(
-                row(
+                single(
                     "ray",
                     None,
                     f"Tune trial ({how}) / in-process",
-                    ratio_min=wall / in_process,
-                    ratio_median=wall / in_process,
-                    ratio_max=wall / in_process,
-                    repeats=1,
+                    wall,
+                    in_process,
                     numerator_s=wall,
                     denominator_s=in_process,
                     model=TINY_MODEL,

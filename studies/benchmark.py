@@ -13,6 +13,7 @@ with the variants interleaved in every repeat; the table gives min / median / ma
 4. Ray overhead: one small toy trial through Tune as a study runs it (1 worker in the trial's process, 2
    with Ray Train) / in-process, with what each phase adds;
 5. one fused multi-task forward / a Python loop over tasks;
+   and the gradient and look-ahead affinity steps / one default study trial (toy2, in-process);
 6. `--device cuda`: bf16 autocast, achieved TFLOP/s of the training step against the device's bf16 peak.
 
 Correctness checks (same logits, same prompt gradients) run before the timings and land in the table.
@@ -36,8 +37,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench*.py next to this script, however it is loaded
 import bench  # noqa: E402
+from bench_affinity import affinity_cost  # noqa: E402
 from bench_ray import ray_overhead  # noqa: E402
-from bench_table import load_average, machine, markdown, row, write_markdown  # noqa: E402
+from bench_table import load_average, machine, markdown, row, single, write_markdown  # noqa: E402
 
 from mmap_ray.backbone import TINY_MODEL
 from mmap_ray.results import provenance, write_table
@@ -65,10 +67,18 @@ def step_cost(setup: bench.Setup, repeats: int) -> list[dict]:
         with bench.backbone_trainable(model):
             bench.train_step(model, full_opt, batch)
 
+    def open_clip_blocks_step() -> None:  # the MmAP step through open_clip's own blocks (no fused path)
+        model.fused_blocks = False
+        try:
+            bench.train_step(model, opt, batch)
+        finally:
+            model.fused_blocks = True
+
     variants = {
         "forward": lambda: bench.frozen_forward(model, batch),
         "grad_forward": lambda: bench.loss_of(model, batch),  # builds the graph, no backward
         "mmap": lambda: bench.train_step(model, opt, batch),
+        "mmap_open_clip": open_clip_blocks_step,
         "full": full_step,
     }
     # The warm-up round runs under the FLOP counter (counting slows a call down; warm-ups are not timed).
@@ -93,6 +103,13 @@ def step_cost(setup: bench.Setup, repeats: int) -> list[dict]:
             **bench.ratio_stats(t["mmap"], t["forward"]),
             flop_ratio=mmap_flops / fwd_flops,
             note=_rate_note(mmap_flops, t["mmap"], setup.device),
+        ),
+        row(
+            "step_cost",
+            setup,
+            "MmAP step, open_clip's blocks / fused blocks",
+            **bench.ratio_stats(t["mmap_open_clip"], t["mmap"]),
+            note="the same step with `PromptedCLIP.fused_blocks` off: what mmap_ray/block.py saves",
         ),
         row(
             "step_cost",
@@ -245,16 +262,13 @@ def memory(setup: bench.Setup) -> list[dict]:
     else:
         mmap, full = bench.memory_in_subprocess(setup, False), bench.memory_in_subprocess(setup, True)
         how = "peak RSS above the process before the model was built (weights included), fresh process each"
-    ratio = mmap["peak_bytes"] / full["peak_bytes"]
     return [
-        row(
+        single(
             "memory",
             setup,
             "MmAP peak memory / full FT peak memory",
-            ratio_min=ratio,
-            ratio_median=ratio,
-            ratio_max=ratio,
-            repeats=1,
+            mmap["peak_bytes"],
+            full["peak_bytes"],
             numerator_bytes=mmap["peak_bytes"],
             denominator_bytes=full["peak_bytes"],
             note=f"{how}; weights {mmap['model_bytes'] / 2**20:.0f} MiB",
@@ -267,16 +281,13 @@ def communication(setup: bench.Setup, out: Path, confirm: bool) -> list[dict]:
     model = bench.prompted(bench.load(setup), setup)
     mmap_bytes = bench.trainable_bytes(model)
     full_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
-    ratio = mmap_bytes / full_bytes
     rows = [
-        row(
+        single(
             "communication",
             setup,
             "all-reduced bytes per step, MmAP / full FT",
-            ratio_min=ratio,
-            ratio_median=ratio,
-            ratio_max=ratio,
-            repeats=1,
+            mmap_bytes,
+            full_bytes,
             numerator_bytes=mmap_bytes,
             denominator_bytes=full_bytes,
             note="counted from the trainable parameters",
@@ -289,14 +300,12 @@ def communication(setup: bench.Setup, out: Path, confirm: bool) -> list[dict]:
             hooked, expected = ranks[0]["bytes"], ranks[0]["trainable_bytes"]
             same = all(r["bytes"] == hooked for r in ranks)
             rows.append(
-                row(
+                single(
                     "communication",
                     cpu,
                     f"{name}: DDP hook bytes / trainable-parameter bytes",
-                    ratio_min=hooked / expected,
-                    ratio_median=hooked / expected,
-                    ratio_max=hooked / expected,
-                    repeats=1,
+                    hooked,
+                    expected,
                     numerator_bytes=hooked,
                     denominator_bytes=expected,
                     note=f"2 gloo ranks, {ranks[0]['buckets']} buckets, ranks agree: {same}",
@@ -335,7 +344,10 @@ def run_all(args: argparse.Namespace, out: Path) -> list[dict]:
         try:
             rows += ray_overhead(out, 1 if args.quick else args.ray_epochs)
         except Exception as e:  # noqa: BLE001 - keep the figures measured so far; the table says what failed
-            rows.append(row("ray", None, "Tune + Train / in-process", note=f"failed: {type(e).__name__}: {e}"[:300]))
+            rows.append(row("ray", None, "Tune trial / in-process", note=f"failed: {type(e).__name__}: {e}"[:300]))
+    if not args.quick and device == "cpu":  # a default trial of toy2 takes a minute: not in the smoke run
+        print("[benchmark] affinity step vs one default trial", flush=True)
+        rows += affinity_cost()
     return rows
 
 

@@ -209,8 +209,8 @@ def test_only_prompts_get_gradients_and_backbone_is_unchanged(tiny):
 def test_blocks_below_first_alignment_layer_build_no_graph(tiny):
     model = PromptedCLIP(tiny, TASKS, MmAPConfig(n_tokens=2, layers=(2, 3)), PARTITION)
     seen = {}
-    hooks = [
-        blk.register_forward_hook(lambda mod, args, out, key=(tower, i): seen.__setitem__(key, out.requires_grad))
+    hooks = [  # on each block's first layer norm: the fused path (mmap_ray/block.py) calls it as open_clip does
+        blk.ln_1.register_forward_hook(lambda mod, args, out, key=(tower, i): seen.__setitem__(key, out.requires_grad))
         for tower, blocks in (
             ("text", model.clip.transformer.resblocks),
             ("vision", model.clip.visual.transformer.resblocks),
