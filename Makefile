@@ -20,7 +20,7 @@ run: install
 	$(PY) studies/grouping.py
 
 test: install
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=25
 
 test-fast: install
 	$(PY) -m pytest -q -m "not slow"
