@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
 
 from .data.base import MultiTaskDataset, TaskData
 from .data.sampler import MultiTaskBatchSampler
@@ -170,15 +171,21 @@ def joint_optimizer(model: PromptedCLIP, cfg: AffinityConfig) -> torch.optim.Opt
 
 
 def warm_up(
-    model: PromptedCLIP, tasks: Sequence[TaskData], cfg: AffinityConfig, opt: torch.optim.Optimizer | None = None
+    model: PromptedCLIP,
+    tasks: Sequence[TaskData],
+    cfg: AffinityConfig,
+    opt: torch.optim.Optimizer | None = None,
+    on_step: Callable[[], object] = lambda: None,
 ) -> torch.optim.Optimizer:
     """Train the shared MmAP on all tasks for `cfg.affinity_warmup_steps` steps through the training loop's
-    step (`engine.train_step`), in full precision like the measuring phase; returns the optimizer."""
+    step (`engine.train_step`), in full precision like the measuring phase; returns the optimizer.
+    `on_step` is called after each step (a progress bar's update)."""
     device = next(model.parameters()).device
     opt = opt or joint_optimizer(model, cfg)
     model.train()
     for step, batch in zip(range(cfg.affinity_warmup_steps), _stream(tasks, cfg, 0, device)):
         train_step(model, batch, opt, step=step, where="of the affinity warm-up", autocast=False)
+        on_step()
     return opt
 
 
@@ -188,9 +195,11 @@ def measure_affinity(
     cfg: AffinityConfig,
     opt: torch.optim.Optimizer | None = None,
     reduce: Callable[[Tensor], Tensor] | None = None,
+    on_step: Callable[[], object] = lambda: None,
 ) -> Tensor:
     """Affinity matrix (T, T) over `cfg.affinity_steps` further joint training steps with `opt` (a fresh
-    `joint_optimizer` if None), measured on every `cfg.affinity_every`-th step's batch before it trains."""
+    `joint_optimizer` if None), measured on every `cfg.affinity_every`-th step's batch before it trains;
+    `on_step` is called after each step."""
     device = next(model.parameters()).device
     opt = opt or joint_optimizer(model, cfg)
     T = len(tasks)
@@ -206,15 +215,21 @@ def measure_affinity(
                 total += _lookahead(model, batch, grads, losses, opt)
         where = "of the affinity measurement"
         train_step(model, batch, opt, step=cfg.affinity_warmup_steps + step, where=where, autocast=False)
+        on_step()
     return total / cfg.measured_steps
 
 
-def task_affinity(backbone, tasks: Sequence[TaskData], cfg: AffinityConfig, mmap: MmAPConfig | None = None) -> Tensor:
+def task_affinity(
+    backbone, tasks: Sequence[TaskData], cfg: AffinityConfig, mmap: MmAPConfig | None = None, progress: bool = False
+) -> Tensor:
     """Train a fresh shared MmAP on `tasks` and measure the (T, T) affinity with `cfg.method` (TAG); a
-    training-free proxy (`proxies.PROXIES`) is computed from the frozen backbone instead."""
+    training-free proxy (`proxies.PROXIES`) is computed from the frozen backbone instead. `progress`: a
+    progress bar over the warm-up and measured steps (on stderr)."""
     if cfg.method in PROXIES:
         return proxy_affinity(cfg.method, backbone, tasks)
     torch.manual_seed(cfg.seed)
     model = shared_model(backbone, tasks, mmap)
-    opt = warm_up(model, tasks, cfg)
-    return measure_affinity(model, tasks, cfg, opt)
+    total = cfg.affinity_warmup_steps + cfg.affinity_steps
+    with tqdm(total=total, desc=f"{cfg.method} affinity (seed {cfg.seed})", disable=not progress, leave=False) as bar:
+        opt = warm_up(model, tasks, cfg, on_step=bar.update)
+        return measure_affinity(model, tasks, cfg, opt, on_step=bar.update)

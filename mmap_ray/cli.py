@@ -270,7 +270,7 @@ def cmd_group(args: argparse.Namespace) -> int:
         raise ValueError(f"--k {args.k} is not valid for {len(names)} tasks {names}; choose 1 <= k <= {len(names)}")
     affinity = None
     if args.scheme in AFFINITY_SCHEMES:
-        affinity = task_affinity(backbone, tasks, acfg, cfg.prompts)
+        affinity = task_affinity(backbone, tasks, acfg, cfg.prompts, progress=not getattr(args, "no_progress", False))
         partition = best_partition(affinity, names, args.k)
         table = pd.DataFrame(affinity.numpy(), index=names, columns=names)
         entry = "cos(g_i, g_j)" if args.scheme == "gradient" else "Z[i->j]"

@@ -388,6 +388,15 @@ def fit(
     return history
 
 
+def epoch_line(row: dict, epochs: int) -> str:
+    """One console line per epoch: loss, learning rate and validation accuracy (test too after the last)."""
+    line = f"epoch {row['epoch']}/{epochs}: train loss {row['train_loss']:.4f}, lr {row['lr']:.3g}, "
+    line += f"val {100 * row['val/mean']:.1f}%"
+    if "test/mean" in row:
+        line += f", test {100 * row['test/mean']:.1f}%"
+    return line
+
+
 def train(
     model: PromptedCLIP,
     tasks: Sequence[TaskData],
@@ -399,7 +408,8 @@ def train(
 ) -> list[dict]:
     """`fit` in this process; returns the history (one row per epoch, as `fit` describes).
 
-    With `out_dir`, writes checkpoint.pt and metrics.jsonl atomically whenever a checkpoint is due
+    With `progress`, a bar per epoch and one line per epoch (`epoch_line`). With `out_dir`, writes
+    checkpoint.pt and metrics.jsonl atomically whenever a checkpoint is due
     (`checkpoint_due`: every `checkpoint_every` epochs and after the last), and resumes from checkpoint.pt
     when `resume` is set.
     """
@@ -413,6 +423,8 @@ def train(
     def report(row: dict, state: dict | None) -> None:
         if out is not None and state is not None:
             checkpoint.save_run(out, state)
+        if progress:
+            tqdm.write(epoch_line(row, cfg.epochs))
 
     ctx = Context(device, report=report, restore=restore, progress=progress)
     return fit(model, tasks, cfg, ctx, stop_after_epoch=stop_after_epoch)

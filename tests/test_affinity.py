@@ -14,6 +14,7 @@ from mmap_ray.affinity import (
     measure_affinity,
     per_task_loss,
     shared_model,
+    task_affinity,
     task_gradients,
     warm_up,
 )
@@ -130,6 +131,16 @@ def test_warm_up_takes_the_training_step_and_stops_on_divergence(tiny, toy_tasks
     with pytest.raises(FloatingPointError, match=r"training loss is (nan|inf) at step \d+ of the affinity warm-up"):
         warm_up(model, toy_tasks, AffinityConfig(affinity_warmup_steps=5, affinity_batch_size=8, affinity_lr=1e30))
     assert torch.isfinite(model.bank.groups.source).all()
+
+
+def test_affinity_progress_bar_counts_warm_up_and_measured_steps(tiny, toy_tasks, capsys):
+    """The affinity phase takes minutes on real models: with progress on, a bar on stderr says where it is."""
+    cfg = AffinityConfig(affinity_warmup_steps=2, affinity_steps=3, affinity_batch_size=8, seed=4)
+    with_bar = task_affinity(tiny, toy_tasks, cfg, progress=True)
+    err = capsys.readouterr().err
+    assert "gradient affinity (seed 4)" in err and "5/5" in err
+    assert torch.equal(with_bar, task_affinity(tiny, toy_tasks, cfg))  # the bar changes nothing measured
+    assert capsys.readouterr().err == ""  # and is off by default
 
 
 def test_affinity_config_errors():

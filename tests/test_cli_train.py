@@ -33,3 +33,14 @@ def test_train_refuses_bad_input_before_work(tmp_path, capsys):
     assert main(["train", *FAST, "--domains", "Art", "--out", str(out)]) == 0
     assert main(["train", *FAST, "--domains", "Art", "--lr", "0.5", "--out", str(out)]) == 2
     assert "holds a run with a different configuration" in capsys.readouterr().err
+
+
+def test_train_prints_one_line_per_epoch_with_loss_and_validation_accuracy(tmp_path, capsys):
+    fast = [a for a in FAST if a != "--no-progress"]
+    argv = ["train", *fast, "--epochs", "2", "--domains", "Art,Product", "--out", str(tmp_path / "run")]
+    assert main(argv) == 0
+    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    out = capsys.readouterr().out
+    lines = [x for x in out.splitlines() if x.startswith("epoch ")]
+    assert len(lines) == 2 and lines[0].startswith("epoch 1/2: train loss ")
+    assert f"val {100 * rows[1]['val/mean']:.1f}%, test {100 * rows[1]['test/mean']:.1f}%" in lines[1]

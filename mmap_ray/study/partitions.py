@@ -65,7 +65,8 @@ def plan_partitions(cfg: StudyConfig, folder: Location) -> tuple[dict[str, str],
     for scheme, seed in needed:
         start = time.perf_counter()
         if scheme in AFFINITY_SCHEMES:
-            affinity = task_affinity(backbone, tasks_of(seed), replace(cfg.affinity, method=scheme, seed=seed))
+            method = replace(cfg.affinity, method=scheme, seed=seed)
+            affinity = task_affinity(backbone, tasks_of(seed), method, progress=True)  # a bar on the driver's console
             saved["affinity"][f"{scheme}/{seed}"] = {"tasks": names, "matrix": affinity.tolist()}
             partition = best_partition(affinity, names, cfg.k)
         else:
