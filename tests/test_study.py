@@ -104,6 +104,12 @@ def test_study_on_an_s3_server_end_to_end(s3, tmp_path):
     results = storage.replace("/studies?", "/studies/s3/results?")
     assert results in out.stdout
     _check_smoke_results(results, {"single", "gradient"})
+    # Tune's status table: the columns a researcher scans, each trial's partition in full, no config dump
+    header = next(line for line in out.stdout.splitlines() if line.startswith("| Trial name"))
+    columns = [c.strip() for c in header.split("|")[3:-1]]
+    assert columns[:6] == ["loc", "scheme", "partition", "n_tokens", "depth", "seed"]
+    assert "| Art+Clipart+Product+RealWorld |" in out.stdout and "val acc" in out.stdout
+    assert "trial/run/train" not in out.stdout
     endpoint = "http://" + storage.split("endpoint_override=")[1].split("&")[0]
     keys = [
         o["Key"]
@@ -177,3 +183,5 @@ def test_search_mode_pareto_with_optuna_and_asha(tmp_path):
     assert len(df) == 3 and df["trial_id"].is_unique
     assert set(df["scheme"].astype(str)) <= {"single", "gradient"} and df["lr"].between(5e-4, 5e-3).all()
     assert df["trainable_params"].notna().all()  # the second objective was reported
+    header = next(line for line in out.stdout.splitlines() if line.startswith("| Trial name"))
+    assert {"scheme", "n_tokens", "lr"} <= {c.strip() for c in header.split("|")}

@@ -46,23 +46,28 @@ class Interrupted(Exception):
 class Interrupt:
     """Ctrl-C during a study: the first one stops the trials cleanly (a Tune stopper ends the experiment
     and unfinished trials get no row); a second one stops at once. Tune's own SIGINT handler is off:
-    it would end the run as if it had finished."""
+    it would end the run as if it had finished. While it is active, Tune also uses its console table
+    that takes chosen columns (`status_table`)."""
 
     def __init__(self) -> None:
         self.requested = False
 
+    # Tune's own SIGINT handler off; its legacy console output on, the one that takes our status columns
+    ENV = {"TUNE_DISABLE_SIGINT_HANDLER": "1", "RAY_AIR_NEW_OUTPUT": "0"}
+
     def __enter__(self) -> Interrupt:
         self._saved = signal.signal(signal.SIGINT, self._handle)
-        self._env = os.environ.get("TUNE_DISABLE_SIGINT_HANDLER")
-        os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+        self._env = {k: os.environ.get(k) for k in self.ENV}
+        os.environ.update(self.ENV)
         return self
 
     def __exit__(self, *exc) -> None:
         signal.signal(signal.SIGINT, self._saved)
-        if self._env is None:
-            os.environ.pop("TUNE_DISABLE_SIGINT_HANDLER", None)
-        else:
-            os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = self._env
+        for k, v in self._env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
     def _handle(self, signum, frame) -> None:
         self.requested = True
@@ -107,6 +112,19 @@ def fit_trial(run: RunConfig, folder: Location, spec: WorkerSpec) -> None:
 def driver_cpu(spec: WorkerSpec) -> float:
     """CPUs a trial reserves beyond its workers': none when it trains in process (it is the worker)."""
     return TRIAL_DRIVER_CPU if spec.workers > 1 else 0.0
+
+
+def status_table(study: StudyConfig):
+    """Tune's console table with the columns a researcher scans, not the whole base configuration."""
+    from ray.tune import CLIReporter
+
+    if study.mode == "compare":  # the planned trial travels whole in the config
+        keys = ("scheme", "partition", "run/prompts/n_tokens", "depth", "seed")
+        params = {f"trial/{k}": k.rsplit("/", 1)[-1] for k in keys}
+    else:
+        params = {k: k for k in ("scheme", "n_tokens", "depth", "projection", "lr")}
+    metrics = {"epoch": "epoch", "train_loss": "loss", "val/mean": "val acc"}
+    return CLIReporter(parameter_columns=params, metric_columns=metrics, max_column_length=40, max_report_frequency=30)
 
 
 def max_concurrent(study: StudyConfig) -> int:
@@ -202,6 +220,7 @@ def _run_trials(study: StudyConfig, base: dict, tasks: list[str], resume: bool, 
                 **(folder / "tune").ray_storage(),
                 callbacks=[parquet_writer(study, base, tasks, failures, interrupt)],
                 stop=interrupt.stopper(),
+                progress_reporter=status_table(study),
                 failure_config=tune.FailureConfig(max_failures=retries),
                 verbose=1,
             ),

@@ -20,7 +20,7 @@ import pandas as pd
 from ..backbone import BackboneInfo
 from ..config import RunConfig, parse_variant
 from ..fields import replace, to_dict
-from ..grouping import parse_groups
+from ..grouping import format_groups, parse_groups
 from ..prompts import ResolvedLayers
 from ..results import canonical_json, config_id, row_key
 from .config import METRIC, NOT_IN_RESULT, StudyConfig
@@ -83,6 +83,7 @@ def make_trial(
         "config_id": cid,
         "seed": seed,
         "scheme": scheme,
+        "partition": format_groups(changes["partition"]),  # for the console; the run holds the same
         "variant": variant,
         "run": to_dict(run),
         "config": canonical_json(config),
