@@ -228,7 +228,7 @@ def task_affinity(
     if cfg.method in PROXIES:
         return proxy_affinity(cfg.method, backbone, tasks)
     torch.manual_seed(cfg.seed)
-    model = shared_model(backbone, tasks, mmap)
+    model = shared_model(backbone, tasks, mmap).to(next(backbone.model.parameters()).device)  # the backbone's device
     total = cfg.affinity_warmup_steps + cfg.affinity_steps
     with tqdm(total=total, desc=f"{cfg.method} affinity (seed {cfg.seed})", disable=not progress, leave=False) as bar:
         opt = warm_up(model, tasks, cfg, on_step=bar.update)

@@ -99,11 +99,12 @@ def _print_accuracy(title: str, acc: dict[str, float]) -> None:
 def cmd_train(args: argparse.Namespace) -> int:
     from .build import build_run
     from .config import read_run_config
-    from .engine import evaluate, train, without_predictions, write_json
+    from .engine import evaluate, resolve_device, train, without_predictions, write_json
     from .fields import from_dict, parsed_values, to_dict
     from .model import count_parameters
 
     cfg = run_config(args)
+    resolve_device(cfg.train.device)  # a GPU asked for and absent: refused before anything is written
     spec = None
     if args.workers < 0:
         raise ValueError(f"--workers {args.workers} is not valid; give 0 (train in this process) or >= 1 Ray workers")
@@ -111,6 +112,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         from .distributed import WorkerSpec
 
         spec = from_dict(WorkerSpec, parsed_values(WorkerSpec, args))
+        if cfg.train.device == "cuda" and not spec.gpus_per_worker:
+            raise ValueError("--device cuda with --workers needs --gpus-per-worker > 0: the workers reserve no GPU")
     name = "full" if cfg.train.full_finetune else cfg.prompts.projection.value
     out = Path(args.out or f"runs/{cfg.data.dataset}-{name}-seed{cfg.seed}")
     if out.exists() and not out.is_dir():
@@ -162,8 +165,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .build import build_run
     from .checkpoint import load, load_trainable
     from .config import read_run_config
-    from .engine import evaluate, write_json
+    from .engine import evaluate, resolve_device, write_json
 
+    resolve_device(args.device)  # before anything is built
     if args.run:
         run = Path(args.run)
         given = _run_flags_given(args)
@@ -178,6 +182,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         load_trainable(model, load(run / "checkpoint.pt")["trainable"])
     else:
         model, tasks = build_run(run_config(args))
+    model.to(resolve_device(args.device))
     if args.predictions:
         from .engine import predictions
         from .results import write_predictions
@@ -239,9 +244,12 @@ def _run_flags_given(args: argparse.Namespace) -> list[str]:
     """The run-setting flags of `args` whose values differ from the command's defaults ('--n-tokens')."""
     from .config import RunConfig
     from .fields import leaf_paths
+    from .study.config import HOW_IT_RUNS
 
     fresh = vars(build_parser().parse_args([args.command]))
-    return [f"--{k.replace('_', '-')}" for k in leaf_paths(RunConfig) if k in fresh and getattr(args, k) != fresh[k]]
+    how = {p.rsplit(".", 1)[-1] for p in HOW_IT_RUNS}  # where and how fast it runs: honoured with --run too
+    names = [k for k in leaf_paths(RunConfig) if k in fresh and k not in how]
+    return [f"--{k.replace('_', '-')}" for k in names if getattr(args, k) != fresh[k]]
 
 
 def cmd_group(args: argparse.Namespace) -> int:
@@ -250,7 +258,7 @@ def cmd_group(args: argparse.Namespace) -> int:
 
     from .affinity import AffinityConfig, task_affinity
     from .build import load_run_backbone, load_run_tasks
-    from .engine import write_json
+    from .engine import resolve_device, write_json
     from .fields import from_dict, parsed_values, to_dict
     from .grouping import AFFINITY_SCHEMES, best_partition, fixed_partition, partition_score
 
@@ -262,8 +270,10 @@ def cmd_group(args: argparse.Namespace) -> int:
     method = args.scheme if args.scheme in AFFINITY_SCHEMES else "gradient"
     acfg = from_dict(AffinityConfig, {**parsed_values(AffinityConfig, args), "method": method, "seed": args.seed})
     cfg = run_config(args)
+    device = resolve_device(args.device)  # before the backbone is built
     torch.manual_seed(args.seed)
     backbone = load_run_backbone(cfg.backbone, cfg.data.dataset)
+    backbone.model.to(device)
     tasks = load_run_tasks(cfg.data, backbone)
     names = [t.name for t in tasks]
     if args.k is not None and not 1 <= args.k <= len(names):
@@ -357,7 +367,15 @@ def _add_group(sub) -> None:
     p.add_argument("--out", default=None, help="JSON file (default: runs/group-DATASET-SCHEME-seedSEED.json)")
     add_run_args(p, ("data", "backbone", "prompts"))
     add_arguments(p.add_argument_group("affinity"), AffinityConfig)
+    _add_device(p)
     p.set_defaults(func=cmd_group)
+
+
+def _add_device(p: argparse.ArgumentParser) -> None:
+    """--device for the commands without the training options (train has it from TrainConfig)."""
+    from .engine import DEVICES
+
+    p.add_argument("--device", default="auto", choices=DEVICES, help="auto (CUDA when present), cpu or cuda")
 
 
 def _add_eval(sub) -> None:
@@ -377,6 +395,7 @@ def _add_eval(sub) -> None:
         "for `mmap-ray compare`",
     )
     add_run_args(p, ("data", "backbone", "prompts"), layers=())
+    _add_device(p)
     p.set_defaults(func=cmd_eval)
 
 

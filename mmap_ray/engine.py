@@ -39,6 +39,17 @@ from .model import PromptedCLIP
 from .storage import location
 
 OPTIMIZERS = ("adamw", "sgd")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def resolve_device(name: str) -> torch.device:
+    """The torch device for a `TrainConfig.device` setting: 'auto' is CUDA when this process sees a GPU."""
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError(
+            f"TrainConfig.device='cuda' but this process sees no CUDA device (torch {torch.__version__}, "
+            f"torch.cuda.is_available() is False); use 'auto' or 'cpu', or run on a GPU machine"
+        )
+    return torch.device("cuda" if name != "cpu" and torch.cuda.is_available() else "cpu")
 
 
 @dataclass(frozen=True)
@@ -59,6 +70,8 @@ class TrainConfig:
     full_finetune: bool = option(False, "baseline: train the whole backbone too (use with layers 'none')")
     eval_batch_size: int = option(256, "batch size of evaluation")
     loader_workers: int = option(0, "data-loading processes per trainer")
+    pin_memory: bool = option(True, "pin the batches' host memory for faster copies to a GPU (CUDA only)")
+    device: str = option("auto", "where to train and evaluate: auto (CUDA when present), cpu or cuda", choices=DEVICES)
     checkpoint_every: int = option(
         0, "save a checkpoint every k epochs, and always after the last; 0: every ceil(epochs / 10)"
     )
@@ -359,7 +372,10 @@ def fit(
     lengths = [len(t.train) for t in tasks]
     sampler = MultiTaskBatchSampler(lengths, cfg.batch_size, cfg.sampling, cfg.seed, ctx.rank, ctx.world_size)
     loader = DataLoader(
-        MultiTaskDataset([t.train for t in tasks]), batch_sampler=sampler, num_workers=cfg.loader_workers
+        MultiTaskDataset([t.train for t in tasks]),
+        batch_sampler=sampler,
+        num_workers=cfg.loader_workers,
+        pin_memory=cfg.pin_memory and ctx.device.type == "cuda",
     )
     loader = ctx.wrap_loader(loader)
     opt, sched = make_optimizer(params, cfg, cfg.epochs * len(sampler))
@@ -413,7 +429,7 @@ def train(
     (`checkpoint_due`: every `checkpoint_every` epochs and after the last), and resumes from checkpoint.pt
     when `resume` is set.
     """
-    device = next(model.parameters()).device
+    device = resolve_device(cfg.device)
     out = Path(out_dir) if out_dir is not None else None
     saved = out / checkpoint.RUN_FILE if out is not None else None
 

@@ -27,16 +27,14 @@ from ..storage import location, resolve_storage
 MODES = ("compare", "search")
 OBJECTIVES = ("accuracy", "pareto")
 METRIC = "val/mean"
-# Run settings that do not change a trial's result (not part of its identity)
-NOT_IN_RESULT = ("train.seed", "train.loader_workers", "train.eval_batch_size", "train.checkpoint_every")
-# Study settings that may change on --resume: where and how fast trials run, not what they compute
-RESUME_MAY_CHANGE = (
-    "storage",
-    "max_concurrent_trials",
-    "resources",
-    "run.train.loader_workers",
-    "run.train.checkpoint_every",
+# How a run executes, not what it computes: not part of a trial's identity, and free to change on --resume
+HOW_IT_RUNS = tuple(
+    f"train.{k}" for k in ("loader_workers", "eval_batch_size", "checkpoint_every", "device", "pin_memory")
 )
+# Run settings that do not change a trial's result (not part of its identity)
+NOT_IN_RESULT = ("train.seed", *HOW_IT_RUNS)
+# Study settings that may change on --resume: where and how fast trials run, not what they compute
+RESUME_MAY_CHANGE = ("storage", "max_concurrent_trials", "resources", *(f"run.{k}" for k in HOW_IT_RUNS))
 
 
 # run settings every trial of a study shares: the tasks and the backbone its partitions are planned on
@@ -108,6 +106,11 @@ class StudyConfig:
             raise ValueError(f"StudyConfig.run.train.epochs={self.run.train.epochs} must be >= 1: a study trains")
         if not 0 < self.lr_range[0] <= self.lr_range[1]:
             raise ValueError(f"StudyConfig.lr_range={list(self.lr_range)} must be 0 < low <= high")
+        if self.run.train.device == "cuda" and not self.resources.gpus_per_worker:
+            raise ValueError(
+                "StudyConfig.run.train.device='cuda' but resources.gpus_per_worker=0: trials reserve no GPU; "
+                "set --gpus-per-worker (e.g. 1 or 0.5), or use device 'auto' (CUDA where a trial has a GPU)"
+            )
         if self.mode == "search" and self.asha and self.grace_period > self.run.train.epochs:
             raise ValueError(
                 f"StudyConfig: grace_period={self.grace_period} exceeds run.train.epochs={self.run.train.epochs}; "

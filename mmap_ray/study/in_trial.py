@@ -19,7 +19,7 @@ from .. import checkpoint
 from ..build import build_run
 from ..config import RunConfig
 from ..distributed import RUN_NAME, WorkerSpec
-from ..engine import Context, fit
+from ..engine import Context, fit, resolve_device
 from ..storage import Location
 
 
@@ -52,8 +52,8 @@ def tune_context(device: torch.device, folder: Location) -> Context:
 
 def fit_in_trial(run: RunConfig, folder: Location, spec: WorkerSpec) -> None:
     """Train the run in this Tune trial's process; checkpoints go to `folder`/ray-train/ as Ray Train's would."""
-    use_cuda = spec.gpus_per_worker > 0 and torch.cuda.is_available()
-    device = torch.device("cuda" if use_cuda else "cpu")
+    # a GPU only where the trial reserved one ('auto'); 'cuda' without one is refused by StudyConfig
+    device = resolve_device(run.train.device) if spec.gpus_per_worker > 0 else torch.device("cpu")
     torch.set_num_threads(max(1, int(spec.cpus_per_worker)))  # as many threads as reserved cores, like a worker
     model, tasks = build_run(run)
     fit(model, tasks, run.train, tune_context(device, folder / RUN_NAME))

@@ -43,6 +43,7 @@ def plan_partitions(cfg: StudyConfig, folder: Location) -> tuple[dict[str, str],
     backbone's geometry and the task names."""
     from ..affinity import task_affinity
     from ..build import load_run_backbone, load_run_tasks
+    from ..engine import resolve_device
     from ..fields import replace
     from ..grouping import best_partition, fixed_partition
     from .trials import trial_data_seed
@@ -51,6 +52,7 @@ def plan_partitions(cfg: StudyConfig, folder: Location) -> tuple[dict[str, str],
     saved = json.loads(path.read_text()) if path.exists() else {"partitions": {}, "affinity": {}}
     saved.setdefault("seconds", {})  # what each choice cost (an oracle study compares it with training all)
     backbone = load_run_backbone(cfg.run.backbone, cfg.run.data.dataset)
+    backbone.model.to(resolve_device(cfg.run.train.device))  # the affinity trains on the driver's device
     loaded: dict[int, list] = {}  # data_seed -> tasks: each seed's affinity is measured on that seed's data
 
     def tasks_of(seed: int) -> list:
