@@ -23,6 +23,7 @@ from ..grouping import SCHEMES, format_groups, is_partition_text, parse_groups
 from ..prompts import Combine, Projection
 from ..results import _safe
 from ..storage import location, resolve_storage
+from .tracking import TRACKERS
 
 MODES = ("compare", "search")
 OBJECTIVES = ("accuracy", "pareto")
@@ -34,7 +35,7 @@ HOW_IT_RUNS = tuple(
 # Run settings that do not change a trial's result (not part of its identity)
 NOT_IN_RESULT = ("train.seed", *HOW_IT_RUNS)
 # Study settings that may change on --resume: where and how fast trials run, not what they compute
-RESUME_MAY_CHANGE = ("storage", "max_concurrent_trials", "resources", *(f"run.{k}" for k in HOW_IT_RUNS))
+RESUME_MAY_CHANGE = ("storage", "max_concurrent_trials", "resources", "tracking", *(f"run.{k}" for k in HOW_IT_RUNS))
 
 
 # run settings every trial of a study shares: the tasks and the backbone its partitions are planned on
@@ -77,6 +78,9 @@ class StudyConfig:
     asha: bool = option(True, "search mode: stop weak trials early (ASHA)")
     grace_period: int = option(2, "search mode: epochs before ASHA may stop a trial")
     max_concurrent_trials: int | None = option(None, "trials at once (default: as many as the cluster holds)")
+    tracking: tuple[str, ...] = option(
+        (), "experiment trackers fed each trial's rows through Ray Tune's logger callbacks: tensorboard, mlflow, wandb"
+    )
     storage: str | None = option(
         None,
         "where studies live (default: $MMAP_RAY_STORAGE, else ~/mmap-ray/studies): a local folder, a filesystem "
@@ -106,6 +110,9 @@ class StudyConfig:
             raise ValueError(f"StudyConfig.run.train.epochs={self.run.train.epochs} must be >= 1: a study trains")
         if not 0 < self.lr_range[0] <= self.lr_range[1]:
             raise ValueError(f"StudyConfig.lr_range={list(self.lr_range)} must be 0 < low <= high")
+        unknown = [t for t in self.tracking if t not in TRACKERS]
+        if unknown:
+            raise ValueError(f"StudyConfig.tracking has {unknown}; valid: {sorted(TRACKERS)}")
         if self.run.train.device == "cuda" and not self.resources.gpus_per_worker:
             raise ValueError(
                 "StudyConfig.run.train.device='cuda' but resources.gpus_per_worker=0: trials reserve no GPU; "

@@ -29,6 +29,7 @@ from .config import METRIC, StudyConfig
 from .in_trial import fit_in_trial, trial_resources
 from .ownership import check_start, stored_rows
 from .partitions import check_tasks, plan_partitions
+from .tracking import check_tracking, tracking_callbacks
 from .trials import grid_trials, searcher, trial_of
 
 TRIAL_DRIVER_CPU = 0.01  # a Ray Train trial's own reservation; its Train workers reserve theirs
@@ -165,6 +166,7 @@ def run_study(
     check_reachable(location(study.storage), "StudyConfig.storage")
     check_start(study, folder, resume, overwrite)
     check_tasks(study)  # everything that can be checked is, before the lock, Ray or study.json
+    check_tracking(study.tracking, folder)
     if overwrite and folder.exists():
         acquire(folder, break_lock).release()  # the old study must not be in use while it is moved
         moved = move_aside(folder, "old-" + time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()))
@@ -218,7 +220,10 @@ def _run_trials(study: StudyConfig, base: dict, tasks: list[str], resume: bool, 
             run_config=tune.RunConfig(
                 name=time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()),
                 **(folder / "tune").ray_storage(),
-                callbacks=[parquet_writer(study, base, tasks, failures, interrupt)],
+                callbacks=[
+                    parquet_writer(study, base, tasks, failures, interrupt),
+                    *tracking_callbacks(study.tracking, study.name, folder),
+                ],
                 stop=interrupt.stopper(),
                 progress_reporter=status_table(study),
                 failure_config=tune.FailureConfig(max_failures=retries),
