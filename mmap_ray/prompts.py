@@ -51,7 +51,8 @@ class Projection(StrEnum):
 
     @classmethod
     def _missing_(cls, value: object) -> Projection | None:
-        return {"text": cls.TEXT, "visual": cls.VISUAL}.get(value)  # the names before "-deep"
+        old_names = {"text": cls.TEXT, "visual": cls.VISUAL}  # the names before "-deep"
+        return old_names.get(value) if isinstance(value, str) else None  # e.g. a TOML list: not a name
 
 
 # Designs whose layers are fixed by the method: CoOp prompts the text input only; the others use no prompts.

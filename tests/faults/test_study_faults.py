@@ -116,7 +116,8 @@ def test_rerun_second_driver_killed_driver_and_planted_pickles_keep_one_row_per_
 
 
 def test_ctrl_c_stops_the_study_with_status_130_and_resume_completes_it(tmp_path):
-    argv = [*STUDY, "--smoke", "--storage", str(tmp_path), "--name", "int", "--seeds", "0", "1"]
+    # 12 epochs: trials long enough (about 20 s) that Ctrl-C after the first row finds others running
+    argv = [*STUDY, "--smoke", "--storage", str(tmp_path), "--name", "int", "--seeds", "0", "1", "--epochs", "12"]
     env = _env(RAY_AUTH_MODE="disabled")
     proc = subprocess.Popen(
         argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
