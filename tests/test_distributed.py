@@ -14,24 +14,22 @@ from mmap_ray.engine import TrainConfig, train
 from mmap_ray.fields import replace
 
 pytestmark = pytest.mark.slow
+DDP_CFG = TrainConfig(epochs=2, batch_size=16, lr=5e-3, warmup_steps=2)  # global batch 16 = 2 workers x 8
 
 
 @pytest.fixture(scope="module")
 def both_paths(ray_local, tmp_path_factory):
     """The same run in this process with the global batch 16, and as 2 Ray Train workers x 8."""
-    cfg = TrainConfig(epochs=2, batch_size=16, lr=5e-3, warmup_steps=2)  # global batch 16 = 2 workers x 8
+    cfg = DDP_CFG
     model, tasks = build_run(RUN)
     history = train(model, tasks, cfg, progress=False)
     prompts = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
-    return (
-        history,
-        prompts,
-        fit_distributed(replace(RUN, train=cfg), tmp_path_factory.mktemp("ddp"), WorkerSpec(workers=2)),
-    )
+    folder = tmp_path_factory.mktemp("ddp")
+    return history, prompts, fit_distributed(replace(RUN, train=cfg), folder, WorkerSpec(workers=2)), folder
 
 
 def test_two_workers_equal_one_process_with_double_batch(both_paths):
-    _, ref, state = both_paths
+    _, ref, state, _ = both_paths
     assert set(state["trainable"]) == set(ref)
     for n, t in state["trainable"].items():
         torch.testing.assert_close(t, ref[n], rtol=0, atol=1e-5, msg=n)
@@ -40,7 +38,7 @@ def test_two_workers_equal_one_process_with_double_batch(both_paths):
 def test_both_paths_write_the_same_history_rows(both_paths):
     """One loop, one row format: the in-process rows and the Ray rows have the same keys in the same
     order (test accuracy in the last row) and the same values, up to float summation order."""
-    local, _, state = both_paths
+    local, _, state, _ = both_paths
     ray_rows = state["history"]
     assert [list(r) for r in local] == [list(r) for r in ray_rows]
     assert {k for k in local[-1] if k.startswith("test/")} == {"test/Art", "test/Product", "test/mean"}
@@ -52,12 +50,12 @@ def test_both_paths_write_the_same_history_rows(both_paths):
                 assert a[k] == pytest.approx(b[k], rel=1e-5, abs=1e-6), k
 
 
-def test_rerunning_a_finished_run_resumes_instead_of_retraining(ray_local, tmp_path):
-    cfg = TrainConfig(epochs=1, batch_size=16)
-    first = fit_distributed(replace(RUN, train=cfg), tmp_path, WorkerSpec(workers=2))
-    ckpts = sorted(p.name for p in (tmp_path / RUN_NAME).glob("checkpoint_*"))
-    again = fit_distributed(replace(RUN, train=cfg), tmp_path, WorkerSpec(workers=2))
-    assert sorted(p.name for p in (tmp_path / RUN_NAME).glob("checkpoint_*")) == ckpts  # nothing retrained
+def test_rerunning_a_finished_run_resumes_instead_of_retraining(both_paths):
+    *_, first, folder = both_paths  # the finished two-worker run above, run again with the same settings
+    cfg = DDP_CFG
+    ckpts = sorted(p.name for p in (folder / RUN_NAME).glob("checkpoint_*"))
+    again = fit_distributed(replace(RUN, train=cfg), folder, WorkerSpec(workers=2))
+    assert sorted(p.name for p in (folder / RUN_NAME).glob("checkpoint_*")) == ckpts  # nothing retrained
     assert again["history"] == first["history"]
 
 
