@@ -28,10 +28,7 @@ def trial_resources(spec: WorkerSpec, driver_cpu: float) -> dict[str, float]:
     `driver_cpu` (its Train workers reserve their own)."""
     if spec.workers > 1:
         return {"cpu": driver_cpu}
-    res = {"cpu": spec.cpus_per_worker, **spec.worker_resources}
-    if spec.gpus_per_worker:
-        res["gpu"] = spec.gpus_per_worker
-    return res
+    return dict(spec.resources_per_worker)  # Tune reads "CPU" and "GPU" as it reads "cpu" and "gpu"
 
 
 def tune_context(device: torch.device, folder: Location) -> Context:
