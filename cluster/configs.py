@@ -2,8 +2,14 @@
 
     python cluster/configs.py check                        # every config here; exit 1 on any problem
     python cluster/configs.py check cluster/aws.yaml
-    MMAP_RAY_COMMIT=$(git rev-parse HEAD) MMAP_RAY_REPO=... MMAP_RAY_DATA=s3://bucket/datasets \\
+    MMAP_RAY_COMMIT=$(git rev-parse HEAD) MMAP_RAY_IMAGE=... MMAP_RAY_AMI=ami-... MMAP_RAY_DATA=s3://bucket/datasets \\
         python cluster/configs.py render cluster/aws.yaml -o aws.rendered.yaml
+
+GPU images: `images.toml` records the torch CUDA build that `Dockerfile` installs, the oldest NVIDIA driver
+each CUDA major runs on, and the host image (AWS AMI, GCP image family, Kubernetes node pool) of every
+config with its driver; `check` fails when a host's driver is too old for the torch build, when the
+Makefile, the Dockerfile and the table pin different torch builds, or when a config uses another host
+image or a container image that would reinstall torch at boot.
 
 Launcher configs (aws.yaml, gcp.yaml) go through Ray's own validator, exactly as `ray up` does before it
 touches the cloud (`prepare_config` merges the provider defaults, `validate_config` applies the schema
@@ -25,6 +31,7 @@ import logging
 import os
 import re
 import sys
+import tomllib
 from pathlib import Path
 
 import yaml
@@ -32,6 +39,9 @@ import yaml
 HERE = Path(__file__).resolve().parent
 LAUNCHER_CONFIGS = ("aws.yaml", "gcp.yaml")
 KUBERAY_CONFIGS = ("kuberay.yaml",)
+IMAGES = HERE / "images.toml"
+CONTAINER_IMAGE = "${MMAP_RAY_IMAGE}"  # built from Dockerfile at one commit (cluster/README.md)
+AMI = re.compile(r"ami-[0-9a-f]{8,17}")
 PLACEHOLDER = re.compile(r"\$\{(MMAP_RAY_[A-Z0-9_]+)\}")
 # Ray ports that must never face the internet: GCS, dashboard (jobs API), Ray client.
 PRIVATE_PORTS = (6379, 8265, 10001)
@@ -68,6 +78,12 @@ def render(text: str, values: dict[str, str]) -> str:
     commit = values.get("MMAP_RAY_COMMIT")
     if "MMAP_RAY_COMMIT" in placeholders(text) and not re.fullmatch(r"[0-9a-f]{40}", commit or ""):
         raise ValueError(f"MMAP_RAY_COMMIT={commit!r} must be a full 40-character commit hash (git rev-parse HEAD)")
+    ami = values.get("MMAP_RAY_AMI")
+    if "MMAP_RAY_AMI" in placeholders(text) and not AMI.fullmatch(ami or ""):
+        raise ValueError(
+            f"MMAP_RAY_AMI={ami!r} must be an AMI id (ami-...): the id of {load_images()['hosts']['aws']['name']} "
+            "in your region (cluster/README.md, GPU images)"
+        )
     return PLACEHOLDER.sub(lambda m: values[m.group(1)], text)
 
 
@@ -222,11 +238,82 @@ def launcher_problems(config: dict, text: str = "") -> list[str]:
         problems.append(f"the security group opens a Ray port {PRIVATE_PORTS} to the internet")
     if "gcp_credentials" in provider:
         problems.append("provider.gcp_credentials embeds a credential; use the VM's or your gcloud login instead")
-    setup = " ".join(prepared["setup_commands"])
-    if not re.search(r"git checkout .*(\$\{MMAP_RAY_COMMIT\}|\b[0-9a-f]{40}\b)", setup) or "pip install" not in setup:
-        problems.append("setup_commands must check out a pinned commit (${MMAP_RAY_COMMIT}) and pip install it")
+    return problems + _launcher_image_problems(prepared)
+
+
+def _launcher_image_problems(prepared: dict) -> list[str]:
+    """The container image is the one built from Dockerfile, installed as is; the host image is the table's."""
+    problems = []
     image = prepared.get("docker", {}).get("image", "")
-    problems += _version_problems(image)
+    if image.startswith("rayproject/") or not image:
+        problems.append(
+            f"docker.image={image!r}: use {CONTAINER_IMAGE}, built from cluster/Dockerfile (torch and this project "
+            "at one commit), so that nodes do not install torch at boot"
+        )
+    setup = " ".join(prepared["setup_commands"])
+    if re.search(r"pip install[^&;]*\btorch", setup):
+        problems.append("setup_commands install torch at boot: it belongs in the image (cluster/Dockerfile)")
+    if not re.search(r"(\$\{MMAP_RAY_COMMIT\}|\b[0-9a-f]{40}\b)", setup):
+        problems.append("setup_commands must check that the image holds the pinned commit (${MMAP_RAY_COMMIT})")
+    cloud = prepared["provider"]["type"]
+    host = load_images()["hosts"].get(cloud, {})
+    for name, t in prepared["available_node_types"].items():
+        used = _host_image(cloud, t["node_config"])
+        allowed = ("${MMAP_RAY_AMI}",) if cloud == "aws" else (host.get("image"),)
+        if used not in allowed and not (cloud == "aws" and AMI.fullmatch(used or "")):
+            problems.append(
+                f"node type {name}: host image {used!r} is not the one cluster/images.toml records for {cloud} "
+                f"({allowed[0]!r}), whose NVIDIA driver is checked against the torch CUDA build"
+            )
+    return problems
+
+
+def _host_image(cloud: str, node_config: dict) -> str | None:
+    if cloud == "aws":
+        return node_config.get("ImageId")
+    disks = node_config.get("disks", [])
+    return next((d.get("initializeParams", {}).get("sourceImage") for d in disks if d.get("boot")), None)
+
+
+# ---- GPU images: torch CUDA build against host drivers --------------------------------------------------
+
+
+def load_images(path: str | Path = IMAGES) -> dict:
+    return tomllib.loads(Path(path).read_text())
+
+
+def _branch(version: str) -> int:
+    """A driver version's branch: "595.91.07" -> 595."""
+    return int(str(version).split(".")[0])
+
+
+def image_problems(table: dict, dockerfile: str, makefile: str) -> list[str]:
+    """The table, the Dockerfile and the Makefile agree on torch, and every host driver runs its CUDA build."""
+    problems = []
+    torch = table["torch"]
+    pin = f"torch=={torch['version']} torchvision=={torch['torchvision']}"
+    make_pin = re.search(r"TORCH_PIN := (.+)", makefile)
+    if not make_pin or make_pin.group(1).strip() != pin:
+        problems.append(f"the Makefile pins {make_pin and make_pin.group(1).strip()!r}, images.toml {pin!r}")
+    if pin not in dockerfile:
+        problems.append(f"cluster/Dockerfile does not install {pin!r} (images.toml [torch])")
+    if torch["index_url"] and torch["index_url"] not in dockerfile:
+        problems.append(f"cluster/Dockerfile does not install from images.toml's index_url {torch['index_url']!r}")
+    if f'CUDA="{torch["cuda"]}"' not in dockerfile:
+        problems.append(f"cluster/Dockerfile does not check torch.version.cuda == {torch['cuda']!r} at build time")
+    base = re.search(r"^FROM (\S+)", dockerfile, re.M)
+    problems += _version_problems(base.group(1) if base else "")
+    major = torch["cuda"].split(".")[0]
+    needed = table["min_driver"].get(major)
+    if needed is None:
+        return problems + [f"images.toml [min_driver] has no entry for CUDA {major} (torch {torch['cuda']})"]
+    for cloud, host in table["hosts"].items():
+        if _branch(host["driver"]) < _branch(needed):
+            problems.append(
+                f"{cloud}: the host image's NVIDIA driver {host['driver']} is older than {needed}, which torch "
+                f"{torch['version']} (CUDA {torch['cuda']}) needs: pick a newer host image, or a torch built for an "
+                "older CUDA (images.toml [torch] index_url)"
+            )
     return problems
 
 
@@ -271,6 +358,10 @@ def kuberay_problems(manifest: dict, text: str = "") -> list[str]:
     head = spec.get("headGroupSpec")
     if not head or not head.get("template", {}).get("spec", {}).get("containers"):
         return problems + ["spec.headGroupSpec.template.spec.containers is required"]
+    pods = [g["template"]["spec"] for g in [head, *(spec.get("workerGroupSpecs") or [])]]
+    for c in (c for pod in pods for key in ("containers", "initContainers") for c in pod.get(key, [])):
+        if str(c.get("image", "")).startswith("rayproject/"):
+            problems.append(f"container {c.get('name')}: image {c['image']!r}; use {CONTAINER_IMAGE} (Dockerfile)")
     return problems + _kuberay_head_problems(head) + _kuberay_worker_problems(spec.get("workerGroupSpecs") or [])
 
 
@@ -362,6 +453,13 @@ def main(argv: list[str] | None = None) -> int:
         Path(args.output).write_text(text)
         args.paths = [args.output]
     failed = False
+    if args.cmd == "check":
+        dockerfile, makefile = (HERE / "Dockerfile").read_text(), (HERE.parent / "Makefile").read_text()
+        problems = image_problems(load_images(), dockerfile, makefile)
+        failed |= bool(problems)
+        print(f"{IMAGES}: {'ok' if not problems else f'{len(problems)} problem(s)'}")
+        for problem in problems:
+            print(f"  - {problem}")
     for path in args.paths:
         problems = problems_in(path)
         failed |= bool(problems)

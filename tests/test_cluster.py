@@ -97,6 +97,27 @@ def _replace(key: str, old: str, new: str):
     return mutate
 
 
+def _add_setup(command: str):
+    def mutate(cfg: dict) -> None:
+        cfg["setup_commands"] = [*cfg["setup_commands"], command]
+
+    return mutate
+
+
+def _host_image(image: str):
+    """A mutation that gives one GPU node type another host image (AMI or boot disk image)."""
+
+    def mutate(cfg: dict) -> None:
+        node_config = cfg["available_node_types"]["gpu_1x_spot"]["node_config"]
+        if "ImageId" in node_config:
+            node_config["ImageId"] = image
+        else:
+            node_config["disks"] = copy.deepcopy(node_config["disks"])
+            node_config["disks"][0]["initializeParams"]["sourceImage"] = image
+
+    return mutate
+
+
 def _no_spot(cfg: dict) -> None:
     for t in cfg["available_node_types"].values():
         t["node_config"].pop("InstanceMarketOptions", None)
@@ -131,8 +152,10 @@ BROKEN_LAUNCHER = {
         _replace("head_start_ray_commands", "127.0.0.1", "0.0.0.0"),
         "dashboard listens on every interface",
     ),
-    "unpinned install": (_replace("setup_commands", "--detach ${MMAP_RAY_COMMIT}", "main"), "pinned commit"),
-    "old Ray image": (_set("docker.image", "rayproject/ray:2.9.0-py310-gpu"), "has Ray 2.9.0"),
+    "unpinned image": (_replace("setup_commands", "${MMAP_RAY_COMMIT}", "main"), "holds the pinned commit"),
+    "plain Ray image": (_set("docker.image", "rayproject/ray:2.60.0-py311-gpu"), "nodes do not install torch"),
+    "torch at boot": (_add_setup("pip install --quiet torch==2.14.1"), "install torch at boot"),
+    "another host image": (_host_image("ubuntu-2204-lts"), "is not the one cluster/images.toml records"),
 }
 
 
@@ -237,10 +260,10 @@ def test_broken_kuberay_manifest_fails(case):
 
 VALUES = {
     "MMAP_RAY_COMMIT": "0123456789abcdef0123456789abcdef01234567",
-    "MMAP_RAY_REPO": "https://github.com/example/mmap-ray.git",
     "MMAP_RAY_DATA": "s3://example-bucket/datasets",
     "MMAP_RAY_GCP_PROJECT": "example-project",
     "MMAP_RAY_IMAGE": "registry.example.com/mmap-ray:0123456789abcdef0123456789abcdef01234567",
+    "MMAP_RAY_AMI": "ami-0123456789abcdef0",
 }
 
 
@@ -256,8 +279,12 @@ def test_render_fills_every_placeholder_and_the_result_still_checks(name, tmp_pa
     rendered = out.read_text()
     assert not configs.placeholders(rendered)
     assert configs.problems_in(out) == []
+    if "MMAP_RAY_AMI" in needed:
+        assert f"ImageId: {VALUES['MMAP_RAY_AMI']}" in rendered
+        with pytest.raises(ValueError, match="MMAP_RAY_AMI='ubuntu' must be an AMI id"):
+            configs.render(text, {**VALUES, "MMAP_RAY_AMI": "ubuntu"})
     if "MMAP_RAY_COMMIT" in needed:
-        assert f"git checkout --quiet --detach {VALUES['MMAP_RAY_COMMIT']}" in rendered
+        assert f'= "{VALUES["MMAP_RAY_COMMIT"]}"' in rendered  # the image's commit is checked at boot
         assert "$RAY_HEAD_IP" in rendered  # the remote shell's own variables are left alone
         with pytest.raises(ValueError, match="must be a full 40-character commit"):
             configs.render(text, {**VALUES, "MMAP_RAY_COMMIT": "main"})
@@ -267,21 +294,61 @@ def test_render_fills_every_placeholder_and_the_result_still_checks(name, tmp_pa
 
 def test_check_command_passes_on_the_committed_configs(capsys):
     assert configs.main(["check"]) == 0
-    assert capsys.readouterr().out.count(": ok") == len(ALL)
+    assert capsys.readouterr().out.count(": ok") == len(ALL) + 1  # and images.toml
 
 
 def test_pins_match_the_project():
-    """The clusters run the Ray of this venv and the torch of the Makefile."""
+    """The clusters run the Ray of this venv, and the torch of the Makefile from the image, not from boot."""
     import ray
+    import torch
 
     torch_pin = re.search(r"TORCH_PIN := (.+)", (REPO / "Makefile").read_text()).group(1).strip()
     for name in LAUNCHER:
         config, _ = _load(name)
-        assert config["docker"]["image"].startswith(f"rayproject/ray:{ray.__version__}-")
-        assert torch_pin in " ".join(config["setup_commands"])
+        assert config["docker"]["image"] == configs.CONTAINER_IMAGE
+        assert "torch" not in " ".join(config["setup_commands"])
     dockerfile = (CLUSTER / "Dockerfile").read_text()
     assert f"FROM rayproject/ray:{ray.__version__}-" in dockerfile and torch_pin in dockerfile
     assert _load("kuberay.yaml")[0]["spec"]["rayVersion"] == ray.__version__
+    # the table's CUDA build is the one this machine's PyPI torch wheel (the Dockerfile's, too) carries
+    table = configs.load_images()
+    assert torch.__version__.split("+")[0] == table["torch"]["version"] and not table["torch"]["index_url"]
+    assert torch.version.cuda == table["torch"]["cuda"]
+
+
+def _image_inputs() -> tuple[dict, str, str]:
+    return configs.load_images(), (CLUSTER / "Dockerfile").read_text(), (REPO / "Makefile").read_text()
+
+
+def test_image_table_passes_and_an_old_driver_fails():
+    table, dockerfile, makefile = _image_inputs()
+    assert configs.image_problems(table, dockerfile, makefile) == []
+    old = copy.deepcopy(table)
+    old["hosts"]["gcp"]["driver"] = "570.172.08"  # a CUDA 12.8 driver under a CUDA 13.0 torch
+    (problem,) = configs.image_problems(old, dockerfile, makefile)
+    assert problem.startswith("gcp: the host image's NVIDIA driver 570.172.08 is older than 580.65.06")
+    cu128 = copy.deepcopy(old)  # the way out the message names: a torch built for CUDA 12.8 runs on 570
+    cu128["torch"].update(cuda="12.8", index_url="https://download.pytorch.org/whl/cu128")
+    assert configs.image_problems(cu128, dockerfile, makefile) == [
+        "cluster/Dockerfile does not install from images.toml's index_url 'https://download.pytorch.org/whl/cu128'",
+        "cluster/Dockerfile does not check torch.version.cuda == '12.8' at build time",
+    ]
+    fixed = dockerfile.replace('TORCH_INDEX_URL=""', 'TORCH_INDEX_URL="https://download.pytorch.org/whl/cu128"')
+    assert configs.image_problems(cu128, fixed.replace('CUDA="13.0"', 'CUDA="12.8"'), makefile) == []
+
+
+@pytest.mark.parametrize(
+    "edit, needle",
+    [
+        (lambda t, d, m: (t, d, m.replace("torch==2.14.1", "torch==2.13.0")), "the Makefile pins"),
+        (lambda t, d, m: (t, d.replace("torch==2.14.1", "torch"), m), "does not install 'torch==2.14.1"),
+        (lambda t, d, m: (t, d.replace("rayproject/ray:2.60.0", "rayproject/ray:2.9.0"), m), "has Ray 2.9.0"),
+        (lambda t, d, m: ({**t, "min_driver": {"12": "525"}}, d, m), "no entry for CUDA 13"),
+    ],
+)
+def test_image_table_disagreements_fail(edit, needle):
+    problems = configs.image_problems(*edit(*_image_inputs()))
+    assert any(needle in p for p in problems), problems
 
 
 # ---- trial resource requests vs node types ------------------------------------------------------------
