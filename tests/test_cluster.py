@@ -231,6 +231,10 @@ BROKEN_KUBERAY = {
     "no toleration": (_group(0, "template.spec.tolerations", []), "no toleration"),
     "no worker groups": (_set("spec.workerGroupSpecs", []), "at least one GPU worker group"),
     "autoscaling off": (_set("spec.enableInTreeAutoscaling", False), "enableInTreeAutoscaling must be true"),
+    "plain Ray image": (
+        _set("spec.workerGroupSpecs.0.template.spec.containers.0.image", "rayproject/ray:2.60.0-py311-gpu"),
+        "use ${MMAP_RAY_IMAGE}",
+    ),
     "autoscaling as a string": (_set("spec.enableInTreeAutoscaling", "true"), "enableInTreeAutoscaling must be true"),
     "no idle timeout": (_set("spec.autoscalerOptions.idleTimeoutSeconds", _DELETE), "idleTimeoutSeconds"),
     "no token auth": (_set("spec.authOptions", _DELETE), "authOptions.mode must be token"),
