@@ -6,6 +6,8 @@
     mmap-ray params --model ViT-B-16 --tasks Art,Clipart,Product,RealWorld \\
         --partition "Art+Clipart|Product+RealWorld"
     mmap-ray report ~/mmap-ray/studies/grouping/results   # tables and figures of a study
+    mmap-ray data push ~/data/OfficeHomeDataset s3://my-bucket/datasets/OfficeHomeDataset
+    mmap-ray train --dataset office-home --root s3://my-bucket/datasets/OfficeHomeDataset  # staged per node
 
 Every subcommand validates its whole configuration before doing any work, and reports a bad value as
 one line naming the option, the value and what would be valid (exit status 2).
@@ -307,10 +309,35 @@ def cmd_group(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data_push(args: argparse.Namespace) -> int:
+    from .data.remote import push
+
+    manifest = push(args.folder, args.dest, threads=args.threads)
+    print(f"pushed {len(manifest.files)} files ({manifest.total_bytes:,} bytes) and their manifest to {args.dest}")
+    return 0
+
+
+def cmd_data_check(args: argparse.Namespace) -> int:
+    from .data.remote import read_manifest
+
+    manifest = read_manifest(args.uri)
+    folders = ", ".join(manifest.folders()) or "none"
+    print(f"{args.uri}: {len(manifest.files)} files, {manifest.total_bytes:,} bytes; top-level folders: {folders}")
+    return 0
+
+
+def cmd_data_stage(args: argparse.Namespace) -> int:
+    from .data.remote import stage
+
+    staged = stage(args.uri, threads=args.threads)
+    print(f"{staged.root}  ({staged.downloaded} files downloaded, {staged.kept} already staged)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mmap-ray", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_params, _add_train, _add_group, _add_eval, _add_compare, _add_report):
+    for add in (_add_params, _add_train, _add_group, _add_eval, _add_compare, _add_report, _add_data):
         add(sub)
     return parser
 
@@ -426,6 +453,47 @@ def _add_report(sub) -> None:
     )
     add_report_args(p)
     p.set_defaults(func=run_report)
+
+
+def _add_data(sub) -> None:
+    from .data.remote import THREADS
+
+    p = sub.add_parser(
+        "data",
+        help="put a dataset folder in object storage, or stage one from there to this node",
+        description="A dataset folder in object storage (s3://, gs://, or an S3-protocol server with "
+        "?endpoint_override=HOST:PORT&scheme=http) serves as --root on every node: each node copies it to its "
+        "local disk cache ($MMAP_RAY_DATA_CACHE, else ~/.cache/mmap-ray/datasets) the first time a run there "
+        "loads it, checking every file against the manifest that `push` wrote.",
+    )
+    data = p.add_subparsers(dest="data_command", required=True)
+    push = data.add_parser(
+        "push",
+        help="upload a local dataset folder and its manifest (path, size and sha256 of every file)",
+        description="Upload every file below FOLDER to URI, then URI/mmap-ray-manifest.json (last, so an "
+        "interrupted push leaves no manifest and is refused, never half read).",
+    )
+    push.add_argument("folder", help="the local dataset folder, e.g. ~/data/OfficeHomeDataset")
+    push.add_argument("dest", help="where it goes, e.g. s3://my-bucket/datasets/OfficeHomeDataset")
+    stage = data.add_parser(
+        "stage",
+        help="copy a pushed dataset to this node's cache now (runs do it themselves on first use)",
+        description="Download the dataset at URI into this node's cache, checking every file against its "
+        "manifest, and print the local folder. Downloads nothing when a complete, matching copy is there.",
+    )
+    check = data.add_parser(
+        "check",
+        help="read a pushed dataset's manifest only: its files, size and top-level folders (downloads no data)",
+        description="Read URI/mmap-ray-manifest.json and summarise it; fails, in one line, if the dataset was "
+        "not pushed there (or its push did not finish).",
+    )
+    for q in (stage, check):
+        q.add_argument("uri", help="the URI the dataset was pushed to")
+    for q in (push, stage):
+        q.add_argument("--threads", type=int, default=THREADS, help="transfers at once")
+    push.set_defaults(func=cmd_data_push)
+    stage.set_defaults(func=cmd_data_stage)
+    check.set_defaults(func=cmd_data_check)
 
 
 # Bad input: a wrong value, a missing or unreadable file (any OSError: it names the path), a run folder that

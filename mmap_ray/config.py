@@ -27,6 +27,7 @@ from .engine import TrainConfig
 from .fields import check_types, from_dict, option
 from .grouping import format_groups, parse_groups
 from .prompts import MmAPConfig
+from .storage import is_uri, location
 
 TOY_DATASETS = ("toy", "toy2")  # rendered, no folder (data/toy.py)
 DATASETS = ("toy", "toy2", "office-home", "minidomainnet", "domainnet", "folders")
@@ -62,7 +63,11 @@ class DataConfig:
         "benchmark; toy and toy2 (the grouping benchmark) are rendered, the others read a dataset folder",
         choices=DATASETS,
     )
-    root: str | None = option(None, "dataset folder (not for toy)")
+    root: str | None = option(
+        None,
+        "dataset folder (not for toy), or the s3:// or gs:// URI it was pushed to with `mmap-ray data push` "
+        "(each node then stages it to its local disk on first use)",
+    )
     domains: tuple[str, ...] | None = option(
         None, "comma-separated domains to use as tasks (default: all)", parse=comma_list
     )
@@ -91,7 +96,9 @@ class DataConfig:
             )
         if self.dataset not in TOY_DATASETS and not self.root:
             raise ValueError(f"DataConfig.root is required with dataset {self.dataset!r}: the folder that holds it")
-        if self.root:  # absolute, so Ray workers (other working directories) read the same folder
+        if self.root and is_uri(self.root):  # object storage: staged per node when loaded (data/remote.py)
+            object.__setattr__(self, "root", location(self.root, "DataConfig.root").uri)
+        elif self.root:  # absolute, so Ray workers (other working directories) read the same folder
             object.__setattr__(self, "root", os.path.abspath(os.path.expanduser(self.root)))
 
 

@@ -162,12 +162,17 @@ def _object_store(scheme: str, bucket: str, query: str) -> pafs.FileSystem:
     return fs
 
 
+def is_uri(where: str | os.PathLike | Location) -> bool:
+    """Whether `where` is written as a URI (`s3://...`, or an unsupported `ftp://...`), not a local path."""
+    return "://" in str(where)
+
+
 def location(where: str | os.PathLike | Location, field: str = "storage_path") -> Location:
     """Parse a local path or a `s3://` / `gs://` URI; a bad one fails with a message naming `field`."""
     if isinstance(where, Location):
         return where
     text = str(where)
-    if "://" not in text:
+    if not is_uri(text):
         return Location("", str(Path(text).expanduser().resolve()))
     parts = urlsplit(text)
     if parts.scheme not in OBJECT_SCHEMES:
@@ -198,7 +203,7 @@ def resolve_storage(where: str | None) -> str:
     below the default, not below Ray's temporary copy of the working directory (deleted with the job)."""
     if where is None:
         return default_storage()
-    if "://" not in where and not Path(where).expanduser().is_absolute() and os.environ.get("RAY_JOB_ID"):
+    if not is_uri(where) and not Path(where).expanduser().is_absolute() and os.environ.get("RAY_JOB_ID"):
         return posixpath.join(default_storage(), where)
     return where
 

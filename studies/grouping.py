@@ -9,6 +9,8 @@ dataset (`<storage>/<name>/results/`); the leaderboard is printed and the report
     python studies/grouping.py --smoke                           # seconds-scale check of the pipeline
     python studies/grouping.py --preset office-home --root /data/OfficeHomeDataset \\
         --model ViT-B-16 --pretrained openai --gpus-per-worker 1 --storage s3://my-bucket/studies
+    python studies/grouping.py --preset office-home --root s3://my-bucket/datasets/OfficeHomeDataset \\
+        --gpus-per-worker 1 --storage s3://my-bucket/studies      # pushed with `mmap-ray data push`
     python studies/grouping.py --mode search --num-samples 32    # Optuna TPE + ASHA
     python studies/grouping.py --study my-study.toml             # every setting from one file
     python studies/grouping.py --resume                          # continue an interrupted study
@@ -29,7 +31,7 @@ from mmap_ray.data.toy import DOMAINS as TOY_DOMAINS  # noqa: E402
 from mmap_ray.fields import add_arguments, from_dict, merge, parsed_values  # noqa: E402
 from mmap_ray.grouping import set_partitions  # noqa: E402
 from mmap_ray.report import failures, leaderboard, load_study, mean_std, write_report  # noqa: E402
-from mmap_ray.storage import StorageError  # noqa: E402
+from mmap_ray.storage import StorageError, is_uri  # noqa: E402
 from mmap_ray.study import Interrupted, StudyConfig, read_study_file, run_study  # noqa: E402
 
 # Layers of settings in StudyConfig's to_dict form; each is laid over the one before.
@@ -135,8 +137,8 @@ def build_study(args: argparse.Namespace) -> StudyConfig:
     except ValueError as e:
         raise ValueError(f"study file {args.study}: {e}" if args.study else str(e)) from None
     root = study.run.data.root
-    try:
-        is_dir = root is None or Path(root).is_dir()
+    try:  # a URI's manifest is read by run_study, before it claims anything (data/remote.py)
+        is_dir = root is None or is_uri(root) or Path(root).is_dir()
     except OSError as e:  # a name too long, a folder we may not enter
         raise ValueError(f"run.data.root (--root) {root}: {e.strerror or e}") from None
     if not is_dir:

@@ -43,7 +43,9 @@ small_float = st.floats(1e-5, 10, allow_nan=False, allow_subnormal=False)
 @st.composite
 def data_configs(draw) -> DataConfig:
     dataset = draw(st.sampled_from(("toy", "office-home", "folders")))
-    root = None if dataset == "toy" else tempfile.gettempdir()  # a folder that exists (the study checks)
+    # a folder that exists (the study checks), or a pushed dataset's URI (staged per node, read by run_study)
+    remote = "s3://bucket/datasets/x?endpoint_override=127.0.0.1:9000&scheme=http"
+    root = None if dataset == "toy" else draw(st.sampled_from((tempfile.gettempdir(), remote)))
     domain = st.sampled_from(TOY_DOMAINS) if dataset == "toy" else names  # the toy has its four
     domains = draw(st.none() | st.lists(domain, min_size=1, max_size=4, unique=True).map(tuple))
     return DataConfig(

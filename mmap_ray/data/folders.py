@@ -18,9 +18,10 @@ import os
 import random
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
+from ..storage import Location, is_uri, location
 from .base import SPLITS, ImageListDataset, TaskData
 from .images import SHOW, check_inside, drop_unreadable
 
@@ -46,7 +47,7 @@ class FolderDataConfig:
     """Where a dataset lives on disk and how to split it into tasks."""
 
     layout: str  # one of LAYOUTS
-    root: str | Path  # the dataset folder (holds the domain folders)
+    root: str | Path  # the dataset folder (holds the domain folders), or its s3:// / gs:// URI (data/remote.py)
     domains: tuple[str, ...] | None = None  # None: the layout's defaults, or every subfolder for "folders"
     val_fraction: float = 0.1  # per class; for DomainNet carved out of the official train list
     test_fraction: float = 0.2  # per class; only for layouts without an official test list
@@ -58,11 +59,14 @@ class FolderDataConfig:
     def __post_init__(self) -> None:
         if self.layout not in LAYOUTS:
             raise ValueError(f"layout={self.layout!r} is not valid; choose one of {LAYOUTS}")
-        self.root = Path(self.root).expanduser()
-        if not self.root.is_dir():
+        if is_uri(self.root):  # staged to local disk when loaded; its manifest is checked when read
+            self.root = location(self.root, "root").uri
+        elif not (root := Path(self.root).expanduser()).is_dir():
             raise FileNotFoundError(
-                f"root={str(self.root)!r} is not an existing directory; point it at the {self.layout} dataset folder"
+                f"root={str(root)!r} is not an existing directory; point it at the {self.layout} dataset folder"
             )
+        else:
+            self.root = root
         if self.domains is not None:
             domains = (self.domains,) if isinstance(self.domains, str) else tuple(self.domains)
             if not domains or not all(isinstance(d, str) and d for d in domains) or len(set(domains)) < len(domains):
@@ -86,7 +90,12 @@ class FolderDataConfig:
 def load_folder_tasks(
     cfg: FolderDataConfig, transform_train: Callable | None = None, transform_eval: Callable | None = None
 ) -> list[TaskData]:
-    """One `TaskData` per domain, in domain order; train uses `transform_train`, val/test `transform_eval`."""
+    """One `TaskData` per domain, in domain order; train uses `transform_train`, val/test `transform_eval`.
+    A URI root is staged to this node's local disk first (`remote.stage`), then read from there."""
+    if is_uri(cfg.root):
+        from .remote import stage
+
+        cfg = replace(cfg, root=stage(cfg.root).root)
     root = Path(cfg.root)
     tasks = _resolve_domains(cfg)
     if cfg.layout in OFFICIAL_SPLITS:
@@ -141,23 +150,46 @@ def load_folder_tasks(
 
 
 def task_names(cfg: FolderDataConfig) -> list[str]:
-    """The task names of the dataset's domains, from its folders and split lists (no image is read)."""
+    """The task names of the dataset's domains, from its folders and split lists (no image is read); for
+    a URI root, from its manifest (nothing is downloaded): what a driver checks before it starts anything."""
     return [task for task, _ in _resolve_domains(cfg)]
+
+
+@dataclass(frozen=True)
+class Listing:
+    """What choosing the domains reads from a dataset root: its folders and which files exist, from the
+    disk, or from the manifest of a pushed dataset (so a URI root is checked without downloading it)."""
+
+    root: Path | Location  # `root / rel` names a file in messages
+    folders: list[str]  # top-level folder names, sorted, hidden ones left out
+    has_file: Callable[[str], bool]  # whether a POSIX path relative to root is a file
+
+
+def _listing(root: str | Path) -> Listing:
+    if is_uri(root):
+        from .remote import read_manifest
+
+        manifest = read_manifest(root)
+        return Listing(location(root, "root"), list(manifest.folders()), manifest.files.__contains__)
+    root = Path(root)
+    folders = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    return Listing(root, folders, lambda rel: (root / rel).is_file())
 
 
 def _resolve_domains(cfg: FolderDataConfig) -> list[tuple[str, str]]:
     """(task name, folder name) per domain; task names drop spaces ("Real World" -> "RealWorld")."""
-    root = Path(cfg.root)
-    found = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    listing = _listing(cfg.root)
+    root, found = listing.root, listing.folders
     if cfg.domains is not None:
         wanted = list(cfg.domains)
     elif cfg.layout in OFFICIAL_SPLITS:
         defaults = DEFAULT_DOMAINS[cfg.layout]
-        wanted = [d for d in defaults if _list_path(cfg, d, "train").is_file()]
+        wanted = [d for d in defaults if listing.has_file(_list_rel(cfg.layout, d, "train", listing.has_file))]
         if not wanted:
             raise FileNotFoundError(
                 f"no split lists for layout={cfg.layout!r}: expected e.g. "
-                f"{_list_path(cfg, defaults[0], 'train')} for one of the domains {defaults}"
+                f"{root / _list_rel(cfg.layout, defaults[0], 'train', listing.has_file)} for one of the domains "
+                f"{defaults}"
             )
     else:
         wanted = list(DEFAULT_DOMAINS.get(cfg.layout, found))
@@ -183,7 +215,7 @@ RESERVED_TASK_NAMES = ("mean",)  # the per-task accuracy table's own column
 PARTITION_CHARS = "+|,"  # partitions are written "A+B|C", domain lists "A,B"
 
 
-def _check_task_name(name: str, folder: Path) -> None:
+def _check_task_name(name: str, folder: Path | Location) -> None:
     """A task name must not clash with the accuracy table's `mean` or the partition and domain-list syntax."""
     if name in RESERVED_TASK_NAMES:
         raise ValueError(
@@ -243,10 +275,15 @@ def _scan_folders(root: Path, tasks: list[tuple[str, str]]) -> tuple[list[str], 
 def _list_path(cfg: FolderDataConfig, domain: str, split: str) -> Path:
     """Where a domain's official split list lives for this layout."""
     root = Path(cfg.root)
-    if cfg.layout == "minidomainnet":
-        return root / "splits_mini" / f"{domain}_{split}.txt"
-    plain, nested = root / f"{domain}_{split}.txt", root / "splits" / f"{domain}_{split}.txt"
-    return nested if not plain.is_file() and nested.is_file() else plain  # DomainNet's own layout, or Dassl's
+    return root / _list_rel(cfg.layout, domain, split, lambda rel: (root / rel).is_file())
+
+
+def _list_rel(layout: str, domain: str, split: str, has_file: Callable[[str], bool]) -> str:
+    """A domain's official split list, relative to the root, given which files the root has."""
+    if layout == "minidomainnet":
+        return f"splits_mini/{domain}_{split}.txt"
+    plain, nested = f"{domain}_{split}.txt", f"splits/{domain}_{split}.txt"
+    return nested if not has_file(plain) and has_file(nested) else plain  # DomainNet's own layout, or Dassl's
 
 
 def _read_official_lists(cfg: FolderDataConfig, tasks: list[tuple[str, str]]):
