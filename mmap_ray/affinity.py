@@ -184,7 +184,7 @@ def warm_up(
     opt = opt or joint_optimizer(model, cfg)
     model.train()
     for step, batch in zip(range(cfg.affinity_warmup_steps), _stream(tasks, cfg, 0, device)):
-        train_step(model, batch, opt, step=step, where="of the affinity warm-up", autocast=False)
+        train_step(model, batch, opt, step=step, where="of the affinity warm-up", precision="fp32")
         on_step()
     return opt
 
@@ -214,7 +214,7 @@ def measure_affinity(
             else:
                 total += _lookahead(model, batch, grads, losses, opt)
         where = "of the affinity measurement"
-        train_step(model, batch, opt, step=cfg.affinity_warmup_steps + step, where=where, autocast=False)
+        train_step(model, batch, opt, step=cfg.affinity_warmup_steps + step, where=where, precision="fp32")
         on_step()
     return total / cfg.measured_steps
 

@@ -3,11 +3,12 @@ failure recovery.
 
 Each worker builds the same PromptedCLIP from the run spec (same seed, so the same initial prompts) and
 runs `engine.fit` with a Ray `Context` (`ray_context`): the model is wrapped with `prepare_model` (DDP
-over gloo on CPU, NCCL on GPU; only the prompts are trainable, so DDP all-reduces a few hundred KB per
-step), and each rank reads its share of every multi-task batch: the sampler builds the same global batch
-on every rank and each rank keeps every `world_size`-th sample of each task. The union of the ranks'
-batches is exactly the single-process batch, so 2 workers with batch b each compute the same update as
-1 worker with batch 2b, and the history rows are those of an in-process run.
+over NCCL when each worker has a GPU of its own, gloo otherwise (`ddp_backend`); only the prompts are
+trainable, so DDP all-reduces a few hundred KB per step), and each rank reads its share of every
+multi-task batch: the sampler builds the same global batch on every rank and each rank keeps every
+`world_size`-th sample of each task. The union of the ranks' batches is exactly the single-process batch,
+so 2 workers with batch b each compute the same update as 1 worker with batch 2b, and the history rows
+are those of an in-process run.
 
 Every epoch the train loss and the evaluation counts are all-reduced, then `ray.train.report` is called
 by every worker (it is a barrier), with a prompt-only checkpoint (`checkpoint`) from rank 0 when one is
@@ -43,7 +44,7 @@ class WorkerSpec:
 
     workers: int = option(1, "Ray Train DDP workers per run")
     cpus_per_worker: float = option(1.0, "CPUs each worker reserves; fractions allowed")
-    gpus_per_worker: float = option(0.0, "GPUs each worker reserves (NCCL when > 0)")
+    gpus_per_worker: float = option(0.0, "GPUs each worker reserves (NCCL from 1; gloo for fractions such as 0.5)")
     max_failures: int = option(2, "worker-group restarts from the last checkpoint")
     worker_resources: dict[str, float] = option(
         {}, "custom resources each worker also reserves, as JSON, e.g. '{\"A100\": 1}'", parse=json_resources
@@ -71,6 +72,12 @@ class WorkerSpec:
         if self.gpus_per_worker:
             res["GPU"] = self.gpus_per_worker
         return res
+
+
+def ddp_backend(spec: WorkerSpec) -> str:
+    """The process group's backend: NCCL when every worker has a whole GPU, gloo on CPUs and for fractional
+    GPUs, which Ray may pack onto one device (NCCL refuses two ranks on one GPU: "Duplicate GPU detected")."""
+    return "nccl" if spec.gpus_per_worker >= 1 else "gloo"
 
 
 def check_resources(spec: WorkerSpec, extra_cpus: float = 0.0) -> None:
@@ -186,7 +193,7 @@ def fit_distributed(
     Starts a local Ray instance when none is connected; checks resources first.
     """
     import ray.train
-    from ray.train.torch import TorchTrainer
+    from ray.train.torch import TorchConfig, TorchTrainer
 
     out = location(out, "out")  # absolute: workers chdir into their own folders (data roots are absolute)
     ensure_ray()
@@ -195,6 +202,7 @@ def fit_distributed(
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=config,
+        torch_config=TorchConfig(backend=ddp_backend(spec)),
         scaling_config=ray.train.ScalingConfig(
             num_workers=spec.workers, use_gpu=spec.gpus_per_worker > 0, resources_per_worker=spec.resources_per_worker
         ),

@@ -2,7 +2,8 @@
 
 `fit(model, tasks, cfg, ctx)` optimises the trainable parameters only (the prompts, or the whole
 backbone for the full fine-tuning baseline), with a warm-up + cosine schedule, gradient clipping, bf16
-autocast on CUDA, per-task and mean validation accuracy every epoch and test accuracy after the last.
+autocast on CUDA (`TrainConfig.precision` may ask for bf16 or fp32 anywhere: what the GPU acceptance
+check compares), per-task and mean validation accuracy every epoch and test accuracy after the last.
 What differs between its callers is a small `Context`: the rank and world size, the device, the
 all-reduce, where each epoch's row and checkpoint go, and where an earlier run's state comes from.
 `train` runs it in this process (checkpoint.pt and metrics.jsonl in a run folder), every Ray Train
@@ -19,7 +20,6 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,6 +40,7 @@ from .storage import location
 
 OPTIMIZERS = ("adamw", "sgd")
 DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("auto", "bf16", "fp32")  # auto: bf16 autocast on CUDA, fp32 elsewhere
 
 
 def resolve_device(name: str) -> torch.device:
@@ -72,6 +73,9 @@ class TrainConfig:
     loader_workers: int = option(0, "data-loading processes per trainer")
     pin_memory: bool = option(True, "pin the batches' host memory for faster copies to a GPU (CUDA only)")
     device: str = option("auto", "where to train and evaluate: auto (CUDA when present), cpu or cuda", choices=DEVICES)
+    precision: str = option(
+        "auto", "forward arithmetic: auto (bf16 autocast on CUDA, fp32 on a CPU), bf16 or fp32", choices=PRECISIONS
+    )
     checkpoint_every: int = option(
         0, "save a checkpoint every k epochs, and always after the last; 0: every ceil(epochs / 10)"
     )
@@ -94,10 +98,12 @@ class TrainConfig:
                 raise ValueError(f"TrainConfig.{name}={getattr(self, name)!r} must be {valid}")
 
 
-def _autocast(device: torch.device):
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return torch.autocast("cpu", enabled=False)
+def autocast(device: torch.device, precision: str = "auto") -> torch.autocast:
+    """The autocast region of a forward pass on `device` at `precision` (one of PRECISIONS)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision={precision!r} is not valid; choose one of {PRECISIONS}")
+    bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
 
 
 @torch.no_grad()
@@ -108,9 +114,10 @@ def predict(
     batch_size: int = 256,
     rank: int = 0,
     world_size: int = 1,
+    precision: str = "auto",
 ) -> Iterator[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]]:
     """(task index, image indices in the split, labels, predicted classes) per batch of this rank's
-    shard (every `world_size`-th image) of `split`. Class-prompt features are encoded once."""
+    shard (every `world_size`-th image) of `split`, at `precision`. Class-prompt features are encoded once."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -124,7 +131,7 @@ def predict(
             ):
                 images, labels = images.to(device), labels.to(device)
                 task_ids = torch.full_like(labels, t)
-                with _autocast(device):
+                with autocast(device, precision):
                     img = model.image_embedding(images, task_ids, model.bank(task_ids).vision)
                     img = F.normalize(img.float(), dim=-1)  # (B, E)
                 logits = model.logits(img, task_ids, text_feats.float(), where)  # (B, C_max)
@@ -140,10 +147,11 @@ def evaluate_counts(
     batch_size: int = 256,
     rank: int = 0,
     world_size: int = 1,
+    precision: str = "auto",
 ) -> torch.Tensor:
     """(T, 2) [correct, total] per task on this rank's shard of `split`; sum over ranks for the whole split."""
     counts = torch.zeros(len(tasks), 2, dtype=torch.float64)
-    for t, _, labels, pred in predict(model, tasks, split, batch_size, rank, world_size):
+    for t, _, labels, pred in predict(model, tasks, split, batch_size, rank, world_size, precision):
         counts[t, 0] += int((pred == labels).sum())
         counts[t, 1] += len(labels)
     return counts
@@ -242,15 +250,16 @@ def train_step(
     grad_clip: float | None = None,
     step: int = 0,
     where: str = "of the epoch",
-    autocast: bool = True,
+    precision: str = "auto",
 ) -> float:
     """One optimiser step of `forward(images, task_ids) -> logits` on a multi-task batch; returns the loss.
 
-    `batch` is (images (B, 3, H, W), labels (B,), task ids (B,)) on the model's device. A loss that is not
-    finite raises FloatingPointError before it can update a weight; `step` and `where` place it.
+    `batch` is (images (B, 3, H, W), labels (B,), task ids (B,)) on the model's device; the forward runs
+    at `precision` (PRECISIONS). A loss that is not finite raises FloatingPointError before it can update
+    a weight; `step` and `where` place it.
     """
     images, labels, task_ids = batch
-    with _autocast(images.device) if autocast else nullcontext():
+    with autocast(images.device, precision):
         logits = forward(images, task_ids)  # (B, C_max)
     loss = F.cross_entropy(logits.float(), labels)
     value = loss.item()
@@ -287,7 +296,9 @@ def train_epoch(
     batches = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not ctx.progress, leave=False)
     for step, batch in enumerate(batches):
         batch = tuple(x.to(ctx.device) for x in batch)
-        losses.append(train_step(forward, batch, opt, sched, grad_clip=cfg.grad_clip, step=step))
+        losses.append(
+            train_step(forward, batch, opt, sched, grad_clip=cfg.grad_clip, step=step, precision=cfg.precision)
+        )
     return sum(losses) / max(1, len(losses))
 
 
@@ -303,9 +314,19 @@ def epoch_seed(cfg: TrainConfig, epoch: int, rank: int = 0) -> int:
     return cfg.seed * 100_003 + epoch + 7_919 * rank
 
 
+def _evaluation(cfg: TrainConfig, ctx: Context) -> dict:
+    """How this rank evaluates during a run: its shard of the split, at the run's batch size and precision."""
+    return {
+        "batch_size": cfg.eval_batch_size,
+        "rank": ctx.rank,
+        "world_size": ctx.world_size,
+        "precision": cfg.precision,
+    }
+
+
 def _split_accuracy(model: PromptedCLIP, tasks: Sequence[TaskData], split: str, cfg: TrainConfig, ctx: Context) -> dict:
     """`{split}/<task>` and `{split}/mean` accuracy, counted on every rank's shard and summed."""
-    counts = evaluate_counts(model, tasks, split, cfg.eval_batch_size, ctx.rank, ctx.world_size)  # (T, 2)
+    counts = evaluate_counts(model, tasks, split, **_evaluation(cfg, ctx))  # (T, 2)
     return {f"{split}/{k}": v for k, v in accuracy([t.name for t in tasks], ctx.all_reduce(counts)).items()}
 
 
@@ -318,7 +339,7 @@ def _gathered_predictions(
     the all-reduce sum assembles the whole split."""
     n_max = max(len(t.test) for t in tasks)
     both = torch.zeros(2, len(tasks), n_max, dtype=torch.int64)  # (2, T, N_max): label + 1, prediction + 1
-    for t, index, labels, pred in predict(model, tasks, "test", cfg.eval_batch_size, ctx.rank, ctx.world_size):
+    for t, index, labels, pred in predict(model, tasks, "test", **_evaluation(cfg, ctx)):
         both[0, t, index] = labels + 1
         both[1, t, index] = pred + 1
     both = ctx.all_reduce(both).to(torch.int64) - 1
@@ -335,7 +356,7 @@ def _test_outcomes(model: PromptedCLIP, tasks: Sequence[TaskData], cfg: TrainCon
     correct = (pred == labels) & valid
     counts = torch.stack([correct.sum(1), valid.sum(1)], dim=1).double()  # (T, 2)
     zero_shot = model.zero_shot().to(ctx.device)
-    zs_counts = evaluate_counts(zero_shot, tasks, "test", cfg.eval_batch_size, ctx.rank, ctx.world_size)
+    zs_counts = evaluate_counts(zero_shot, tasks, "test", **_evaluation(cfg, ctx))
     t_idx, i_idx = valid.nonzero(as_tuple=True)  # task-major, image order within a task
     return {
         **{f"test/{k}": v for k, v in accuracy(names, counts).items()},

@@ -51,7 +51,7 @@ def test_measuring_does_not_change_the_training_run_it_observes(tiny, toy_tasks,
     plain = shared_model(tiny, toy_tasks)
     plain_opt = warm_up(plain, toy_tasks, cfg)
     for _, batch in zip(range(cfg.affinity_steps), _stream(toy_tasks, cfg, 1, torch.device("cpu"))):
-        train_step(plain, batch, plain_opt, autocast=False)
+        train_step(plain, batch, plain_opt, precision="fp32")
     (w1, m1), (w2, m2) = _state(measured, opt), _state(plain, plain_opt)
     assert all(torch.equal(w1[k], w2[k]) for k in w1)
     assert m1.keys() == m2.keys() and all(torch.equal(m1[i][k], m2[i][k]) for i in m1 for k in m1[i])

@@ -2,16 +2,20 @@
 loop, resume, resource checks (faults: tests/faults)."""
 
 import json
+import sys
 import time
 
 import pytest
 import torch
+from conftest import REPO
 from conftest import TWO_TASK_RUN as RUN
 
-from mmap_ray.build import build_run
 from mmap_ray.distributed import RUN_NAME, WorkerSpec, fit_distributed
-from mmap_ray.engine import TrainConfig, train
+from mmap_ray.engine import TrainConfig
 from mmap_ray.fields import replace
+
+sys.path.insert(0, str(REPO / "studies"))
+from gpu_checks import train_both_ways  # noqa: E402  (the GPU acceptance check runs the same comparison)
 
 pytestmark = pytest.mark.slow
 DDP_CFG = TrainConfig(epochs=2, batch_size=16, lr=5e-3, warmup_steps=2)  # global batch 16 = 2 workers x 8
@@ -20,12 +24,8 @@ DDP_CFG = TrainConfig(epochs=2, batch_size=16, lr=5e-3, warmup_steps=2)  # globa
 @pytest.fixture(scope="module")
 def both_paths(ray_local, tmp_path_factory):
     """The same run in this process with the global batch 16, and as 2 Ray Train workers x 8."""
-    cfg = DDP_CFG
-    model, tasks = build_run(RUN)
-    history = train(model, tasks, cfg, progress=False)
-    prompts = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
     folder = tmp_path_factory.mktemp("ddp")
-    return history, prompts, fit_distributed(replace(RUN, train=cfg), folder, WorkerSpec(workers=2)), folder
+    return *train_both_ways(replace(RUN, train=DDP_CFG), folder, WorkerSpec(workers=2)), folder
 
 
 def test_two_workers_equal_one_process_with_double_batch(both_paths):

@@ -164,6 +164,7 @@ def test_full_finetune_trains_the_backbone(toy_tasks):
         ({"optimizer": "adam"}, "optimizer='adam' is not valid; choose one of ('adamw', 'sgd')"),
         ({"sampling": "rand"}, "sampling='rand' is not valid"),
         ({"grad_clip": 0}, "grad_clip=0 must be > 0 and finite, or None"),
+        ({"precision": "fp16"}, "precision='fp16' is not valid; choose one of ('auto', 'bf16', 'fp32')"),
     ],
 )
 def test_train_config_errors(kwargs, needle):

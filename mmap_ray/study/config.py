@@ -28,9 +28,10 @@ from .tracking import TRACKERS
 MODES = ("compare", "search")
 OBJECTIVES = ("accuracy", "pareto")
 METRIC = "val/mean"
-# How a run executes, not what it computes: not part of a trial's identity, and free to change on --resume
+# How a run executes, not what it computes: not part of a trial's identity, and free to change on --resume.
+# precision goes with device (its default follows the device): bf16 is checked to match fp32 (studies/gpu_check.py)
 HOW_IT_RUNS = tuple(
-    f"train.{k}" for k in ("loader_workers", "eval_batch_size", "checkpoint_every", "device", "pin_memory")
+    f"train.{k}" for k in ("loader_workers", "eval_batch_size", "checkpoint_every", "device", "precision", "pin_memory")
 )
 # Run settings that do not change a trial's result (not part of its identity)
 NOT_IN_RESULT = ("train.seed", *HOW_IT_RUNS)
