@@ -2,7 +2,8 @@
 
 The offline tests need no cloud and no Ray processes. The slow test starts a Ray cluster on this machine
 with Ray's fake multi-node provider (the autoscaler launches "nodes" as extra raylets) and checks that a
-smoke study asking for a fake GPU makes the autoscaler add nodes, completes, and lets them be removed.
+smoke study asking for a fake GPU, on a dataset pushed to a real S3-protocol server (moto), makes the
+autoscaler add nodes, stages the data, completes, and lets the nodes be removed.
 """
 
 from __future__ import annotations
@@ -588,9 +589,19 @@ def _gpu_nodes(nodes: list[dict]) -> list[dict]:
 
 
 @pytest.mark.slow
-def test_autoscaler_adds_gpu_nodes_for_a_smoke_study_and_removes_them_when_idle(tmp_path):
-    from mmap_ray.results import load
+def test_autoscaler_adds_gpu_nodes_for_a_smoke_study_and_removes_them_when_idle(tmp_path, s3, monkeypatch):
+    from test_data_folders import make_tree
 
+    from mmap_ray.data.remote import CACHE_ENV, cache_folder, push
+    from mmap_ray.results import load
+    from mmap_ray.storage import location
+
+    # The dataset as on a cloud cluster: pushed to object storage (a real S3-protocol server here), staged by
+    # the nodes on first use. All fake nodes share this machine's disk, so they share one cache folder.
+    office = make_tree(tmp_path / "OfficeHomeDataset", classes=("Alarm_Clock", "Desk_Lamp"), n=6)
+    uri = s3[0].format(prefix="datasets/autoscaling/OfficeHomeDataset")
+    push(office, uri, log=lambda _: None)
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "node-cache"))  # the cluster's processes inherit it
     # The head mirrors the cloud configs: no GPU, one CPU for the trial drivers. Every trial's Train
     # worker needs a fake GPU, so the study can only run on nodes the autoscaler adds.
     cluster = LocalAutoscalingCluster({"CPU": 1}, {"gpu_1x": FAKE_GPU_NODE}, idle_timeout_minutes=0.25)
@@ -604,6 +615,10 @@ def test_autoscaler_adds_gpu_nodes_for_a_smoke_study_and_removes_them_when_idle(
                 sys.executable,
                 str(REPO / "studies" / "grouping.py"),
                 "--smoke",
+                "--dataset",
+                "office-home",
+                "--root",
+                uri,
                 "--storage",
                 str(storage),
                 "--worker-resources",
@@ -619,6 +634,7 @@ def test_autoscaler_adds_gpu_nodes_for_a_smoke_study_and_removes_them_when_idle(
         assert study.returncode == 0, study.stdout[-3000:] + study.stderr[-3000:]
         df = load(storage / "smoke" / "results")
         assert sorted(df["scheme"].astype(str)) == ["gradient", "single"] and (df["status"] == "TERMINATED").all()
+        assert (cache_folder(location(uri)) / "complete.json").is_file()  # staged from the bucket, checked
 
         added = [n for n in cluster.nodes() if n["id"] != head["id"]]  # every other node came from the autoscaler
         assert added, "the autoscaler added no node"
