@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import re
+import signal
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -47,6 +50,50 @@ def study_env(**extra) -> dict:
     env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}", "RAY_AUTH_MODE": "token", **extra}
     env.pop("RAY_ADDRESS", None)
     return env
+
+
+def _cmdlines() -> dict[int, str]:
+    out = {}
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            out[int(proc.name)] = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:  # gone, or not ours to read
+            pass
+    return out
+
+
+def stop_ray(driver_pid: int | None = None, gcs_port: int | None = None, timeout: float = 60) -> None:
+    """Stop the local Ray that a test's own driver process (`driver_pid`, which called ray.init) or
+    `ray start --head --port=gcs_port` started, and only that one: its session's processes are killed.
+
+    `ray stop --force` would kill every Ray process on the machine, including a user's study running beside
+    the tests. A session is named `session_<time>_<pid of the process that started it>`, and its raylet's
+    command line holds the GCS address; every process of the session names it on its command line (the
+    workers exit with their raylet)."""
+    cmdlines = _cmdlines()
+    sessions = set()
+    for cmd in cmdlines.values():
+        for match in re.finditer(r"session_\d{4}-\d\d-\d\d_[\d-]+_\d+_(\d+)", cmd):
+            by_pid = driver_pid is not None and int(match.group(1)) == driver_pid
+            by_port = gcs_port is not None and re.search(rf"gcs-address=[\w.:-]+:{gcs_port}\b", cmd)
+            if by_pid or by_port:
+                sessions.add(match.group(0))
+    if not sessions:
+        return
+    own = [pid for pid, cmd in cmdlines.items() if pid != os.getpid() and any(s in cmd for s in sessions)]
+    addresses = {a for pid in own for a in re.findall(r"gcs-address=([\w.:-]+)", cmdlines[pid])}
+    for pid in own:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    deadline = time.time() + timeout
+    while time.time() < deadline and any(Path(f"/proc/{pid}").exists() for pid in own):
+        time.sleep(0.5)
+    # `ray start` names its cluster in this file, where a later ray.init() would look for it (and wait)
+    current = Path("/tmp/ray/ray_current_cluster")
+    if current.is_file() and current.read_text().strip() in addresses:
+        current.unlink(missing_ok=True)
 
 
 @pytest.fixture(scope="session", autouse=True)

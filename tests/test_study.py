@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import REPO, STUDY, VENV_BIN, free_port
+from conftest import REPO, STUDY, VENV_BIN, free_port, stop_ray
 from conftest import study_env as _env
 
 from mmap_ray.fields import from_dict
@@ -58,6 +58,10 @@ def test_ray_job_submit_smoke_study_with_token_auth(tmp_path):
         f"--port={port}",
         "--dashboard-host=127.0.0.1",
         f"--dashboard-port={dash}",
+        # ports of its own, so that a Ray already running on this machine (a user's study) neither blocks nor
+        # is disturbed by this one: the job agent's default 52365 and the client server's 10001 are fixed
+        f"--dashboard-agent-listen-port={free_port()}",
+        f"--ray-client-server-port={free_port()}",
         "--num-cpus=2",
         "--include-dashboard=true",
     )
@@ -65,20 +69,9 @@ def test_ray_job_submit_smoke_study_with_token_auth(tmp_path):
     try:
         assert (Path.home() / ".ray" / "auth_token").is_file()  # token authentication is on
         storage = tmp_path / "studies"
+        job = ["--address", f"http://127.0.0.1:{dash}", "--working-dir", str(REPO), "--"]
         submit = _ray(
-            "job",
-            "submit",
-            "--address",
-            f"http://127.0.0.1:{dash}",
-            "--working-dir",
-            str(REPO),
-            "--",
-            "python",
-            "studies/grouping.py",
-            "--smoke",
-            "--storage",
-            str(storage),
-            timeout=900,
+            "job", "submit", *job, "python", "studies/grouping.py", "--smoke", "--storage", str(storage), timeout=900
         )
         assert submit.returncode == 0, submit.stdout[-3000:] + submit.stderr[-3000:]
         assert "succeeded" in (submit.stdout + submit.stderr).lower()
@@ -86,7 +79,7 @@ def test_ray_job_submit_smoke_study_with_token_auth(tmp_path):
         no_token = _ray("job", "list", "--address", f"http://127.0.0.1:{dash}", env=_env(RAY_AUTH_MODE="disabled"))
         assert no_token.returncode != 0  # the dashboard refuses a client without the token
     finally:
-        _ray("stop", "--force")
+        stop_ray(gcs_port=port)  # this head only, not every Ray on the machine
 
 
 @pytest.mark.slow

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import STUDY, VENV_BIN
+from conftest import STUDY, stop_ray
 from conftest import study_env as _env
 from plugins.mmap_ray_faults import NAN_ENV, with_plugins
 
@@ -55,7 +55,6 @@ def test_rerun_second_driver_killed_driver_and_planted_pickles_keep_one_row_per_
     study, results = storage / "resume", storage / "resume" / "results"
     argv = [*STUDY, "--smoke", "--storage", str(storage), "--name", "resume", "--seeds", "0", "1"]
     env = _env(RAY_AUTH_MODE="disabled", **SECRETS)
-    subprocess.run([str(VENV_BIN / "ray"), "stop", "--force"], env=env, capture_output=True, timeout=120)
     sessions_before = _ray_sessions()
     proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     _wait_for(lambda: (study / "study.json").exists(), "the study start")
@@ -65,7 +64,7 @@ def test_rerun_second_driver_killed_driver_and_planted_pickles_keep_one_row_per_
     _wait_for(lambda: _rows(results), "a finished trial")
     os.killpg(proc.pid, signal.SIGKILL)  # the driver dies mid-study, leaving its lock behind
     proc.wait()
-    subprocess.run([str(VENV_BIN / "ray"), "stop", "--force"], env=env, capture_output=True, timeout=120)
+    stop_ray(driver_pid=proc.pid)  # only the Ray this driver started, not every Ray on the machine
     assert 1 <= len(_rows(results)) < 4 and (study / ".lock").exists(), _rows(results)
 
     marker = tmp_path / "code-ran"
@@ -126,7 +125,7 @@ def test_ctrl_c_stops_the_study_with_status_130_and_resume_completes_it(tmp_path
     _wait_for(lambda: _rows(results), "a finished trial")
     proc.send_signal(signal.SIGINT)  # Ctrl-C
     out, err = proc.communicate(timeout=300)
-    subprocess.run([str(VENV_BIN / "ray"), "stop", "--force"], env=env, capture_output=True, timeout=120)
+    stop_ray(driver_pid=proc.pid)  # only the Ray this driver started, not every Ray on the machine
     assert proc.returncode == 130, err[-3000:]
     done = len(_rows(results))
     assert f"interrupted: {done} of 4 trials have results; continue with --resume" in err
