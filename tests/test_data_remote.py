@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -227,44 +230,47 @@ def test_a_study_fails_on_a_missing_manifest_before_it_starts_ray(uri, tmp_path)
     assert not ray.is_initialized() and not (tmp_path / "s").exists()
 
 
+# The driver of the study below, in a process of its own: a Ray session started inside pytest after other
+# tests' sessions can crash the whole process (Ray keeps actor handles of the earlier session).
+REMOTE_STUDY_DRIVER = """
+import sys
+import ray
+from conftest import TWO_TASK_RUN
+from mmap_ray.config import DataConfig
+from mmap_ray.distributed import WorkerSpec
+from mmap_ray.engine import TrainConfig
+from mmap_ray.fields import replace
+from mmap_ray.study import StudyConfig, run_study
+
+uri, storage, worker_cache = sys.argv[1:]
+ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+         runtime_env={"env_vars": {"MMAP_RAY_DATA_CACHE": worker_cache}})
+run = replace(TWO_TASK_RUN, data=DataConfig("office-home", uri, domains=("Art", "Product"), shots=2),
+              train=TrainConfig(epochs=1, batch_size=16), partition=None)
+run_study(StudyConfig(name="remote", storage=storage, schemes=("single",), seeds=(0,), run=run,
+                      resources=WorkerSpec(cpus_per_worker=1)), log=lambda *a: None)
+ray.shutdown()
+"""
+
+
 @pytest.mark.slow
 def test_a_study_trial_stages_the_dataset_on_its_own_worker(office, uri, s3, tmp_path):
     """A real local Ray whose workers have their own dataset cache (as another node would): the driver stages
     for the partition planning, the trial stages again in its worker process, and both copies are the data."""
-    import ray
-
-    from mmap_ray.distributed import WorkerSpec
-    from mmap_ray.engine import TrainConfig
-    from mmap_ray.fields import replace
     from mmap_ray.results import load
-    from mmap_ray.study import StudyConfig, run_study
 
     push(office, uri)
     worker_cache = tmp_path / "worker-node-cache"
-    ray.init(
-        num_cpus=2,
-        include_dashboard=False,
-        log_to_driver=False,
-        runtime_env={"env_vars": {CACHE_ENV: str(worker_cache)}},
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent), "RAY_AUTH_MODE": "disabled"}
+    env.pop("RAY_ADDRESS", None)
+    driver = subprocess.run(
+        [sys.executable, "-c", REMOTE_STUDY_DRIVER, uri, str(tmp_path / "studies"), str(worker_cache)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
-    try:
-        run = replace(
-            TWO_TASK_RUN,
-            data=DataConfig("office-home", uri, domains=("Art", "Product"), shots=2),
-            train=TrainConfig(epochs=1, batch_size=16),
-            partition=None,
-        )
-        study = StudyConfig(
-            name="remote",
-            storage=str(tmp_path / "studies"),
-            schemes=("single",),
-            seeds=(0,),
-            run=run,
-            resources=WorkerSpec(cpus_per_worker=1),
-        )
-        run_study(study, log=lambda *a: None)
-    finally:
-        ray.shutdown()
+    assert driver.returncode == 0, driver.stderr[-3000:]
     rows = load(tmp_path / "studies" / "remote" / "results")
     assert len(rows) == 1 and (rows["status"] == "TERMINATED").all() and rows["test_mean"].between(0, 1).all()
     driver_copy = stage(uri).root  # complete already: nothing to download
