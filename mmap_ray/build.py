@@ -21,7 +21,7 @@ from .model import PromptedCLIP
 
 def load_run_backbone(cfg: ModelConfig, dataset: str = "toy") -> Backbone:
     """The backbone; pretrained 'toy' is our tiny CLIP pretrained for the run's toy benchmark (`dataset`
-    'toy2' has its own recipe), built on first use and cached."""
+    'toy2' and 'toy3' have their own recipe), built on first use and cached."""
     pretrained = cfg.pretrained
     if pretrained == "toy":
         from .toyclip import pretrained_toy_clip, recipe_for
@@ -45,13 +45,16 @@ def run_task_names(cfg: DataConfig) -> list[str]:
 def load_run_tasks(cfg: DataConfig, backbone: Backbone, splits_dir: Path | None = None) -> list[TaskData]:
     """The tasks (one per domain), rendered (toy) or read from the dataset folder."""
     if cfg.dataset in TOY_DATASETS:
-        from .data.toy import DOMAINS, TOY2_SHOTS, ToyConfig, load_toy_tasks
+        from .data.toy import DOMAINS, TOY2_SHOTS, TOY3_SCARCE, TOY3_SHOTS, ToyConfig, load_toy_tasks
 
         size = backbone.model.visual.image_size[0]
-        toy2 = cfg.dataset == "toy2"
-        default_shots = {"train_per_class": TOY2_SHOTS} if toy2 else {}
-        shots = {"train_per_class": cfg.shots} if cfg.shots else default_shots  # k rendered images per class
-        toy = ToyConfig(image_size=size, seed=cfg.data_seed, domains=cfg.domains or DOMAINS, conventions=toy2, **shots)
+        default = {"toy": {}, "toy2": {"train_per_class": TOY2_SHOTS}, "toy3": {"train_per_class": TOY3_SHOTS}}
+        shots = {"train_per_class": cfg.shots} if cfg.shots else default[cfg.dataset]  # k images per class
+        if cfg.dataset == "toy3":  # the scarce half: TOY3_SCARCE images per class, or k if fewer
+            shots["scarce_per_class"] = min(TOY3_SCARCE, shots["train_per_class"])
+        conventions = cfg.dataset in ("toy2", "toy3")
+        domains = cfg.domains or DOMAINS
+        toy = ToyConfig(image_size=size, seed=cfg.data_seed, domains=domains, conventions=conventions, **shots)
         return load_toy_tasks(toy)
     from .data.folders import FolderDataConfig, load_folder_tasks
 

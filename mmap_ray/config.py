@@ -29,8 +29,8 @@ from .grouping import format_groups, parse_groups
 from .prompts import MmAPConfig
 from .storage import is_uri, location
 
-TOY_DATASETS = ("toy", "toy2")  # rendered, no folder (data/toy.py)
-DATASETS = ("toy", "toy2", "office-home", "minidomainnet", "domainnet", "folders")
+TOY_DATASETS = ("toy", "toy2", "toy3")  # rendered, no folder (data/toy.py)
+DATASETS = ("toy", "toy2", "toy3", "office-home", "minidomainnet", "domainnet", "folders")
 
 
 def comma_list(text: str) -> tuple[str, ...]:
@@ -60,7 +60,7 @@ class DataConfig:
 
     dataset: str = option(
         "toy",
-        "benchmark; toy and toy2 (the grouping benchmark) are rendered, the others read a dataset folder",
+        "benchmark; toy, toy2 and toy3 (the grouping benchmark) are rendered, the others read a dataset folder",
         choices=DATASETS,
     )
     root: str | None = option(

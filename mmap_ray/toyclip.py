@@ -4,7 +4,7 @@ Why: a randomly initialised CLIP has chance zero-shot accuracy and gives prompts
 embedded default could not show MmAP's behaviour. We pretrain `mmap-ViT-Tiny-8` contrastively on
 captioned images drawn mostly from the photo-like RealWorld domain (like web data), so zero-shot is
 clearly above chance but weaker on the illustration domains: the gap that prompt tuning should close.
-For `toy2` (the grouping benchmark) the recipe is `TOY2_RECIPE`: every domain equally, so what the
+For `toy2` and `toy3` (the grouping benchmarks) the recipe is `TOY2_RECIPE`: every domain equally, so what the
 backbone saw crosses the planted groups.
 
 The checkpoint is built on first use and cached under a content key (config + seed + code version + the
@@ -72,8 +72,8 @@ REFERENCE_DIGESTS = {ToyCLIPConfig(): REFERENCE_DIGEST, TOY2_RECIPE: "564d7611aa
 
 
 def recipe_for(dataset: str) -> ToyCLIPConfig:
-    """The pretraining recipe of the tiny CLIP a toy benchmark uses ('toy2': every domain; else RealWorld)."""
-    return TOY2_RECIPE if dataset == "toy2" else ToyCLIPConfig()
+    """The pretraining recipe of the tiny CLIP a toy benchmark uses ('toy2', 'toy3': every domain; else RealWorld)."""
+    return TOY2_RECIPE if dataset in ("toy2", "toy3") else ToyCLIPConfig()
 
 
 def _caption_tokens(tokenizer) -> torch.Tensor:

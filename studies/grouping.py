@@ -94,14 +94,22 @@ PRESETS = {
         "run": {"train": {"epochs": 8}},
     },
 }
-# the oracle: every partition of toy2's 4 tasks (15; `oracle-k2`: the 7 with two groups) trained over 3
-# seeds, with the grouping methods and the training-free proxies in the same study: a partition a method
-# picks is the oracle's trial, trained once
+# the oracle: every partition of the 4 tasks (15; `-k2`: the 7 with two groups) trained over 3 seeds, with the
+# grouping methods and the training-free proxies in the same study: a partition a method picks is the
+# oracle's trial, trained once. On toy3 with group-shared prompts only (`oracle`, `oracle-k2`: where grouping
+# has stakes; add --task-prompts for MmAP's task prompts) and on toy2 with task prompts (`oracle-toy2`, ...).
 ALL = [str(p) for p in set_partitions(TOY_DOMAINS)]
 TWO = [str(p) for p in set_partitions(TOY_DOMAINS, 2)]
 METHODS = ["gradient", "lookahead", "random", "zeroshot", "features"]
-PRESETS["oracle"] = {**ON_TOY2, "name": "oracle", "schemes": [*ALL, *METHODS]}
-PRESETS["oracle-k2"] = {**ON_TOY2, "name": "oracle-k2", "schemes": [*TWO, *METHODS]}
+# toy3 (complementary halves of the classes per convention): 54 epochs of 7 steps at lr 5e-3, one prompt per group
+ON_TOY3 = {
+    **ON_TOY,
+    "run": {"data": {"dataset": "toy3"}, "train": {"epochs": 54, "lr": 5e-3}, "prompts": {"task_prompts": False}},
+}
+PRESETS["oracle"] = {**ON_TOY3, "name": "oracle", "schemes": [*ALL, *METHODS]}
+PRESETS["oracle-k2"] = {**ON_TOY3, "name": "oracle-k2", "schemes": [*TWO, *METHODS]}
+PRESETS["oracle-toy2"] = {**ON_TOY2, "name": "oracle-toy2", "schemes": [*ALL, *METHODS]}
+PRESETS["oracle-k2-toy2"] = {**ON_TOY2, "name": "oracle-k2-toy2", "schemes": [*TWO, *METHODS]}
 SMOKE = {
     "name": "smoke",
     "schemes": ["single", "gradient"],

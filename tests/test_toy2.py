@@ -1,4 +1,5 @@
-"""toy2, the grouping benchmark: two labelling conventions that cross the style pairs (issue 17, part 1)."""
+"""toy2 and toy3, the grouping benchmarks: two labelling conventions that cross the style pairs, and (toy3)
+halves of the classes that only a convention's two tasks cover together (issue 17, part 1)."""
 
 import pytest
 import torch
@@ -6,6 +7,7 @@ import torch
 from mmap_ray.build import load_run_backbone, load_run_tasks
 from mmap_ray.config import DataConfig, ModelConfig
 from mmap_ray.data.toy import (
+    ABUNDANT,
     CLASSES,
     CONVENTION_GROUPS,
     CONVENTIONS,
@@ -13,6 +15,8 @@ from mmap_ray.data.toy import (
     PAIRS,
     RELABELLED,
     TOY2_SHOTS,
+    TOY3_SCARCE,
+    TOY3_SHOTS,
     ToyConfig,
     _seed,
     load_toy_tasks,
@@ -77,3 +81,52 @@ def test_toy2_from_a_run_config_is_few_shot_with_its_own_tiny_clip():
 def test_toy2_config_errors(kwargs, needle):
     with pytest.raises(ValueError, match=needle):
         DataConfig(**kwargs)
+
+
+def test_toy3_halves_are_complementary_within_a_convention_and_shared_within_a_style_pair():
+    every = set(range(len(CLASSES)))
+    for group in Partition.parse(CONVENTION_GROUPS, DOMAINS).groups:  # the planted partition
+        a, b = (set(ABUNDANT[d]) for d in group)
+        assert a | b == every and not a & b, group
+    for pair in Partition.parse(PAIRS, DOMAINS).groups:  # the halves alone point to the style pairs
+        assert len({tuple(ABUNDANT[d]) for d in pair}) == 1, pair
+
+
+def test_toy3_from_a_run_config_has_an_abundant_and_a_scarce_half_drawn_in_its_convention():
+    tiny = load_run_backbone(ModelConfig(pretrained=None))
+    tasks = {t.name: t for t in load_run_tasks(DataConfig(dataset="toy3"), tiny)}
+    assert (TOY3_SHOTS, TOY3_SCARCE) == (16, 2)
+    for domain, task in tasks.items():
+        counts = torch.bincount(task.train.labels, minlength=len(CLASSES)).tolist()
+        assert counts == [TOY3_SHOTS if c in ABUNDANT[domain] else TOY3_SCARCE for c in range(len(CLASSES))]
+        for split in (task.val, task.test):  # evaluation stays balanced
+            assert len(set(torch.bincount(split.labels).tolist())) == 1
+        g = torch.Generator().manual_seed(_seed(0, domain, "train"))
+        assert torch.equal(task.train.images, render(shape_of(domain, True)[task.train.labels], domain, 32, g))
+    assert recipe_for("toy3") == TOY2_RECIPE  # the same tiny CLIP as toy2: pretrained on every domain
+    for shots, expected in ((3, (3, 2)), (1, (1, 1))):  # --shots k caps both halves
+        art = load_run_tasks(DataConfig(dataset="toy3", domains=("Art",), shots=shots), tiny)[0]
+        assert torch.bincount(art.train.labels).tolist() == [expected[0]] * 6 + [expected[1]] * 6
+
+
+def test_toy_config_refuses_a_scarce_count_below_one():
+    with pytest.raises(ValueError, match="scarce_per_class=0 must be >= 1"):
+        ToyConfig(scarce_per_class=0)
+
+
+def test_the_oracle_presets_run_toy3_with_group_prompts_only_and_keep_toy2s():
+    import importlib.util
+
+    from conftest import REPO
+
+    spec = importlib.util.spec_from_file_location("grouping_presets", REPO / "studies" / "grouping.py")
+    grouping = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(grouping)
+    study = lambda *argv: grouping.build_study(grouping.build_parser().parse_args(list(argv)))  # noqa: E731
+    for preset, partitions in (("oracle", 15), ("oracle-k2", 7)):
+        toy3, toy2 = study("--preset", preset), study("--preset", f"{preset}-toy2")
+        assert (toy3.run.data.dataset, toy3.run.prompts.task_prompts, toy3.run.train.lr) == ("toy3", False, 5e-3)
+        assert (toy2.run.data.dataset, toy2.run.prompts.task_prompts) == ("toy2", True)
+        assert toy3.schemes == toy2.schemes and len(toy3.schemes) == partitions + 5  # + the 5 methods and proxies
+    # MmAP's task prompts on top: the same study but for that one setting
+    assert study("--preset", "oracle-k2", "--task-prompts").run.prompts.task_prompts is True

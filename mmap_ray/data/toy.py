@@ -24,6 +24,16 @@ Two benchmarks are built from these renders:
   partition "Art+Product|Clipart+RealWorld" crosses the style pairs, and the tiny CLIP for `toy2` is
   pretrained on every domain with the pretraining names, so neither what it saw nor its zero-shot
   accuracy (near zero in every domain: every name is relabelled) points to it.
+- `toy3` (the grouping benchmark since toy2's oracle, issue 17): toy2's conventions, and each domain is
+  labelled mostly for half of the classes (`TOY3_SHOTS` training images per class) and scarcely for the
+  other half (`TOY3_SCARCE`). The halves are complementary within each convention (Art and Clipart have
+  the first half, Product and RealWorld the second), so only a convention's two tasks together cover all
+  its names: a prompt shared with the partner of the same convention can learn every name (positive
+  transfer), one shared with a task of the other convention learns the scarce names wrong (negative
+  transfer). Neither the style pairs nor the halves alone give the planted partition: the tasks with
+  the same half (Art+Clipart, Product+RealWorld) are the style pairs. Whether grouping then matters
+  depends on the prompts: with group prompts only it does, by tens of points; with MmAP's task prompts
+  on top, each task's own prompt absorbs its data and no group prompt carries a name across (README).
 
 Everything is deterministic from a seed, vectorised in torch (no Python loop over pixels), at any size.
 """
@@ -61,6 +71,12 @@ CONVENTIONS = {"Art": "A", "Product": "A", "Clipart": "B", "RealWorld": "B"}
 CONVENTION_GROUPS = "Art+Product|Clipart+RealWorld"  # toy2's planted partition
 RELABELLED = tuple(range(len(CLASSES)))  # every class (a first version relabelled 6: too little at stake)
 TOY2_SHOTS = 16  # training images per class and domain in toy2
+# toy3: the half of the classes each domain is labelled for (TOY3_SHOTS images each; the rest TOY3_SCARCE)
+HALF = len(CLASSES) // 2
+FIRST, SECOND = range(HALF), range(HALF, 2 * HALF)
+ABUNDANT = {"Art": FIRST, "Clipart": FIRST, "Product": SECOND, "RealWorld": SECOND}
+TOY3_SHOTS = 16
+TOY3_SCARCE = 2
 # open_clip's (OpenAI) normalisation; the tiny toy CLIP uses the same.
 MEAN = (0.48145466, 0.4578275, 0.40821073)
 STD = (0.26862954, 0.26130258, 0.27577711)
@@ -182,12 +198,20 @@ class ToyConfig:
     seed: int = 0
     domains: tuple[str, ...] = DOMAINS
     conventions: bool = False  # toy2: labels follow the domain's labelling convention
+    scarce_per_class: int | None = None  # toy3: training images of the classes outside the domain's half
+
+    def train_counts(self, domain: str) -> list[int]:
+        """Training images per class in `domain`: `train_per_class`, or toy3's abundant / scarce halves."""
+        n = len(CLASSES)
+        if self.scarce_per_class is None:
+            return [self.train_per_class] * n
+        return [self.train_per_class if c in ABUNDANT[domain] else self.scarce_per_class for c in range(n)]
 
     def __post_init__(self) -> None:
         if self.image_size < 8:
             raise ValueError(f"ToyConfig.image_size={self.image_size} must be >= 8 pixels")
-        for name in ("train_per_class", "val_per_class", "test_per_class"):
-            if getattr(self, name) < 1:
+        for name in ("train_per_class", "val_per_class", "test_per_class", "scarce_per_class"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"ToyConfig.{name}={getattr(self, name)} must be >= 1")
         bad = [d for d in self.domains if d not in DOMAINS]
         if bad or not self.domains or len(set(self.domains)) != len(self.domains):
@@ -211,24 +235,26 @@ class ToyImages(Dataset):
 
 
 def render_split(
-    domain: str, per_class: int, size: int, seed: int, stream: str, conventions: bool = False
+    domain: str, per_class: int | list[int], size: int, seed: int, stream: str, conventions: bool = False
 ) -> ToyImages:
-    """`per_class` images of every class in `domain`, from the random stream named by (seed, stream);
-    with `conventions`, class c is drawn as the shape `shape_of(domain)[c]`."""
+    """`per_class` images of every class in `domain` (or per_class[c] of class c), from the random stream
+    named by (seed, stream); with `conventions`, class c is drawn as the shape `shape_of(domain)[c]`."""
     g = torch.Generator().manual_seed(_seed(seed, domain, stream))
-    labels = torch.arange(len(CLASSES)).repeat_interleave(per_class)  # (N,)
+    counts = torch.tensor(per_class) if isinstance(per_class, list) else per_class
+    labels = torch.arange(len(CLASSES)).repeat_interleave(counts)  # (N,)
     return ToyImages(render(shape_of(domain, conventions)[labels], domain, size, g), labels)
 
 
 def load_toy_tasks(cfg: ToyConfig | None = None) -> list[TaskData]:
-    """The toy benchmark (or toy2, with `cfg.conventions`): one task per domain with train / val / test splits."""
+    """The toy benchmark (toy2 with `cfg.conventions`; toy3 with `scarce_per_class` too): one task per
+    domain with train / val / test splits."""
     cfg = cfg or ToyConfig()
     split = lambda d, n, stream: render_split(d, n, cfg.image_size, cfg.seed, stream, cfg.conventions)  # noqa: E731
     return [
         TaskData(
             name=d,
             class_names=list(CLASSES),
-            train=split(d, cfg.train_per_class, "train"),
+            train=split(d, cfg.train_counts(d), "train"),
             val=split(d, cfg.val_per_class, "val"),
             test=split(d, cfg.test_per_class, "test"),
         )
