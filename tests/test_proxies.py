@@ -48,11 +48,14 @@ def test_zero_shot_proxy_is_the_closeness_of_zero_shot_training_accuracy(tiny, s
     [("toy", PAIRS, True), ("toy2", CONVENTION_GROUPS, False), ("toy3", CONVENTION_GROUPS, False)],
 )
 def test_proxies_find_the_first_benchmarks_pairs_but_not_the_grouping_benchmarks_conventions(dataset, planted, found):
-    """The confound issue 17 found, reproduced (toy: what the tiny CLIP saw gives the pairs away), and the
-    requirement on toy2 and toy3: neither proxy gives its planted partition (each toy builds its own tiny CLIP)."""
+    """The confound issue 17 found, reproduced (toy: what the tiny CLIP saw gives the pairs away in all 5
+    data seeds), and the requirement on toy2 and toy3: neither proxy gives its planted partition more often
+    than chance would (1 of the 7 two-group partitions: 0.7 of 5 seeds; we allow 1)."""
     backbone = load_run_backbone(ModelConfig(), dataset)
-    tasks = load_run_tasks(DataConfig(dataset=dataset), backbone)
-    names = [t.name for t in tasks]
-    for method in ("zeroshot", "features"):
-        chosen = str(best_partition(proxy_affinity(method, backbone, tasks), names, 2))
-        assert (chosen == planted) is found, (method, chosen)
+    hits = {"zeroshot": 0, "features": 0}
+    for seed in range(5):
+        tasks = load_run_tasks(DataConfig(dataset=dataset, data_seed=seed), backbone)
+        names = [t.name for t in tasks]
+        for method in hits:
+            hits[method] += str(best_partition(proxy_affinity(method, backbone, tasks), names, 2)) == planted
+    assert all(n == 5 for n in hits.values()) if found else all(n <= 1 for n in hits.values()), hits
