@@ -22,15 +22,8 @@ import pandas as pd  # noqa: E402
 
 from mmap_ray.report import load_study  # noqa: E402
 from mmap_ray.report.load import completed  # noqa: E402
+from mmap_ray.report.tables import percent_cell  # noqa: E402
 from mmap_ray.stats import seed_interval  # noqa: E402
-
-
-def _cell(values: pd.Series) -> str:
-    return (
-        f"{100 * values.mean():.1f} ± {100 * values.std(ddof=1):.1f}"
-        if len(values) > 1
-        else f"{100 * values.mean():.1f}"
-    )
 
 
 def table(results: str, by: str, base: str) -> pd.DataFrame:
@@ -49,8 +42,8 @@ def table(results: str, by: str, base: str) -> pd.DataFrame:
         rows.append(
             {
                 by: value,
-                "val mean (%)": _cell(g["val_mean_final"]),
-                "test mean (%)": _cell(g["test_mean"]),
+                "val mean (%)": percent_cell(g["val_mean_final"]),
+                "test mean (%)": percent_cell(g["test_mean"]),
                 "seeds": len(g),
                 "trainable params": f"{int(g['trainable_params'].iloc[0]):,}",
                 f"test vs {base} (paired, 95% CI)": "" if value == base or diff is None else f"{diff} {diff.verdict}",

@@ -620,3 +620,45 @@ def test_paired_table_pairs_each_value_with_the_base_by_seed(tmp_path, capsys):
     assert table.loc["gradient", "test vs single (paired, 95% CI)"] == "+3.0 [+3.0, +3.0] better"
     assert module.main([str(tmp_path / "results"), "--base", "nope"]) == 2
     assert "--base 'nope' is not a value of scheme" in capsys.readouterr().err
+
+
+def test_halves_table_counts_toy3s_abundant_and_scarce_halves_from_the_per_image_outcomes(tmp_path, capsys):
+    """analysis/halves_table.py on a fabricated toy3 study: each task's abundant half (Art, Clipart: classes
+    0-5) all right; of its scarce half, 1 image in 4 right for one partition and 3 in 4 for the other."""
+    from mmap_ray.data.toy import ABUNDANT
+    from mmap_ray.results import PREDICTIONS, TRIAL_PREDICTION_SCHEMA
+
+    spec = importlib.util.spec_from_file_location("halves_table", REPO / "analysis" / "halves_table.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    results = tmp_path / "results"
+    for part, right in ((PLANTED, 1), (SHARED, 3)):
+        for seed in (0, 1):
+            row = {**_trial(f"{part[:3]}{seed}", "x", seed, 0.5, partition=part), "dataset": "toy3"}
+            write_rows(results, [row])
+            outcomes = []
+            for task in TASKS:
+                for label in range(12):
+                    for i in range(4):
+                        ok = label in ABUNDANT[task] or i < right
+                        outcomes.append(
+                            {
+                                **{k: row[k] for k in ("study", "config_id", "seed")},
+                                "task": task,
+                                "image": 4 * label + i,
+                                "label": label,
+                                "prediction": label,
+                                "correct": ok,
+                            }
+                        )
+            write_table(results, PREDICTIONS, row_key(row["config_id"], seed), outcomes, TRIAL_PREDICTION_SCHEMA)
+    table = module.table(str(results)).set_index("partition")
+    assert table.loc[PLANTED, "abundant half (%)"] == table.loc[SHARED, "abundant half (%)"] == "100.0 ± 0.0"
+    assert (
+        table.loc[PLANTED, "scarce half (%)"] == "25.0 ± 0.0" and table.loc[SHARED, "scarce half (%)"] == "75.0 ± 0.0"
+    )
+    assert table.loc[PLANTED, "seeds"] == 2
+    toy = tmp_path / "toy"
+    write_rows(toy / "results", [_trial("a", "single", 0, 0.5)])
+    assert module.main([str(toy / "results")]) == 2
+    assert "is a study on ['toy']; only toy3's classes have halves" in capsys.readouterr().err

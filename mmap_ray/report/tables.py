@@ -147,6 +147,13 @@ def _cells(values: pd.Series, fmt: str) -> pd.Series:
     return values.map(lambda v: "" if pd.isna(v) else fmt.format(v))
 
 
+def percent_cell(values: pd.Series) -> str:
+    """Fractions over seeds as one '81.0 ± 1.0' cell in %; one seed shows its value alone."""
+    if len(values) > 1:
+        return f"{100 * values.mean():.1f} ± {100 * values.std(ddof=1):.1f}"
+    return f"{100 * values.mean():.1f}"
+
+
 def mean_std(table: pd.DataFrame) -> pd.DataFrame:
     """A (quantity, mean/std) table as readable 'mean ± std' cells; one-seed rows show the mean alone."""
     out = pd.DataFrame(index=table.index)
