@@ -12,6 +12,11 @@ on the batch that step trains on, before it trains, and averaged:
   update is taken and undone: weights and optimizer state are restored bit for bit, so measuring never
   changes the training run it observes.
 
+With `affinity_balance` (our addition; TAG draws batches as training does) each task's images are drawn
+class-balanced: where tasks see their classes at different rates, each task's gradient is otherwise
+dominated by its label prior, and the affinity groups tasks by which classes they see often, not by what
+the classes mean (toy3, README).
+
 `zeroshot` and `features` are training-free proxies (proxies.py), computed here so that every scheme
 goes through one function.
 
@@ -31,7 +36,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from .data.base import MultiTaskDataset, TaskData
+from .data.base import MultiTaskDataset, TaskData, class_balanced
 from .data.sampler import MultiTaskBatchSampler
 from .engine import train_step
 from .fields import check_types, option
@@ -53,6 +58,11 @@ class AffinityConfig:
     affinity_every: int = option(1, "measure on every N-th of those steps")
     affinity_batch_size: int = option(64, "batch size of the affinity's joint training")
     affinity_lr: float = option(2e-3, "learning rate of the affinity's joint training (AdamW)")
+    affinity_balance: bool = option(
+        False,
+        "draw each task's images class-balanced in the affinity's joint training (scarce classes repeated), "
+        "so that how often a task sees each class (its label prior) does not drive its gradient",
+    )
     seed: int = 0  # set per grouping seed
 
     def __post_init__(self) -> None:
@@ -142,17 +152,18 @@ def _lookahead(model: PromptedCLIP, batch, grads: Tensor, losses: Tensor, opt: t
     return z
 
 
-def _batches(tasks: Sequence[TaskData], batch_size: int, seed: int, epoch: int):
-    sampler = MultiTaskBatchSampler([len(t.train) for t in tasks], batch_size, seed=seed)
+def _batches(tasks: Sequence[TaskData], batch_size: int, seed: int, epoch: int, balance: bool = False):
+    train = [class_balanced(t.train) if balance else t.train for t in tasks]
+    sampler = MultiTaskBatchSampler([len(d) for d in train], batch_size, seed=seed)
     sampler.set_epoch(epoch)
-    return DataLoader(MultiTaskDataset([t.train for t in tasks]), batch_sampler=sampler)
+    return DataLoader(MultiTaskDataset(train), batch_sampler=sampler)
 
 
 def _stream(tasks, cfg: AffinityConfig, stream: int, device: torch.device):
     """Endless multi-task batches, reshuffled every pass; `stream` separates warm-up from measuring."""
     epoch = 0
     while True:
-        for batch in _batches(tasks, cfg.affinity_batch_size, cfg.seed, 1000 * stream + epoch):
+        for batch in _batches(tasks, cfg.affinity_batch_size, cfg.seed, 1000 * stream + epoch, cfg.affinity_balance):
             yield tuple(x.to(device) for x in batch)
         epoch += 1
 

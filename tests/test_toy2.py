@@ -130,3 +130,15 @@ def test_the_oracle_presets_run_toy3_with_group_prompts_only_and_keep_toy2s():
         assert toy3.schemes == toy2.schemes and len(toy3.schemes) == partitions + 5  # + the 5 methods and proxies
     # MmAP's task prompts on top: the same study but for that one setting
     assert study("--preset", "oracle-k2", "--task-prompts").run.prompts.task_prompts is True
+
+
+def test_class_balanced_repeats_each_classs_images_in_order_up_to_the_largest_class():
+    from mmap_ray.data.base import ImageListDataset, class_balanced
+    from mmap_ray.data.toy import ToyImages
+
+    images = torch.arange(6, dtype=torch.uint8).view(6, 1, 1, 1).expand(6, 3, 2, 2)
+    toy = class_balanced(ToyImages(images, torch.tensor([0, 0, 0, 1, 2, 2])))
+    assert toy.indices == [0, 1, 2, 3, 3, 3, 4, 5, 4]
+    assert [label for _, label in toy] == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    listed = class_balanced(ImageListDataset([("a.png", 1), ("b.png", 0), ("c.png", 1), ("d.png", 1)]))
+    assert listed.indices == [1, 1, 1, 0, 2, 3]  # ImageListDataset's labels; nothing is decoded

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 from torch import Tensor
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Subset
 
 SPLITS = ("train", "val", "test")
 
@@ -80,3 +80,14 @@ class MultiTaskDataset(Dataset):
         t = int(self.task_of[i])
         image, label = self.datasets[t][i - int(self.offsets[t])]
         return image, label, t
+
+
+def class_balanced(dataset: Dataset) -> Dataset:
+    """`dataset` with every class's images repeated (in order, cycling) up to the largest class's count, so
+    that a uniform draw sees each class equally often. The dataset must have `labels` (ImageListDataset,
+    the toy's ToyImages)."""
+    labels = torch.as_tensor(list(dataset.labels))  # (N,)
+    per_class = [torch.nonzero(labels == c).flatten() for c in labels.unique()]
+    most = max(len(idx) for idx in per_class)
+    indices = torch.cat([idx.repeat(-(-most // len(idx)))[:most] for idx in per_class])  # (classes * most,)
+    return Subset(dataset, indices.tolist())
