@@ -188,15 +188,16 @@ def test_trained_affinity_finds_toy2s_conventions_where_the_proxies_do_not(schem
 @pytest.mark.slow
 def test_on_toy3_the_label_prior_drives_gradient_affinity_unless_batches_are_class_balanced(tmp_path):
     """toy3's tasks are labelled for halves of the classes: gradient affinity as TAG measures it groups the
-    tasks with the same half (the style pairs, the oracle's worst partition) in all 5 seeds; drawn
+    tasks with the same half (the style pairs, the oracle's worst partition) in every seed (5 of 5 in the
+    oracle study; 3 here, for time); drawn
     class-balanced (--affinity-balance) it finds the planted conventions in >= 4 of 5 (README)."""
     chosen = {False: [], True: []}
     for balance in chosen:
-        for seed in range(5):
+        for seed in range(5 if balance else 3):
             out = tmp_path / f"{balance}-{seed}.json"
             argv = ["group", "--dataset", "toy3", "--scheme", "gradient", "--k", "2", "--seed", str(seed)]
             flag = "--affinity-balance" if balance else "--no-affinity-balance"
             assert main([*argv, "--data-seed", str(seed), flag, "--out", str(out)]) == 0
             chosen[balance].append(json.loads(out.read_text())["partition"])
-    assert chosen[False] == ["Art+Clipart|Product+RealWorld"] * 5, chosen
+    assert chosen[False] == ["Art+Clipart|Product+RealWorld"] * 3, chosen
     assert chosen[True].count(CONVENTION_GROUPS) >= 4, chosen
