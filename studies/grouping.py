@@ -2,7 +2,7 @@
 
 Runs on the Ray cluster it is submitted to (`ray job submit --working-dir . -- python studies/grouping.py`)
 or, with no cluster, on a local Ray instance. With no arguments: every grouping scheme x 3 seeds on the toy
-benchmark toy2 with its tiny pretrained CLIP (about 15 minutes on a 2-core machine). Results land in a Parquet
+benchmark toy2 with its tiny pretrained CLIP (about 7 minutes on a 2-core machine). Results land in a Parquet
 dataset (`<storage>/<name>/results/`); the leaderboard is printed and the report written next to it.
 
     python studies/grouping.py                                   # compare schemes on the toy benchmark
@@ -51,7 +51,7 @@ KRON_READINGS = [
 # toy2, the grouping benchmark (two labelling conventions, 16 images per class): 32 epochs of 12 steps
 ON_TOY2 = {**ON_TOY, "run": {"data": {"dataset": "toy2"}, "train": {"epochs": 32}}}
 PRESETS = {
-    # the default: the five schemes (the proxies are in the oracle presets), about 12 minutes on 2 cores
+    # the default: the five schemes (the proxies are in the oracle presets), about 7 minutes on 2 cores
     "toy": {**ON_TOY2, "schemes": ["single", "independent", "gradient", "lookahead", "random"]},
     "toy-v1": {**ON_TOY, "run": {"train": {"epochs": 8}}},  # the first toy benchmark (the default until issue 17)
     "office-home": {"run": {"data": {"dataset": "office-home"}, **REAL}, "affinity": {"affinity_batch_size": 32}},
