@@ -9,7 +9,7 @@ rotation, rendered in one of four styles:
 - Product:   a shaded object (directional light) with a drop shadow on a light-grey studio gradient.
 - RealWorld: a shaded object on a cluttered low-frequency colour background, lighting jitter and noise.
 
-Two benchmarks are built from these renders:
+Three benchmarks are built from these renders:
 
 - `toy` (the first benchmark): every class name means its shape in every domain. Planted structure:
   {Art, Clipart} are flat illustrations and {Product, RealWorld} shaded photo-like renders. It is
