@@ -152,18 +152,15 @@ def _lookahead(model: PromptedCLIP, batch, grads: Tensor, losses: Tensor, opt: t
     return z
 
 
-def _batches(tasks: Sequence[TaskData], batch_size: int, seed: int, epoch: int, balance: bool = False):
-    train = [class_balanced(t.train) if balance else t.train for t in tasks]
-    sampler = MultiTaskBatchSampler([len(d) for d in train], batch_size, seed=seed)
-    sampler.set_epoch(epoch)
-    return DataLoader(MultiTaskDataset(train), batch_sampler=sampler)
-
-
 def _stream(tasks, cfg: AffinityConfig, stream: int, device: torch.device):
     """Endless multi-task batches, reshuffled every pass; `stream` separates warm-up from measuring."""
+    train = [class_balanced(t.train) if cfg.affinity_balance else t.train for t in tasks]  # built once
+    data = MultiTaskDataset(train)
+    sampler = MultiTaskBatchSampler([len(d) for d in train], cfg.affinity_batch_size, seed=cfg.seed)
     epoch = 0
     while True:
-        for batch in _batches(tasks, cfg.affinity_batch_size, cfg.seed, 1000 * stream + epoch, cfg.affinity_balance):
+        sampler.set_epoch(1000 * stream + epoch)
+        for batch in DataLoader(data, batch_sampler=sampler):
             yield tuple(x.to(device) for x in batch)
         epoch += 1
 
