@@ -196,6 +196,19 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     print(f"results (Parquet): {results}")
     try:
+        return summarise(results)
+    except KeyboardInterrupt:  # every trial has its row: only the summary and the report are missing
+        print(
+            f"{PROG}: interrupted after every trial had a result (in {results}); "
+            f"`mmap-ray report {results}` writes the report",
+            file=sys.stderr,
+        )
+        return 130
+
+
+def summarise(results: str | Path) -> int:
+    """Print a finished study's leaderboard and failures and write its report; 0 even where no report could be."""
+    try:
         done = load_study(results)  # read once: the summary, the failures and the report all come from it
     except ValueError as e:  # the study ran; a report that cannot be built is not its failure
         print(f"report: not written: {e}", file=sys.stderr)

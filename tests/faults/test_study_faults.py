@@ -117,8 +117,9 @@ def test_rerun_second_driver_killed_driver_and_planted_pickles_keep_one_row_per_
 
 
 def test_ctrl_c_stops_the_study_with_status_130_and_resume_completes_it(tmp_path):
-    # 12 epochs: trials long enough (about 20 s) that Ctrl-C after the first row finds others running
+    # 12 epochs: trials long enough (several seconds each) that Ctrl-C after the first row finds one running
     argv = [*STUDY, "--smoke", "--storage", str(tmp_path), "--name", "int", "--seeds", "0", "1", "--epochs", "12"]
+    argv += ["--max-concurrent-trials", "1"]  # one at a time: the Ctrl-C after the first row finds the next running
     env = _env(RAY_AUTH_MODE="disabled")
     proc = subprocess.Popen(
         argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
