@@ -508,6 +508,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except INPUT_ERRORS as e:
         print(f"mmap-ray {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: a train run keeps its last checkpoint, and the same command resumes it
+        hint = "; the same command continues from the last checkpoint" if args.command == "train" else ""
+        print(f"mmap-ray {args.command}: interrupted{hint}", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -44,3 +44,31 @@ def test_train_prints_one_line_per_epoch_with_loss_and_validation_accuracy(tmp_p
     lines = [x for x in out.splitlines() if x.startswith("epoch ")]
     assert len(lines) == 2 and lines[0].startswith("epoch 1/2: train loss ")
     assert f"val {100 * rows[1]['val/mean']:.1f}%, test {100 * rows[1]['test/mean']:.1f}%" in lines[1]
+
+
+def test_ctrl_c_during_train_exits_130_in_one_line_and_the_same_command_resumes(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "run"
+    argv = [sys.executable, "-m", "mmap_ray.cli", "train", *FAST, "--epochs", "5", "--domains", "Art,Product"]
+    argv += ["--out", str(out)]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics, deadline = out / "metrics.jsonl", time.time() + 300
+    while time.time() < deadline and not (metrics.is_file() and metrics.read_text().strip()):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)  # Ctrl-C after the first epoch
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, err[-3000:]
+    assert "Traceback" not in err
+    last = "mmap-ray train: interrupted; the same command continues from the last checkpoint"
+    assert err.strip().splitlines()[-1] == last
+    done = len(metrics.read_text().splitlines())
+    assert 1 <= done < 5
+    resumed = subprocess.run(argv, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    epochs = [json.loads(x)["epoch"] for x in metrics.read_text().splitlines()]
+    assert json.loads((out / "summary.json").read_text())["epochs"] == 5
+    assert epochs == list(range(1, 6))  # each epoch once: the resumed run appends after the checkpoint

@@ -44,3 +44,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as e:
         print(f"report: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # the report folder is rewritten whole by the next run
+        print("report: interrupted; the same command writes the report again", file=sys.stderr)
+        return 130
