@@ -53,9 +53,10 @@ def _ray_sessions() -> set[str]:
 def test_rerun_second_driver_killed_driver_and_planted_pickles_keep_one_row_per_config_and_seed(tmp_path):
     storage = tmp_path / "studies"
     study, results = storage / "resume", storage / "resume" / "results"
-    # 8 epochs, not the smoke's 2: trials long enough that the kill below lands mid-study (with 2, the study
-    # could finish while the second driver was still starting, and all 4 rows were there before the kill)
+    # 8 epochs, not the smoke's 2, and one trial at a time: the kill below lands mid-study (with 2 epochs, or
+    # with all 4 trials running at once and finishing together, every row could be there before the kill)
     argv = [*STUDY, "--smoke", "--epochs", "8", "--storage", str(storage), "--name", "resume", "--seeds", "0", "1"]
+    argv += ["--max-concurrent-trials", "1"]
     env = _env(RAY_AUTH_MODE="disabled", **SECRETS)
     sessions_before = _ray_sessions()
     proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
