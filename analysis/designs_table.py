@@ -10,6 +10,7 @@ difference" is an interval that contains 0.
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -19,6 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import pandas as pd  # noqa: E402
 
 from mmap_ray.report import load_study  # noqa: E402
+from mmap_ray.report.cli import print_table  # noqa: E402
 from mmap_ray.report.load import completed  # noqa: E402
 from mmap_ray.stats import seed_interval  # noqa: E402
 
@@ -58,12 +60,9 @@ def table(results: str) -> pd.DataFrame:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 1:
-        print(__doc__, file=sys.stderr)
-        return 2
-    print(table(argv[0]).to_markdown(index=False))
-    return 0
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("results", help="a designs study's results folder")
+    return print_table("designs_table.py", p, lambda args: table(args.results), argv)
 
 
 if __name__ == "__main__":

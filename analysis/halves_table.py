@@ -20,6 +20,7 @@ import pandas as pd  # noqa: E402
 
 from mmap_ray.data.toy import ABUNDANT  # noqa: E402
 from mmap_ray.report import load_study  # noqa: E402
+from mmap_ray.report.cli import print_table  # noqa: E402
 from mmap_ray.report.load import completed  # noqa: E402
 from mmap_ray.report.tables import percent_cell  # noqa: E402
 
@@ -54,13 +55,7 @@ def table(results: str) -> pd.DataFrame:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("results", help="a toy3 study's results folder")
-    args = p.parse_args(argv)
-    try:
-        print(table(args.results).to_markdown(index=False))
-    except ValueError as e:
-        print(f"halves_table.py: error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return print_table("halves_table.py", p, lambda args: table(args.results), argv)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import pandas as pd  # noqa: E402
 
 from mmap_ray.report import load_study  # noqa: E402
+from mmap_ray.report.cli import print_table  # noqa: E402
 from mmap_ray.report.load import completed  # noqa: E402
 from mmap_ray.report.tables import percent_cell  # noqa: E402
 from mmap_ray.stats import seed_interval  # noqa: E402
@@ -62,13 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("results", help="a study's results folder")
     p.add_argument("--by", default="scheme", help="the setting that varies (default: scheme)")
     p.add_argument("--base", required=True, help="the value every other one is paired with, e.g. single")
-    args = p.parse_args(argv)
-    try:
-        print(table(args.results, args.by, args.base).to_markdown(index=False))
-    except ValueError as e:
-        print(f"paired_table.py: error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return print_table("paired_table.py", p, lambda args: table(args.results, args.by, args.base), argv)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+
+import pandas as pd
 
 from .document import build_report
 
@@ -47,3 +49,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:  # the report folder is rewritten whole by the next run
         print("report: interrupted; the same command writes the report again", file=sys.stderr)
         return 130
+
+
+def print_table(
+    prog: str,
+    parser: argparse.ArgumentParser,
+    build: Callable[[argparse.Namespace], pd.DataFrame],
+    argv: Sequence[str] | None = None,
+) -> int:
+    """An analysis script's whole program: parse, build the table, print it as Markdown; 0, or 2 with one line
+    naming the bad input (a results folder that is missing or not a study's), 130 on Ctrl-C."""
+    args = parser.parse_args(argv)
+    try:
+        print(build(args).to_markdown(index=False))
+    except (ValueError, OSError) as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+    return 0

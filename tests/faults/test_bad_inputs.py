@@ -635,3 +635,18 @@ def test_random_weights_asked_for_bring_no_open_clip_warning(capsys, caplog):
     with caplog.at_level(logging.WARNING):
         assert main(["params", "--tasks", "A,B", *TINY]) == 0
     assert not [r for r in caplog.records if "initialized randomly" in r.getMessage()]
+
+
+@pytest.mark.parametrize("script", ["designs_table", "halves_table", "paired_table"])
+def test_analysis_scripts_name_a_missing_or_foreign_results_folder_in_one_line(script, tmp_path):
+    import subprocess
+    import sys
+
+    path = Path(__file__).resolve().parents[2] / "analysis" / f"{script}.py"
+    base = ["--base", "single"] if script == "paired_table" else []
+    (tmp_path / "notes.txt").write_text("not a study")
+    for folder, says in [(tmp_path / "missing", "does not exist"), (tmp_path, "")]:
+        out = subprocess.run([sys.executable, str(path), str(folder), *base], capture_output=True, text=True)
+        assert out.returncode == 2 and out.stdout == "", out.stderr
+        assert out.stderr.startswith(f"{script}.py: error: ") and len(out.stderr.splitlines()) == 1, out.stderr
+        assert str(folder) in out.stderr and says in out.stderr
