@@ -33,8 +33,9 @@ from .engine import warmup_cosine
 # Bump when the pretraining or rendering code changes what a cached checkpoint would contain.
 CODE_VERSION = 3  # 3: threads pinned; a version-2 checkpoint built in a Ray worker (1 thread) differed
 # The weights depend on how many threads split each reduction, not on the machine's cores: pinned, so a
-# driver and a Ray worker (OMP_NUM_THREADS=1) build the same checkpoint. With 2 threads it is the one
-# every figure in the README was measured with (its digest: REFERENCE_DIGEST).
+# driver and a Ray worker (OMP_NUM_THREADS=1) build the same checkpoint. They also depend on the CPU's vector
+# instructions (ATen's dispatch level and MKL's code path: BUILDS). With 2 threads on an AVX-512 CPU it is the
+# one every figure in the README was measured with (its digest: REFERENCE_DIGEST).
 PRETRAIN_THREADS = 2
 REFERENCE_DIGEST = "a031754390de2ab5"  # `state_digest` of the default recipe's weights, built on the dev machine
 CAPTIONS = ("a photo of a {}.", "a {}.", "a photo of the {}.", "a picture of a {}.", "an image of a {}.")
@@ -67,8 +68,14 @@ class ToyCLIPConfig:
 
 
 TOY2_RECIPE = ToyCLIPConfig(domain_mix=tuple((d, 1.0) for d in DOMAINS))
-# `state_digest` of each shipped recipe's weights as built on the dev machine (2 threads)
-REFERENCE_DIGESTS = {ToyCLIPConfig(): REFERENCE_DIGEST, TOY2_RECIPE: "564d7611aa3d4f7e"}
+# `state_digest` of each shipped recipe's weights (2 threads) by `torch.backends.cpu.get_cpu_capability()`, as
+# built on the machines of this kind seen so far: Intel Xeon with AVX-512 (the dev machine of the README's
+# figures, and CI), AMD EPYC with AVX2 only (2026-12-02).
+BUILDS = {
+    "AVX512": {ToyCLIPConfig(): REFERENCE_DIGEST, TOY2_RECIPE: "564d7611aa3d4f7e"},
+    "AVX2": {ToyCLIPConfig(): "b684dc1292c7abe9", TOY2_RECIPE: "2bd8878e512dd937"},
+}
+REFERENCE_DIGESTS = BUILDS["AVX512"]  # the README's figures were measured with these
 
 
 def recipe_for(dataset: str) -> ToyCLIPConfig:
@@ -160,7 +167,8 @@ def pretrained_toy_clip(cfg: ToyCLIPConfig | None = None, progress: bool = True)
     if reference is not None and state_digest(state) != reference:
         warnings.warn(
             f"the tiny CLIP built here (digest {state_digest(state)}) differs from the one the README's figures "
-            f"were measured with ({reference}): this CPU computes the pretraining differently, so "
+            f"were measured with ({reference}, on an AVX-512 CPU): this CPU "
+            f"({torch.backends.cpu.get_cpu_capability()}) computes the pretraining differently, so "
             f"toy-benchmark figures may differ by a point or so",
             stacklevel=2,
         )
