@@ -103,6 +103,11 @@ class StudyConfig:
         for name in ("num_samples", "k", "grace_period"):
             if getattr(self, name) < 1:
                 raise ValueError(f"StudyConfig.{name}={getattr(self, name)} must be >= 1")
+        if self.max_concurrent_trials is not None and self.max_concurrent_trials < 1:
+            raise ValueError(
+                f"StudyConfig.max_concurrent_trials={self.max_concurrent_trials} must be >= 1, or unset for as many "
+                f"trials at once as the cluster holds"
+            )
         for name in ("prompt_lengths", "depths"):
             bad = [v for v in getattr(self, name) if v < 1]
             if bad:

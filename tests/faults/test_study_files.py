@@ -107,6 +107,8 @@ def test_missing_and_binary_study_files(tmp_path, capsys):
             "worker_resources={'A100': 'one'} is not valid: it must be a table",
         ),
         (["--epochs", "0"], "StudyConfig.run.train.epochs=0 must be >= 1"),
+        (["--max-concurrent-trials", "0"], "StudyConfig.max_concurrent_trials=0 must be >= 1, or unset for"),
+        (["--max-concurrent-trials", "-2"], "StudyConfig.max_concurrent_trials=-2 must be >= 1, or unset for"),
         (["--mode", "search", "--epochs", "1"], "grace_period=2 exceeds run.train.epochs=1; ASHA needs grace_period"),
     ],
 )
