@@ -433,6 +433,22 @@ def test_bad_input_is_one_clear_line_and_exit_2(tmp_path, capsys, kind, needle):
     assert "--baselines" in capsys.readouterr().err
 
 
+def test_a_report_folder_below_a_file_is_one_line_from_both_entry_points(tmp_path, capsys):
+    from mmap_ray.report.cli import main as report_main
+
+    results = fabricate(tmp_path / "study")
+    (tmp_path / "notes.txt").write_text("mine")
+    out = tmp_path / "notes.txt" / "report"
+    for run in (
+        lambda: mmap_ray(["report", str(results), "--out", str(out)]),
+        lambda: report_main([str(results), "--out", str(out)]),
+    ):
+        assert run() == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "notes.txt" in err and "Traceback" not in err, err
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
 def test_analysis_script_writes_the_report(tmp_path, monkeypatch, capsys):
     results = fabricate(tmp_path)
     monkeypatch.setattr(sys, "argv", ["report.py", str(results), "--out", str(tmp_path / "r")])

@@ -43,7 +43,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         return run_report(args)
-    except ValueError as e:
+    except (ValueError, OSError) as e:  # an OSError names its path: e.g. --out below a file
         print(f"report: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # the report folder is rewritten whole by the next run
