@@ -7,22 +7,31 @@ clearly above chance but weaker on the illustration domains: the gap that prompt
 For `toy2` and `toy3` (the grouping benchmarks) the recipe is `TOY2_RECIPE`: every domain equally, so what the
 backbone saw crosses the planted groups.
 
-The checkpoint is built on first use and cached under a content key (config + seed + code version + the
-architecture's JSON), so a changed recipe never reuses a stale model; the write is atomic.
+One backbone on every CPU: the two shipped recipes' weights are package files (`weights/*.safetensors`,
+15.4 MB each), built once with `python -m mmap_ray.toyclip --write` and checked against their SHA-256
+whenever they are loaded. Rebuilding them is not an option for identical weights: the pretraining's
+floating-point results depend on the CPU's vector instructions and on MKL's code path per vendor (measured:
+an Intel Xeon with AVX-512, an AMD EPYC with AVX2 and one with AVX-512 each built other weights, and so does
+`ATEN_CPU_CAPABILITY=default` on one machine), while a 15 MB file costs nothing to check (about 50 ms) and
+saves the 45-55 s pretraining on first use. Any other recipe (tests, experiments) is built on first use and
+cached as safetensors under a content key (config + seed + code version + the architecture's JSON), so a
+changed recipe never reuses a stale model; the write is atomic.
 """
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import os
-import warnings
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import open_clip
 import torch
 import torch.nn.functional as F
+from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from .backbone import TINY_MODEL, quiet_random_init
@@ -31,13 +40,11 @@ from .data.toy import CLASSES, DOMAINS, MEAN, STD, _seed, render
 from .engine import warmup_cosine
 
 # Bump when the pretraining or rendering code changes what a cached checkpoint would contain.
-CODE_VERSION = 3  # 3: threads pinned; a version-2 checkpoint built in a Ray worker (1 thread) differed
+CODE_VERSION = 4  # 4: cached as safetensors; 3: threads pinned (a Ray worker's 1 thread built other weights)
 # The weights depend on how many threads split each reduction, not on the machine's cores: pinned, so a
-# driver and a Ray worker (OMP_NUM_THREADS=1) build the same checkpoint. They also depend on the CPU's vector
-# instructions (ATen's dispatch level and MKL's code path: BUILDS). With 2 threads on an AVX-512 CPU it is the
-# one every figure in the README was measured with (its digest: REFERENCE_DIGEST).
+# driver and a Ray worker (OMP_NUM_THREADS=1) build the same checkpoint on one machine.
 PRETRAIN_THREADS = 2
-REFERENCE_DIGEST = "a031754390de2ab5"  # `state_digest` of the default recipe's weights, built on the dev machine
+WEIGHTS_DIR = Path(__file__).parent / "weights"
 CAPTIONS = ("a photo of a {}.", "a {}.", "a photo of the {}.", "a picture of a {}.", "an image of a {}.")
 
 
@@ -68,14 +75,31 @@ class ToyCLIPConfig:
 
 
 TOY2_RECIPE = ToyCLIPConfig(domain_mix=tuple((d, 1.0) for d in DOMAINS))
-# `state_digest` of each shipped recipe's weights (2 threads) by `torch.backends.cpu.get_cpu_capability()`, as
-# built on the machines of this kind seen so far: Intel Xeon with AVX-512 (the dev machine of the README's
-# figures, and CI), AMD EPYC with AVX2 only (2026-12-02).
-BUILDS = {
-    "AVX512": {ToyCLIPConfig(): REFERENCE_DIGEST, TOY2_RECIPE: "564d7611aa3d4f7e"},
-    "AVX2": {ToyCLIPConfig(): "b684dc1292c7abe9", TOY2_RECIPE: "2bd8878e512dd937"},
+
+
+@dataclass(frozen=True)
+class Shipped:
+    """A recipe's weights as shipped in the package: the file below WEIGHTS_DIR, the SHA-256 of its bytes,
+    and the `state_digest` of the tensors it holds (what the docs name a backbone by)."""
+
+    file: str
+    sha256: str
+    digest: str
+
+
+# Built with `python -m mmap_ray.toyclip --write` on an AMD EPYC with AVX-512 (torch 2.14.1), 2026-12-05.
+SHIPPED = {
+    ToyCLIPConfig(): Shipped(
+        file="toy-clip-toy.safetensors",
+        sha256="82caefa63cc43252e040248918a4b95f080359567ed34e1fe9668ee6084621f0",
+        digest="27d2a46a31e59381",
+    ),
+    TOY2_RECIPE: Shipped(
+        file="toy-clip-toy2.safetensors",
+        sha256="ba826cf80d77d159159f5ad48877425d0232fa43d484d9009aa3df69c6c4dcc5",
+        digest="0370c283543469e5",
+    ),
 }
-REFERENCE_DIGESTS = BUILDS["AVX512"]  # the README's figures were measured with these
 
 
 def recipe_for(dataset: str) -> ToyCLIPConfig:
@@ -156,24 +180,67 @@ def _encode_text(model, tokens: torch.Tensor) -> torch.Tensor:
     return x[torch.arange(len(tokens)), tokens.argmax(-1)] @ model.text_projection
 
 
-def pretrained_toy_clip(cfg: ToyCLIPConfig | None = None, progress: bool = True) -> Path:
-    """Path of the cached pretrained tiny CLIP for `cfg`, building it first if needed."""
-    cfg = cfg or ToyCLIPConfig()
-    path = cache_dir() / f"toy-clip-{cfg.key()}.pt"
-    if path.is_file():
-        return path
-    state = pretrain(cfg, progress=progress)
-    reference = REFERENCE_DIGESTS.get(cfg)
-    if reference is not None and state_digest(state) != reference:
-        warnings.warn(
-            f"the tiny CLIP built here (digest {state_digest(state)}) differs from the one the README's figures "
-            f"were measured with ({reference}, on an AVX-512 CPU): this CPU "
-            f"({torch.backends.cpu.get_cpu_capability()}) computes the pretraining differently, so "
-            f"toy-benchmark figures may differ by a point or so",
-            stacklevel=2,
+def shipped_weights(cfg: ToyCLIPConfig) -> Path:
+    """The package file of a shipped recipe's weights, its SHA-256 checked (ValueError naming the file if not)."""
+    shipped = SHIPPED[cfg]
+    path = WEIGHTS_DIR / shipped.file
+    if not path.is_file():
+        raise ValueError(
+            f"the tiny CLIP's weights file {path} is missing from the installed package; reinstall mmap-ray"
         )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    sha = hashlib.sha256(path.read_bytes()).hexdigest()
+    if sha != shipped.sha256:
+        raise ValueError(
+            f"the tiny CLIP's weights file {path} has SHA-256 {sha[:16]}..., not the shipped {shipped.sha256[:16]}...: "
+            f"the file was changed or damaged; reinstall mmap-ray (or rebuild it: python -m mmap_ray.toyclip --write)"
+        )
     return path
+
+
+def pretrained_toy_clip(cfg: ToyCLIPConfig | None = None, progress: bool = True) -> Path:
+    """Path of the tiny CLIP's weights for `cfg`: the shipped file (checked) for a shipped recipe, else the
+    cached build, pretraining it first if needed."""
+    cfg = cfg or ToyCLIPConfig()
+    if cfg in SHIPPED:
+        return shipped_weights(cfg)
+    path = cache_dir() / f"toy-clip-{cfg.key()}.safetensors"
+    if not path.is_file():
+        write_weights(pretrain(cfg, progress=progress), path)
+    return path
+
+
+def write_weights(state: dict[str, torch.Tensor], path: Path) -> None:
+    """Save a state dict as safetensors, atomically (readers see no file or the whole file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        save_file({k: v.contiguous() for k, v in state.items()}, str(tmp))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Maintainers: rebuild the shipped weights (`--write`), or check whether this CPU reproduces them."""
+    parser = argparse.ArgumentParser(prog="python -m mmap_ray.toyclip", description=main.__doc__)
+    parser.add_argument("--write", action="store_true", help=f"write the rebuilt files into {WEIGHTS_DIR}")
+    args = parser.parse_args(argv)
+    print(f"CPU capability: {torch.backends.cpu.get_cpu_capability()}, torch {torch.__version__}")
+    same = True
+    for cfg, shipped in SHIPPED.items():
+        state = pretrain(cfg)
+        digest = state_digest(state)
+        same &= digest == shipped.digest
+        print(
+            f"{shipped.file}: state digest {digest} ({'same as' if digest == shipped.digest else 'differs from'} "
+            f"the shipped {shipped.digest})"
+        )
+        if args.write:
+            path = WEIGHTS_DIR / shipped.file
+            write_weights(state, path)
+            print(f"  wrote {path}, sha256 {hashlib.sha256(path.read_bytes()).hexdigest()} (paste into SHIPPED)")
+    return 0 if same or args.write else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

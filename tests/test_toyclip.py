@@ -1,12 +1,26 @@
 """The tiny toy CLIP: deterministic, cached by content key, and good enough to show the method's effect."""
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
+import mmap_ray.toyclip
 from mmap_ray.cli import main
-from mmap_ray.toyclip import BUILDS, TOY2_RECIPE, ToyCLIPConfig, pretrain, pretrained_toy_clip, state_digest
+from mmap_ray.toyclip import (
+    SHIPPED,
+    TOY2_RECIPE,
+    WEIGHTS_DIR,
+    ToyCLIPConfig,
+    pretrain,
+    pretrained_toy_clip,
+    recipe_for,
+    state_digest,
+)
 
 
 def test_pretraining_is_deterministic_and_cached(tmp_path, monkeypatch):
@@ -19,7 +33,8 @@ def test_pretraining_is_deterministic_and_cached(tmp_path, monkeypatch):
     mtime = path.stat().st_mtime_ns
     assert pretrained_toy_clip(cfg, progress=False) == path and path.stat().st_mtime_ns == mtime  # reused
     assert ToyCLIPConfig(steps=3, batch_size=8, warmup=1, seed=1).key() != cfg.key()
-    assert not list(tmp_path.glob("*.tmp*"))
+    assert not list(tmp_path.glob(".*tmp*"))
+    assert all(torch.equal(load_file(path)[k], a[k]) for k in a)  # cached as safetensors: read without unpickling
 
 
 def test_pretraining_does_not_depend_on_the_callers_threads():
@@ -38,36 +53,65 @@ def test_pretraining_does_not_depend_on_the_callers_threads():
     assert len(digests) == 1
 
 
-# `state_digest` of the short pretraining below, per `torch.backends.cpu.get_cpu_capability()`: the digests
-# every earlier CI run and dev machine reproduced (Intel Xeon, AVX-512), and those of an AMD EPYC with AVX2
-# only (2026-12-02), where the same code computes other weights (ATen's kernels and MKL's path differ)
-SHORT_DIGESTS = {
-    "AVX512": {"toy": "4c947b4aa4029969", "toy2": "f452f8022d6aa06a"},
-    "AVX2": {"toy": "993ca50ebe063241", "toy2": "888d37a75a03749d"},
-}
+# One script for every CPU capability: the backbone a toy study loads, and the toy2 data it renders.
+PROBE = """
+import hashlib, torch
+from mmap_ray.build import load_run_backbone
+from mmap_ray.config import ModelConfig
+from mmap_ray.data.toy import ToyConfig, load_toy_tasks
+from mmap_ray.toyclip import state_digest
+for dataset in ("toy", "toy2"):
+    print(dataset, state_digest(load_run_backbone(ModelConfig(), dataset).model.state_dict()))
+h = hashlib.sha256()
+for task in load_toy_tasks(ToyConfig(conventions=True)):
+    for split in (task.train, task.val, task.test):
+        h.update(split.images.numpy().tobytes())
+print("data", h.hexdigest()[:16], torch.backends.cpu.get_cpu_capability())
+"""
 
 
-@pytest.mark.parametrize("recipe, mix", [("toy", (("RealWorld", 1.0),)), ("toy2", TOY2_RECIPE.domain_mix)])
-def test_a_short_pretraining_gives_the_known_checksum(recipe, mix):
-    """The same weights on every machine of this kind with the same vector instructions (issue 17, part 5).
-    A different digest here means this CPU computes the pretraining differently, so the README's toy figures
-    (measured with REFERENCE_DIGESTS, on AVX-512) are not reproducible on it to the last digit."""
-    capability = torch.backends.cpu.get_cpu_capability()
-    if capability not in SHORT_DIGESTS:  # determinism on any CPU: test_pretraining_is_deterministic_and_cached
-        pytest.skip(f"no digest recorded for a {capability} CPU: add this one's to SHORT_DIGESTS")
-    cfg = ToyCLIPConfig(steps=3, batch_size=16, warmup=1, domain_mix=mix)
-    assert state_digest(pretrain(cfg, progress=False)) == SHORT_DIGESTS[capability][recipe]
+def test_the_backbone_is_the_same_under_every_cpu_capability():
+    """One backbone everywhere (issue 30, part 1): whatever kernels ATen dispatches to, a toy study loads the
+    shipped weights, bit for bit. The rendered data is the same under AVX2 and AVX-512 kernels too (not
+    under ATen's scalar `default` kernels, whose sin and sigmoid round differently)."""
+    seen = {}
+    for capability in ("default", "avx2", "avx512"):
+        env = {**os.environ, "ATEN_CPU_CAPABILITY": capability}
+        out = subprocess.run([sys.executable, "-c", PROBE], env=env, capture_output=True, text=True, check=True)
+        seen[capability] = dict(line.split(" ", 1) for line in out.stdout.splitlines())
+    for capability, lines in seen.items():
+        assert lines["toy"] == SHIPPED[ToyCLIPConfig()].digest, capability
+        assert lines["toy2"] == SHIPPED[TOY2_RECIPE].digest, capability
+    assert seen["avx2"]["data"].split()[0] == seen["avx512"]["data"].split()[0]
+
+
+def test_shipped_weights_are_checked_on_load(tmp_path, monkeypatch):
+    """The package files are what SHIPPED records; a changed byte is refused in one line naming the file."""
+    for cfg, shipped in SHIPPED.items():
+        path = pretrained_toy_clip(cfg)
+        assert path.name == shipped.file and recipe_for("toy2" if cfg == TOY2_RECIPE else "toy") == cfg
+        assert state_digest(load_file(path)) == shipped.digest
+    bad = tmp_path / SHIPPED[TOY2_RECIPE].file
+    data = bytearray((WEIGHTS_DIR / bad.name).read_bytes())
+    data[-1] ^= 1  # one bit of the last weight
+    bad.write_bytes(bytes(data))
+    monkeypatch.setattr(mmap_ray.toyclip, "WEIGHTS_DIR", tmp_path)
+    with pytest.raises(ValueError, match=f"weights file {bad}.*changed or damaged"):
+        pretrained_toy_clip(TOY2_RECIPE)
+    with pytest.raises(ValueError, match="missing from the installed package"):
+        pretrained_toy_clip(ToyCLIPConfig())
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("cfg", [ToyCLIPConfig(), TOY2_RECIPE], ids=["toy", "toy2"])
-def test_the_shipped_recipes_build_the_recorded_weights_on_this_cpu(cfg):
-    """The full tiny CLIPs (cached once built: the studies' tests build them anyway) match BUILDS."""
-    capability = torch.backends.cpu.get_cpu_capability()
-    if capability not in BUILDS:
-        pytest.skip(f"no digest recorded for a {capability} CPU: add this one's to BUILDS")
-    state = torch.load(pretrained_toy_clip(cfg, progress=False), weights_only=True)
-    assert state_digest(state) == BUILDS[capability][cfg]
+def test_the_maintainers_rebuild_reports_whether_this_cpu_reproduces_the_shipped_weights(capsys):
+    """`python -m mmap_ray.toyclip` pretrains both recipes and compares with the shipped digests (exit 0 only
+    if this CPU reproduces them); it writes nothing without --write."""
+    before = {p: p.stat().st_mtime_ns for p in WEIGHTS_DIR.iterdir()}
+    status = mmap_ray.toyclip.main([])
+    out = capsys.readouterr().out
+    assert out.count("state digest") == 2 and str(torch.backends.cpu.get_cpu_capability()) in out
+    assert status == (0 if out.count("same as the shipped") == 2 else 1)
+    assert {p: p.stat().st_mtime_ns for p in WEIGHTS_DIR.iterdir()} == before
 
 
 def test_bad_recipe():
