@@ -25,15 +25,18 @@ have a `schema_version` column). `load` converts older files to the current sche
 in `UPGRADES` and refuses files from a newer mmap-ray with a message saying which version reads them.
 Version 2 added `config_id`, `config`, `data_seed`, typed `layers` (a list of block indices) and
 `depth`, and the flat layout; version 1 files (`<table>/scheme=<scheme>/<trial>.parquet`) still load.
-Version 3 added `variant` (the study's `variants` axis; "" for rows before it).
+Version 3 added `variant` (the study's `variants` axis; "" for rows before it), version 4 the zero-shot
+columns, version 5 the package version `mmap_ray` ("unknown" before it).
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
 import platform
+import re
 import subprocess
 import warnings
 from collections.abc import Callable, Mapping
@@ -46,7 +49,7 @@ import pyarrow.parquet as pq
 from .grouping import format_groups
 from .storage import Location, location
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 SCHEMA_KEY = b"mmap_ray.schema_version"
 TRIALS, EPOCHS, PREDICTIONS = "trials", "epochs", "predictions"
 
@@ -89,7 +92,8 @@ TRIAL_FIELDS: tuple[tuple[str, pa.DataType], ...] = (
 )
 PROVENANCE_FIELDS: tuple[tuple[str, pa.DataType], ...] = (
     ("schema_version", _I),
-    ("git_commit", _S),
+    ("git_commit", _S),  # the code: a git commit, or sources-<digest> (`code_version`)
+    ("mmap_ray", _S),  # the package version (v5)
     ("python", _S),
     ("torch", _S),
     ("open_clip", _S),
@@ -377,22 +381,55 @@ UPGRADES[2] = _v2_to_v3
 UPGRADES[3] = _v3_to_v4
 
 
+def _v4_to_v5(df: pd.DataFrame) -> pd.DataFrame:
+    """v5 added the mmap-ray version to trial rows (`mmap_ray`): unknown before it."""
+    df = df.copy()
+    if "git_commit" in df and "mmap_ray" not in df:
+        df["mmap_ray"] = "unknown"
+    return df
+
+
+UPGRADES[4] = _v4_to_v5
+
+
+@functools.lru_cache(maxsize=1)
+def code_version() -> str:
+    """What code wrote a row, wherever the driver runs: the git commit of the checkout `mmap_ray` is imported
+    from; else the commit an image build wrote beside it (`COMMIT`, cluster/Dockerfile); else
+    `sources-<sha256 of the package's .py files>`, always computable (e.g. in a submitted job's working-dir
+    copy, which has no .git)."""
+    package = Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=package, timeout=5
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    if re.fullmatch(r"[0-9a-f]{40}", commit):
+        return commit
+    stamp = package.parent / "COMMIT"
+    if stamp.is_file() and re.fullmatch(r"[0-9a-f]{40}", text := stamp.read_text().strip()):
+        return text
+    h = hashlib.sha256()
+    for source in sorted(package.rglob("*.py")):
+        h.update(source.relative_to(package).as_posix().encode())
+        h.update(source.read_bytes())
+    return f"sources-{h.hexdigest()[:16]}"
+
+
 def provenance() -> dict:
-    """Git commit and library versions, for every row."""
+    """Code version (`code_version`), package and library versions, for every row."""
     import open_clip
     import optuna
     import ray
     import torch
 
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent, timeout=5
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        commit = ""
+    from . import __version__
+
     return {
         "schema_version": SCHEMA_VERSION,
-        "git_commit": commit or "unknown",
+        "git_commit": code_version(),
+        "mmap_ray": __version__,
         "python": platform.python_version(),
         "torch": torch.__version__,
         "open_clip": open_clip.__version__,

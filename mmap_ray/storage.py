@@ -198,14 +198,40 @@ def default_storage() -> str:
     return os.environ.get("MMAP_RAY_STORAGE") or str(Path.home() / "mmap-ray" / "studies")
 
 
-def resolve_storage(where: str | None) -> str:
-    """The storage root a study uses: the default for None; under a Ray job, a relative path is taken
-    below the default, not below Ray's temporary copy of the working directory (deleted with the job)."""
+def job_working_copy(cwd: str | os.PathLike | None = None) -> Path | None:
+    """Ray's per-job copy of a submitted working dir that this process runs in, if it does; else None.
+
+    `ray job submit --working-dir DIR` runs the driver in `<session>/runtime_resources/working_dir_files/
+    _ray_pkg_<hash>/`, which Ray deletes with the job's files. Read from the working directory itself, not
+    from a variable: Ray's job supervisor sets no `RAY_JOB_ID` for the driver.
+    """
+    path = Path(cwd or os.getcwd()).resolve()
+    for folder in (path, *path.parents):
+        if folder.name.startswith("_ray_pkg_") and folder.parent.name == "working_dir_files":
+            return folder
+    return None
+
+
+def resolve_storage(where: str | None, field: str = "storage") -> str:
+    """The storage root a study uses, resolved once, in the driver: the default for None, a URI as given,
+    a local path made absolute against the folder the user launched from.
+
+    A relative path in a submitted job's driver (the job runs in Ray's temporary copy of the working dir,
+    so "relative" has no folder the user knows) is refused: the study would be deleted with the job.
+    """
     if where is None:
-        return default_storage()
-    if not is_uri(where) and not Path(where).expanduser().is_absolute() and os.environ.get("RAY_JOB_ID"):
-        return posixpath.join(default_storage(), where)
-    return where
+        where = default_storage()
+    if is_uri(where) or Path(where).expanduser().is_absolute():
+        return where if is_uri(where) else str(Path(where).expanduser().resolve())
+    copy = job_working_copy()
+    if copy is not None:
+        raise ValueError(
+            f"{field}={where!r} is a relative path, and this driver runs in Ray's temporary copy of the job's "
+            f"working dir ({copy}), which Ray deletes with the job: pass an absolute path (shared by every "
+            f"node) or a URI (s3://BUCKET/PREFIX), or leave it out for the default ($MMAP_RAY_STORAGE, else "
+            f"~/mmap-ray/studies on the node the driver runs on)"
+        )
+    return str(Path(where).resolve())
 
 
 def move_aside(folder: Location, suffix: str) -> Location:

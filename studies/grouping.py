@@ -207,18 +207,26 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def summarise(results: str | Path) -> int:
-    """Print a finished study's leaderboard and failures and write its report; 0 even where no report could be."""
+    """Print a finished study's failures and leaderboard and write its report: 1 if no trial produced an
+    accuracy, else 0, even where no report could be written."""
     try:
         done = load_study(results)  # read once: the summary, the failures and the report all come from it
     except ValueError as e:  # the study ran; a report that cannot be built is not its failure
         print(f"report: not written: {e}", file=sys.stderr)
         return 0
-    with pd.option_context("display.width", 200, "display.max_columns", 20):
-        print(mean_std(leaderboard(done.trials)).to_string())
     failed = failures(done.trials)
     if len(failed):
         print(f"{len(failed)} trials errored (their rows have status ERROR and the reason in `error`):")
         print(failed.to_string(index=False, max_colwidth=160))
+    if done.trials.get("test_mean", pd.Series(dtype=float)).notna().sum() == 0:  # a study that measured nothing
+        print(
+            f"{PROG}: error: none of the {len(done.trials)} trials produced an accuracy; their errors are in the "
+            f"`error` column of {results} (listed above)",
+            file=sys.stderr,
+        )
+        return 1
+    with pd.option_context("display.width", 200, "display.max_columns", 20):
+        print(mean_std(leaderboard(done.trials)).to_string())
     try:
         report = write_report(done)
     except (ValueError, OSError) as e:  # e.g. a report folder we did not write: the study's results stand

@@ -1,5 +1,7 @@
 """The study end to end: job submission to a real Ray head with token auth, Parquet output, resume, bad input."""
 
+import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -68,14 +70,31 @@ def test_ray_job_submit_smoke_study_with_token_auth(tmp_path):
     assert start.returncode == 0, start.stderr
     try:
         assert (Path.home() / ".ray" / "auth_token").is_file()  # token authentication is on
-        storage = tmp_path / "studies"
         job = ["--address", f"http://127.0.0.1:{dash}", "--working-dir", str(REPO), "--"]
-        submit = _ray(
-            "job", "submit", *job, "python", "studies/grouping.py", "--smoke", "--storage", str(storage), timeout=900
-        )
-        assert submit.returncode == 0, submit.stdout[-3000:] + submit.stderr[-3000:]
-        assert "succeeded" in (submit.stdout + submit.stderr).lower()
-        _check_smoke_results(storage / "smoke" / "results", {"single", "gradient"})
+        study = ["python", "studies/grouping.py", "--smoke"]
+        # a relative --storage would land in Ray's temporary copy of the working dir: refused, the job fails
+        rel = _ray("job", "submit", *job, *study, "--name", "relbar", "--storage", "jobrel", timeout=300)
+        said = rel.stdout + rel.stderr
+        assert rel.returncode != 0 and "failed" in said.lower(), said[-3000:]
+        assert "StudyConfig.storage (--storage)='jobrel' is a relative path" in said and "Traceback" not in said
+        assert "pass an absolute path" in said and "results (Parquet)" not in said
+        # an absolute --storage, and none (the default, $MMAP_RAY_STORAGE of the head, else ~/mmap-ray/studies):
+        # each lands every row, with accuracies, where the job's output says
+        storage = tmp_path / "studies"
+        for name, where in (("smoke", ["--storage", str(storage)]), ("dflt", [])):
+            submit = _ray("job", "submit", *job, *study, "--name", name, *where, timeout=900)
+            said = submit.stdout + submit.stderr
+            assert submit.returncode == 0, said[-3000:]
+            assert "succeeded" in said.lower()
+            results = Path(re.search(r"results \(Parquet\): (\S+)", said).group(1))
+            if where:
+                assert results == storage / name / "results"
+            else:
+                assert results == Path(os.environ["MMAP_RAY_STORAGE"]) / name / "results"
+            df = _check_smoke_results(results, {"single", "gradient"})
+            assert df["test_mean"].notna().all() and (df["epochs_run"] == 2).all()
+            # the job's copy of the working dir has no .git: the rows name the code by its sources' digest
+            assert df["git_commit"].str.fullmatch(r"sources-[0-9a-f]{16}").all(), df["git_commit"].tolist()
         no_token = _ray("job", "list", "--address", f"http://127.0.0.1:{dash}", env=_env(RAY_AUTH_MODE="disabled"))
         assert no_token.returncode != 0  # the dashboard refuses a client without the token
     finally:

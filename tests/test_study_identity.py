@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -12,6 +13,7 @@ import sys
 import pandas as pd
 import pyarrow.dataset as pads
 import pytest
+from conftest import REPO
 
 from mmap_ray.config import DataConfig, RunConfig
 from mmap_ray.distributed import WorkerSpec
@@ -20,7 +22,7 @@ from mmap_ray.fields import to_dict
 from mmap_ray.grouping import format_groups
 from mmap_ray.lock import LockHeld, acquire
 from mmap_ray.results import EPOCH_SCHEMA, EPOCHS, SCHEMA_VERSION, TRIALS, load, row_key, trial_schema, write_table
-from mmap_ray.storage import location, resolve_storage
+from mmap_ray.storage import job_working_copy, location, resolve_storage
 from mmap_ray.study import StudyConfig, check_start, grid_trials, searcher
 
 TASKS = ["Art", "Clipart", "Product", "RealWorld"]
@@ -102,14 +104,19 @@ def test_bad_identity_settings_are_refused(kwargs, needle):
         StudyConfig(**kwargs)
 
 
-def test_default_storage_and_ray_job_working_dir(tmp_path, monkeypatch):
+def test_storage_is_resolved_once_against_the_launch_folder(tmp_path, monkeypatch):
+    """A relative --storage is made absolute where the driver starts, so no later process (a trial in its own
+    working dir) can read it differently; a URI is kept as given. Inside a submitted job's working-dir copy
+    it is refused: tests/test_study.py submits a real job for that."""
     monkeypatch.setenv("MMAP_RAY_STORAGE", str(tmp_path / "durable"))
-    monkeypatch.delenv("RAY_JOB_ID", raising=False)
     assert StudyConfig().storage == str(tmp_path / "durable")
-    assert resolve_storage("rel") == "rel"  # outside a job: relative to the current folder, as any path
-    monkeypatch.setenv("RAY_JOB_ID", "02000000")  # inside `ray job submit`: never Ray's temporary copy
-    assert StudyConfig(storage="runs/studies").storage == str(tmp_path / "durable" / "runs" / "studies")
-    assert resolve_storage("s3://b/x") == "s3://b/x" and resolve_storage("/abs") == "/abs"
+    monkeypatch.chdir(tmp_path)
+    assert StudyConfig(storage="rel").storage == str(tmp_path / "rel")
+    assert resolve_storage("s3://b/x") == "s3://b/x" and resolve_storage("/abs/../abs2") == "/abs2"
+    assert job_working_copy() is None
+    copy = tmp_path / "session_1" / "runtime_resources" / "working_dir_files" / "_ray_pkg_0123abcd"
+    (copy / "studies").mkdir(parents=True)
+    assert job_working_copy(copy / "studies") == copy
 
 
 def test_start_and_resume_rules(tmp_path):
@@ -365,3 +372,37 @@ def test_rows_of_schema_v2_load_with_an_empty_variant(tmp_path):
     pq.write_table(table, tmp_path / TRIALS / "a-s0.parquet")
     df = load(tmp_path, TRIALS)
     assert df["variant"].tolist() == [""] and df["val_mean_final"].tolist() == [0.5]
+
+
+def test_rows_of_schema_v4_load_with_an_unknown_package_version(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    row = {"study": "t", "config_id": "b" * 16, "seed": 1, "status": "TERMINATED", "git_commit": "x", "test_mean": 0.5}
+    table = pa.Table.from_pylist([row]).replace_schema_metadata({b"mmap_ray.schema_version": b"4"})
+    (tmp_path / TRIALS).mkdir()
+    pq.write_table(table, tmp_path / TRIALS / "b-s1.parquet")
+    assert load(tmp_path, TRIALS)["mmap_ray"].tolist() == ["unknown"]
+
+
+def test_code_version_names_the_code_wherever_the_package_is_imported_from(tmp_path):
+    """A checkout gives its commit; a copy without .git (a submitted job's working dir) the image's COMMIT file
+    if there is one, else a digest of the package's sources, which changes with any source file."""
+    import mmap_ray
+    from mmap_ray.results import code_version, provenance
+
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    assert code_version() == head and provenance()["mmap_ray"] == mmap_ray.__version__
+    copy = tmp_path / "job" / "mmap_ray"
+    shutil.copytree(REPO / "mmap_ray", copy, ignore=shutil.ignore_patterns("__pycache__", "weights"))
+    probe = f"import sys; sys.path.insert(0, {str(copy.parent)!r}); from mmap_ray.results import code_version; "
+    probe += "import mmap_ray; assert mmap_ray.__file__.startswith(sys.path[0]); print(code_version())"
+    ask = lambda: subprocess.run(  # noqa: E731
+        [sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True, check=True
+    ).stdout.strip()
+    digest = ask()
+    assert re.fullmatch(r"sources-[0-9a-f]{16}", digest)
+    (copy / "grouping.py").write_text((copy / "grouping.py").read_text() + "\n# changed\n")
+    assert ask() != digest
+    (copy.parent / "COMMIT").write_text("1" * 40 + "\n")
+    assert ask() == "1" * 40

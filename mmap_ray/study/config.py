@@ -160,7 +160,7 @@ class StudyConfig:
                     f"StudyConfig.variants has {variant!r}, which sets {shared}: every trial of a study shares "
                     f"its tasks and backbone (the partitions are planned on them); run one study per value"
                 )
-        object.__setattr__(self, "storage", resolve_storage(self.storage))
+        object.__setattr__(self, "storage", resolve_storage(self.storage, "StudyConfig.storage (--storage)"))
         location(self.storage, "StudyConfig.storage")  # a bad path or URI fails here
 
     @property

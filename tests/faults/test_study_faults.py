@@ -2,8 +2,10 @@
 planted pickles, secrets in the environment, a trial that diverges (NaN loss)."""
 
 import glob
+import importlib.util
 import os
 import pickle
+import shutil
 import signal
 import subprocess
 import time
@@ -141,7 +143,7 @@ def test_ctrl_c_stops_the_study_with_status_130_and_resume_completes_it(tmp_path
     assert len(df) == 4 and not df.duplicated(["config_id", "seed"]).any()
 
 
-def test_diverging_trial_is_recorded_as_errored_and_every_client_reads_the_folder(tmp_path):
+def test_diverging_trial_is_recorded_as_errored_and_every_client_reads_the_folder(tmp_path, capsys):
     """Seed 1 produces NaN logits from its second epoch: that trial errors with the reason, seed 0 finishes."""
     import duckdb
     import polars as pl
@@ -168,3 +170,17 @@ def test_diverging_trial_is_recorded_as_errored_and_every_client_reads_the_folde
     sql = f"select count(*), count(test_mean) from read_parquet('{folder}/*.parquet', hive_partitioning=true)"
     assert duckdb.sql(sql).fetchall() == [(4, 2)]
     assert pl.scan_parquet(folder, hive_partitioning=True).collect()["test_mean"].null_count() == 2
+
+    # a study whose every trial errored exits 1 with one line, not 0 with an empty leaderboard: the summary
+    # of the same results with the finished rows taken out (grouping.py's last step, as main calls it)
+    failed = tmp_path / "nan-failed" / "results"
+    shutil.copytree(tmp_path / "nan" / "results", failed)
+    for path in (failed / "trials").glob("*.parquet"):
+        if pd.read_parquet(path)["status"].iloc[0] == "TERMINATED":
+            path.unlink()
+    spec = importlib.util.spec_from_file_location("grouping_study", STUDY[1])
+    grouping = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(grouping)
+    assert grouping.summarise(failed) == 1
+    err = capsys.readouterr().err
+    assert f"none of the 2 trials produced an accuracy; their errors are in the `error` column of {failed}" in err
