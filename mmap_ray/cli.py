@@ -5,6 +5,7 @@
     mmap-ray eval --run runs/NAME       # a trained run's test accuracy
     mmap-ray params --model ViT-B-16 --tasks Art,Clipart,Product,RealWorld \\
         --partition "Art+Clipart|Product+RealWorld"
+    mmap-ray study --smoke              # a grouping study on Ray (mmap-ray study --help: its flags)
     mmap-ray report ~/mmap-ray/studies/grouping/results   # tables and figures of a study
     mmap-ray data push ~/data/OfficeHomeDataset s3://my-bucket/datasets/OfficeHomeDataset
     mmap-ray train --dataset office-home --root s3://my-bucket/datasets/OfficeHomeDataset  # staged per node
@@ -22,6 +23,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from . import __version__
 from .storage import StorageError
 
 
@@ -336,7 +338,10 @@ def cmd_data_stage(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mmap-ray", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--version", action="version", version=f"mmap-ray {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
+    # `study` has its own parser (mmap_ray.study.program, shared with studies/grouping.py): main hands it on
+    sub.add_parser("study", add_help=False, help="run a grouping study on Ray (mmap-ray study --help)")
     for add in (_add_params, _add_train, _add_group, _add_eval, _add_compare, _add_report, _add_data):
         add(sub)
     return parser
@@ -502,6 +507,11 @@ INPUT_ERRORS = (ValueError, OSError, StorageError)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["study"]:
+        from .study.program import main as study  # imported here: Ray and the report stack, for a study only
+
+        return study(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

@@ -26,6 +26,8 @@ import yaml
 from conftest import free_port
 from ray.cluster_utils import AutoscalingCluster
 
+from mmap_ray.study import program as grouping
+
 REPO = Path(__file__).resolve().parent.parent
 CLUSTER = REPO / "cluster"
 VENV_BIN = Path(sys.executable).parent
@@ -365,7 +367,6 @@ class _Captured(Exception):
 
 def _study(argv: list[str], monkeypatch):
     """The StudyConfig that `studies/grouping.py ARGV` would run (its own parser and presets), unrun."""
-    grouping = _import("mmap_ray_grouping_study", REPO / "studies" / "grouping.py")
 
     def capture(study, **kwargs):
         raise _Captured(study)

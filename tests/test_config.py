@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-import importlib.util
 import json
 import tempfile
 from pathlib import Path
@@ -29,11 +28,9 @@ from mmap_ray.grouping import format_groups
 from mmap_ray.prompts import Combine, MmAPConfig, Projection, parse_layers
 from mmap_ray.results import config_id
 from mmap_ray.study import StudyConfig
+from mmap_ray.study import program as grouping
 
 ROOT = Path(__file__).resolve().parent.parent
-_spec = importlib.util.spec_from_file_location("grouping_study", ROOT / "studies" / "grouping.py")
-grouping = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(grouping)
 
 names = st.text("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz_", min_size=1, max_size=8)
 layer_sets = st.none() | st.lists(st.integers(0, 11), unique=True, max_size=5).map(lambda x: tuple(sorted(x)))

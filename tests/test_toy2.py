@@ -24,6 +24,7 @@ from mmap_ray.data.toy import (
     shape_of,
 )
 from mmap_ray.grouping import Partition
+from mmap_ray.study import program as grouping
 from mmap_ray.toyclip import TOY2_RECIPE, ToyCLIPConfig, recipe_for
 
 
@@ -115,13 +116,7 @@ def test_toy_config_refuses_a_scarce_count_below_one():
 
 
 def test_the_oracle_presets_run_toy3_with_group_prompts_only_and_keep_toy2s():
-    import importlib.util
 
-    from conftest import REPO
-
-    spec = importlib.util.spec_from_file_location("grouping_presets", REPO / "studies" / "grouping.py")
-    grouping = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(grouping)
     study = lambda *argv: grouping.build_study(grouping.build_parser().parse_args(list(argv)))  # noqa: E731
     for preset, partitions in (("oracle", 15), ("oracle-k2", 7)):
         toy3, toy2 = study("--preset", preset), study("--preset", f"{preset}-toy2")

@@ -22,12 +22,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
-from conftest import REPO
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_data_folders import make_tree
@@ -41,15 +39,13 @@ from mmap_ray.backbone import TINY_MODEL, BackboneConfig, load_backbone
 from mmap_ray.cli import build_parser, main
 from mmap_ray.fields import hints
 from mmap_ray.study import StudyConfig
+from mmap_ray.study import program as grouping
 
 pytestmark = pytest.mark.faults
 
-_spec = importlib.util.spec_from_file_location("grouping_study", REPO / "studies" / "grouping.py")
-grouping = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(grouping)
 
 EXAMPLES = settings(max_examples=80, deadline=None, suppress_health_check=list(HealthCheck))
-OWN_FLAGS = {"--out", "--storage", "--help", "-h", "--study", "--resume", "--overwrite", "--break-lock"}
+OWN_FLAGS = {"--out", "--storage", "--help", "-h", "--study", "--resume", "--overwrite", "--break-lock", "--print"}
 TINY = ["--model", TINY_MODEL, "--pretrained", "none"]  # laid first: a generated --model or --pretrained wins
 
 
@@ -217,7 +213,7 @@ def test_any_study_command_line_reaches_ray_or_is_one_error_line(sandbox, capsys
         where = sandbox / "studies"
         storage = str(where) if storage == "studies" else storage  # a generated storage: wherever it points
         before = files_under(sandbox)
-        outcomes.append(check_outcome(lambda: grouping.main([*argv, "--storage", storage]), "grouping.py", capsys))
+        outcomes.append(check_outcome(lambda: grouping.main([*argv, "--storage", storage]), "mmap-ray study", capsys))
         written = files_under(sandbox) - before
         if storage == str(where):
             assert allowed(sandbox, where)(written), sorted(written)
@@ -283,7 +279,7 @@ def test_any_study_file_reaches_ray_or_is_one_error_line(sandbox, capsys):
         path.write_text(text)
         before = files_under(sandbox)
         run = lambda: grouping.main(["--study", str(path), "--storage", str(storage)])  # noqa: E731
-        outcomes.append(check_outcome(run, "grouping.py", capsys))
+        outcomes.append(check_outcome(run, "mmap-ray study", capsys))
         written = files_under(sandbox) - before
         assert allowed(sandbox, storage)(written), sorted(written)
 

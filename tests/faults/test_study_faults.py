@@ -2,7 +2,6 @@
 planted pickles, secrets in the environment, a trial that diverges (NaN loss)."""
 
 import glob
-import importlib.util
 import os
 import pickle
 import shutil
@@ -18,6 +17,7 @@ from conftest import study_env as _env
 from plugins.mmap_ray_faults import NAN_ENV, with_plugins
 
 from mmap_ray.results import load
+from mmap_ray.study import program as grouping
 
 pytestmark = [pytest.mark.slow, pytest.mark.faults]
 SECRETS = {
@@ -178,9 +178,6 @@ def test_diverging_trial_is_recorded_as_errored_and_every_client_reads_the_folde
     for path in (failed / "trials").glob("*.parquet"):
         if pd.read_parquet(path)["status"].iloc[0] == "TERMINATED":
             path.unlink()
-    spec = importlib.util.spec_from_file_location("grouping_study", STUDY[1])
-    grouping = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(grouping)
     assert grouping.summarise(failed) == 1
     err = capsys.readouterr().err
     assert f"none of the 2 trials produced an accuracy; their errors are in the `error` column of {failed}" in err

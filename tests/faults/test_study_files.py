@@ -1,15 +1,11 @@
 """Hostile and broken study files and flags: each fails before Ray starts, with a message naming the setting."""
 
-import importlib.util
-
 import pytest
-from conftest import REPO
+
+from mmap_ray.study import program as grouping
 
 pytestmark = pytest.mark.faults
 
-_spec = importlib.util.spec_from_file_location("grouping_study", REPO / "studies" / "grouping.py")
-grouping = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(grouping)
 
 CASES = {  # study file text -> the message it must give
     "malformed": ("seeds = [0, 1\n", "is not valid TOML: "),

@@ -1,0 +1,68 @@
+"""The entry points a Python user expects, as a user meets them: the installed `mmap-ray` script, `python -m
+mmap_ray`, `mmap-ray study` (the program `studies/grouping.py` launches), and a plain `pip install .`."""
+
+import subprocess
+import sys
+import sysconfig
+import tomllib
+from pathlib import Path
+
+import pytest
+from conftest import REPO, VENV_BIN
+
+import mmap_ray
+
+
+def _run(*argv: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(list(argv), capture_output=True, text=True, timeout=300, cwd=cwd)
+
+
+def test_version_from_the_script_and_from_python_m(tmp_path):
+    for argv in ([str(VENV_BIN / "mmap-ray"), "--version"], [sys.executable, "-m", "mmap_ray", "--version"]):
+        out = _run(*argv, cwd=tmp_path)
+        assert out.returncode == 0 and out.stdout.strip() == f"mmap-ray {mmap_ray.__version__}", out
+    assert "study" in _run(sys.executable, "-m", "mmap_ray", "--help").stdout
+
+
+def test_a_preset_printed_as_a_study_file_round_trips(tmp_path):
+    """`mmap-ray study --preset oracle-k2 --print` is a study file: run back through --study, it prints the
+    same settings, and it holds the preset's own (k=2 partitions, toy3, group prompts only)."""
+    script = str(VENV_BIN / "mmap-ray")
+    printed = _run(script, "study", "--preset", "oracle-k2", "--print", cwd=tmp_path)
+    assert printed.returncode == 0, printed.stderr
+    settings = tomllib.loads(printed.stdout)
+    assert settings["name"] == "oracle-k2" and settings["run"]["data"]["dataset"] == "toy3"
+    assert settings["run"]["prompts"]["task_prompts"] is False and "storage" not in settings  # the default
+    assert sum("|" in s for s in settings["schemes"]) == 7
+    (tmp_path / "k2.toml").write_text(printed.stdout)
+    again = _run(script, "study", "--study", "k2.toml", "--print", cwd=tmp_path)
+    assert again.returncode == 0 and again.stdout == printed.stdout
+    # the job launcher is the same program, with its own name in errors
+    bad = _run(sys.executable, str(REPO / "studies" / "grouping.py"), "--preset", "nope", cwd=tmp_path)
+    assert bad.returncode == 2 and bad.stderr.startswith("grouping.py: error: --preset 'nope' is not valid")
+
+
+@pytest.mark.slow
+def test_pip_install_of_the_project_gives_the_commands_and_their_data(tmp_path):
+    """A non-editable install (the wheel pip builds) into a fresh venv, its dependencies seen from this one:
+    the commands exist and the package data (presets, smoke layer, the tiny CLIP's weights) came along."""
+    venv = tmp_path / "venv"
+    assert _run(sys.executable, "-m", "venv", "--without-pip", str(venv)).returncode == 0
+    purelib = Path(sysconfig.get_paths(vars={"base": str(venv), "platbase": str(venv)})["purelib"])
+    (purelib / "deps-of-the-dev-venv.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation"]
+    install = _run(*pip, str(REPO), cwd=tmp_path)
+    assert install.returncode == 0, install.stderr[-3000:]
+    script = str(venv / "bin" / "mmap-ray")
+    assert _run(script, "--version", cwd=tmp_path).stdout.strip() == f"mmap-ray {mmap_ray.__version__}"
+    helped = _run(script, "study", "--help", cwd=tmp_path)
+    assert helped.returncode == 0 and "--preset" in helped.stdout and "oracle-k2" in helped.stdout
+    probe = (
+        "import mmap_ray, os; from mmap_ray.toyclip import TOY2_RECIPE, pretrained_toy_clip; "
+        "from mmap_ray.study.program import SMOKE, preset_settings; preset_settings('toy'); SMOKE.read_text(); "
+        "print(os.path.dirname(mmap_ray.__file__), pretrained_toy_clip(TOY2_RECIPE))"
+    )
+    out = _run(str(venv / "bin" / "python"), "-c", probe, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    package, weights = out.stdout.split()
+    assert package.startswith(str(purelib)) and weights.startswith(package)  # the installed copy, not this checkout
