@@ -7,7 +7,9 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import runpy
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +18,7 @@ import matplotlib.image
 import nbclient
 import nbformat
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -499,9 +502,51 @@ def test_smoke_study_ends_with_its_report(smoke):
     assert len(board) == 2 and (board[("trials", "n")] == 1).all()
 
 
-def run_walkthrough(results: Path | Location, monkeypatch) -> list:
-    """Execute analysis/walkthrough.ipynb on `results`; its code cells' outputs."""
-    monkeypatch.setenv("MMAP_RAY_RESULTS", str(results))
+@pytest.mark.slow
+def test_the_printed_tables_are_read_alike_by_every_reader(smoke):
+    """The paths the study prints, as a user copies them into pandas, pyarrow, duckdb and polars: one row
+    per (config_id, seed) in trials, fractions as stated, and epochs and predictions join to it."""
+    import duckdb
+    import polars as pl
+    import pyarrow.dataset as pads
+
+    results, stdout = smoke
+    paths = dict(re.findall(r"^  (trials|epochs|predictions), .*: (\S+)$", stdout, re.M))
+    assert paths == {t: str(results / t) for t in ("trials", "epochs", "predictions")}
+    trials = pd.read_parquet(paths["trials"])
+    keys = set(zip(trials["config_id"], trials["seed"]))
+    assert len(trials) == len(keys) == 2 and trials["test_mean"].between(0, 1).all()
+    assert pads.dataset(paths["trials"]).to_table().num_rows == 2
+    sql = f"select count(*), count(distinct config_id), max(test_mean) from read_parquet('{paths['trials']}/*.parquet')"
+    assert duckdb.sql(sql).fetchall() == [(2, 2, trials["test_mean"].max())]
+    assert pl.scan_parquet(paths["trials"]).collect().height == 2
+    for table in ("epochs", "predictions"):
+        rows = pl.scan_parquet(paths[table]).collect().to_pandas()
+        assert set(zip(rows["config_id"], rows["seed"])) == keys, table
+        joined = rows.merge(trials[["config_id", "seed", "scheme"]], on=["config_id", "seed"], validate="m:1")
+        assert len(joined) == len(rows) and joined["scheme"].notna().all()
+
+
+@pytest.mark.slow
+def test_walkthrough_notebook_finds_the_main_study_by_the_commands_rule(smoke, monkeypatch):
+    """With no MMAP_RAY_RESULTS the notebook reads the main study where `make run` writes it: the default
+    storage ($MMAP_RAY_STORAGE here, as for every study in the tests), study `grouping`."""
+    results, _ = smoke
+    default = Path(os.environ["MMAP_RAY_STORAGE"]) / "grouping" / "results"
+    assert not default.exists()
+    shutil.copytree(results, default)
+    try:
+        monkeypatch.delenv("MMAP_RAY_RESULTS", raising=False)
+        outputs = run_walkthrough(None, monkeypatch)
+        assert str(default) in "".join(o.get("text", "") for o in outputs)
+    finally:
+        shutil.rmtree(default.parent)
+
+
+def run_walkthrough(results: Path | Location | None, monkeypatch) -> list:
+    """Execute analysis/walkthrough.ipynb on `results` (None: its default); its code cells' outputs."""
+    if results is not None:
+        monkeypatch.setenv("MMAP_RAY_RESULTS", str(results))
     nb = nbformat.read(REPO / "analysis" / "walkthrough.ipynb", as_version=4)
     assert not any(c.get("outputs") for c in nb.cells if c.cell_type == "code")  # committed without outputs
     nbclient.NotebookClient(

@@ -31,7 +31,8 @@ import tomli_w
 from ..config import DATASETS, TOY_DATASETS
 from ..fields import add_arguments, from_dict, merge, parsed_values, to_dict
 from ..report import failures, leaderboard, load_study, mean_std, write_report
-from ..storage import StorageError, is_uri, resolve_storage
+from ..results import EPOCHS, PREDICTIONS, TRIALS
+from ..storage import StorageError, is_uri, location, resolve_storage
 from .config import StudyConfig, read_study_file
 from .run import Interrupted, run_study
 
@@ -72,6 +73,21 @@ def build_study(args: argparse.Namespace) -> StudyConfig:
     if not is_dir:
         raise ValueError(f"run.data.root (--root) {root} does not exist or is not a folder")
     return study
+
+
+def describe_results(results: str) -> str:
+    """Where a finished study's tables are, each one Parquet dataset that pandas, pyarrow, duckdb and polars
+    read as is from the printed path, and what their accuracies mean."""
+    root = location(results)
+    return "\n".join(
+        [
+            f"results: {results} (tables and figures: mmap-ray report {results})",
+            f"  trials, one row per (config_id, seed), accuracies as fractions 0-1: {(root / TRIALS).uri}",
+            f"  epochs, one row per (config_id, seed, epoch, task); task 'mean' is the mean over tasks: "
+            f"{(root / EPOCHS).uri}",
+            f"  predictions, one row per test image (its task, label, prediction): {(root / PREDICTIONS).uri}",
+        ]
+    )
 
 
 def study_toml(study: StudyConfig) -> str:
@@ -128,7 +144,7 @@ def main(argv: list[str] | None = None, prog: str = "mmap-ray study") -> int:
         where = f" (study folder: {study.study_dir})" if study else ""
         print(f"{prog}: interrupted before every trial had a result; continue with --resume{where}", file=sys.stderr)
         return 130
-    print(f"results (Parquet): {results}")
+    print(describe_results(results))
     try:
         return summarise(results, prog)
     except KeyboardInterrupt:  # every trial has its row: only the summary and the report are missing
