@@ -175,7 +175,7 @@ def test_group_cli_writes_a_partition_train_accepts(tmp_path, capsys):
 def test_trained_affinity_finds_toy2s_conventions_where_the_proxies_do_not(scheme, tmp_path):
     """On toy2 the planted partition (the labelling conventions) is what gradient affinity finds in >= 4
     of 5 seeds, each seed with its own data; test_proxies checks that zero-shot and frozen-feature proxies
-    do not find it. (The look-ahead found it for 2 of the oracle study's 3 seeds: README.)"""
+    do not find it. (The look-ahead found it for 2 of the oracle study's 3 seeds: docs/results.md.)"""
     hits = 0
     for seed in range(5):
         out = tmp_path / f"{scheme}-{seed}.json"
@@ -190,7 +190,7 @@ def test_on_toy3_the_label_prior_drives_gradient_affinity_unless_batches_are_cla
     """toy3's tasks are labelled for halves of the classes: gradient affinity as TAG measures it groups the
     tasks with the same half (the style pairs, the oracle's worst partition) in every seed (5 of 5 in the
     oracle study; 3 here, for time); drawn
-    class-balanced (--affinity-balance) it finds the planted conventions in >= 4 of 5 (README)."""
+    class-balanced (--affinity-balance) it finds the planted conventions in >= 4 of 5 (docs/results.md)."""
     chosen = {False: [], True: []}
     for balance in chosen:
         for seed in range(5 if balance else 3):

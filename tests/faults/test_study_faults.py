@@ -166,7 +166,7 @@ def test_diverging_trial_is_recorded_as_errored_and_every_client_reads_the_folde
     epochs = load(tmp_path / "nan" / "results", "epochs")
     assert epochs["val_acc"].notna().all() and epochs["train_loss"].map(float).notna().all()  # no NaN was reported
     assert "2 trials errored" in out.stdout
-    folder = str(tmp_path / "nan" / "results" / "trials")  # the README's readers, on a folder with failed trials
+    folder = str(tmp_path / "nan" / "results" / "trials")  # the documented readers, on a folder with failed trials
     assert len(pd.read_parquet(folder)) == 4
     assert pads.dataset(folder, partitioning="hive").to_table().num_rows == 4
     sql = f"select count(*), count(test_mean) from read_parquet('{folder}/*.parquet', hive_partitioning=true)"
