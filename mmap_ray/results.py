@@ -31,13 +31,9 @@ columns, version 5 the package version `mmap_ray` ("unknown" before it).
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import io
 import json
-import platform
-import re
-import subprocess
 import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -46,7 +42,6 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .grouping import format_groups
 from .storage import Location, location
 
 SCHEMA_VERSION = 5
@@ -154,100 +149,6 @@ def config_id(config: Mapping) -> str:
 def row_key(cid: str, seed: int) -> str:
     """The file name (without .parquet) of the rows of (config_id, seed)."""
     return f"{cid}-s{seed}"
-
-
-def trial_rows(
-    study: str,
-    k: int,
-    tasks: list[str],
-    trial: dict,
-    history: list[dict],
-    *,
-    trial_id: str,
-    status: str,
-    error: str,
-    wall_s: float,
-    workers: int,
-    device_per_worker: float,
-    device_kind: str,
-) -> tuple[dict, list[dict]]:
-    """A trial's row (`trial_schema(tasks)`) and its per-epoch, per-task rows (`EPOCH_SCHEMA`).
-
-    Built from the trial as planned (`mmap_ray.study.trials.make_trial`: its RunConfig, identity,
-    resolved layers) and the metrics history its training wrote, whatever ran it. Cost: `workers` x
-    `device_per_worker` (GPUs, or CPUs on a CPU run) for `wall_s`.
-    """
-    from .config import RunConfig
-    from .fields import from_dict
-
-    run = from_dict(RunConfig, trial["run"])
-    last = history[-1] if history else {}
-    best = {n: max((h[f"val/{n}"] for h in history), default=None) for n in ["mean", *tasks]}
-    ident = {"study": study, "config_id": trial["config_id"], "seed": trial["seed"], "trial_id": trial_id}
-    row = {
-        **ident,
-        "status": status,
-        "error": error,
-        "early_stopped": status == "TERMINATED" and len(history) < run.train.epochs,
-        "scheme": trial["scheme"],
-        "variant": trial.get("variant", ""),
-        "partition": format_groups(run.partition) if run.partition else None,
-        "k": k,
-        "n_tokens": run.prompts.n_tokens,
-        "depth": trial["depth"],
-        "layers": trial["layers"],
-        "projection": run.prompts.projection.value,
-        "combine": run.prompts.combine.value,
-        "lr": run.train.lr,
-        "epochs": run.train.epochs,
-        "batch_size": run.train.batch_size,
-        "dataset": run.data.dataset,
-        "model": run.backbone.model,
-        "pretrained": str(run.backbone.pretrained),
-        "data_seed": run.data.data_seed,
-        "epochs_run": len(history),
-        "trainable_params": last.get("trainable_params"),
-        "total_params": last.get("total_params"),
-        "val_mean_final": last.get("val/mean"),
-        "val_mean_best": best["mean"],
-        "test_mean": last.get("test/mean"),
-        "zeroshot_mean": last.get("zeroshot/mean"),
-        "wall_s": wall_s,
-        "device_hours": wall_s * workers * device_per_worker / 3600,
-        "device_kind": device_kind,
-        **{f"val_{n}_final": last.get(f"val/{n}") for n in tasks},
-        **{f"val_{n}_best": best[n] for n in tasks},
-        **{f"test_{n}": last.get(f"test/{n}") for n in tasks},
-        **{f"zeroshot_{n}": last.get(f"zeroshot/{n}") for n in tasks},
-        **provenance(),
-        "config": trial["config"],
-    }
-    return row, epoch_rows(ident, tasks, history)
-
-
-def prediction_rows(ident: dict, history: list[dict]) -> list[dict]:
-    """`TRIAL_PREDICTION_SCHEMA` rows of a run's last epoch ([] if it has no test outcomes)."""
-    cols = history[-1].get("predictions") if history else None
-    if not cols:
-        return []
-    keep = {k: ident[k] for k in ("study", "config_id", "seed")}
-    return [{**keep, **dict(zip(cols, values))} for values in zip(*cols.values())]
-
-
-def epoch_rows(ident: dict, tasks: list[str], history: list[dict]) -> list[dict]:
-    """One `EPOCH_SCHEMA` row per (epoch, task and mean) of a run's history; `ident` names the run."""
-    return [
-        {
-            **ident,
-            "epoch": h["epoch"],
-            "task": n,
-            "val_acc": h[f"val/{n}"],
-            "train_loss": h["train_loss"],
-            "test_acc": h.get(f"test/{n}"),
-        }
-        for h in history
-        for n in [*tasks, "mean"]
-    ]
 
 
 def _safe(value: object) -> str:
@@ -390,53 +291,6 @@ def _v4_to_v5(df: pd.DataFrame) -> pd.DataFrame:
 
 
 UPGRADES[4] = _v4_to_v5
-
-
-@functools.lru_cache(maxsize=1)
-def code_version() -> str:
-    """What code wrote a row, wherever the driver runs: the git commit of the checkout `mmap_ray` is imported
-    from; else the commit an image build wrote beside it (`COMMIT`, cluster/Dockerfile); else
-    `sources-<sha256 of the package's .py files>`, always computable (e.g. in a submitted job's working-dir
-    copy, which has no .git)."""
-    package = Path(__file__).resolve().parent
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=package, timeout=5
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        commit = ""
-    if re.fullmatch(r"[0-9a-f]{40}", commit):
-        return commit
-    stamp = package.parent / "COMMIT"
-    if stamp.is_file() and re.fullmatch(r"[0-9a-f]{40}", text := stamp.read_text().strip()):
-        return text
-    h = hashlib.sha256()
-    for source in sorted(package.rglob("*.py")):
-        h.update(source.relative_to(package).as_posix().encode())
-        h.update(source.read_bytes())
-    return f"sources-{h.hexdigest()[:16]}"
-
-
-def provenance() -> dict:
-    """Code version (`code_version`), package and library versions, for every row."""
-    import open_clip
-    import optuna
-    import ray
-    import torch
-
-    from . import __version__
-
-    return {
-        "schema_version": SCHEMA_VERSION,
-        "git_commit": code_version(),
-        "mmap_ray": __version__,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "open_clip": open_clip.__version__,
-        "ray": ray.__version__,
-        "optuna": optuna.__version__,
-        "pandas": pd.__version__,
-    }
 
 
 # ---- per-image predictions (`mmap-ray eval --predictions`, `mmap-ray compare`) --------------------------

@@ -1,6 +1,7 @@
 """The entry points a Python user expects, as a user meets them: the installed `mmap-ray` script, `python -m
 mmap_ray`, `mmap-ray study` (the program `studies/grouping.py` launches), and a plain `pip install .`."""
 
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -51,7 +52,10 @@ def test_pip_install_of_the_project_gives_the_commands_and_their_data(tmp_path):
     purelib = Path(sysconfig.get_paths(vars={"base": str(venv), "platbase": str(venv)})["purelib"])
     (purelib / "deps-of-the-dev-venv.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation"]
-    install = _run(*pip, str(REPO), cwd=tmp_path)
+    source = tmp_path / "src"  # a copy: building a wheel writes build/ and egg-info into the source folder
+    skip = shutil.ignore_patterns(".git", ".venv", "build", "*.egg-info", "__pycache__", ".pytest_cache", "runs")
+    shutil.copytree(REPO, source, ignore=skip)
+    install = _run(*pip, str(source), cwd=tmp_path)
     assert install.returncode == 0, install.stderr[-3000:]
     script = str(venv / "bin" / "mmap-ray")
     assert _run(script, "--version", cwd=tmp_path).stdout.strip() == f"mmap-ray {mmap_ray.__version__}"

@@ -1,11 +1,9 @@
-"""Experiment tracking (issue 20, part 5): a study with --tracking tensorboard mlflow writes every trial's
-per-epoch rows to TensorBoard event files and to an MLflow file store, read back here with real readers."""
+"""Experiment tracking: a study with --tracking tensorboard mlflow, read back as a user would, with MLflow's
+search and TensorBoard's own event reader."""
 
 from __future__ import annotations
 
-import struct
 import subprocess
-from pathlib import Path
 
 import pytest
 from conftest import STUDY
@@ -14,49 +12,60 @@ from conftest import study_env as _env
 from mmap_ray.results import load
 from mmap_ray.storage import location
 from mmap_ray.study import StudyConfig
-from mmap_ray.study.tracking import check_tracking, mlflow_store
-
-
-def _tensorboard_scalars(path: Path) -> dict[str, list[tuple[int, float]]]:
-    """Every scalar in a TensorBoard event file: the TFRecord framing read here, the Event protos by
-    tensorboardX's own protobuf classes."""
-    from tensorboardX.proto.event_pb2 import Event
-
-    data, pos, out = path.read_bytes(), 0, {}
-    while pos < len(data):
-        (length,) = struct.unpack("<Q", data[pos : pos + 8])
-        event = Event.FromString(data[pos + 12 : pos + 12 + length])  # after the length and its crc
-        pos += 12 + length + 4  # and the data's crc
-        for value in event.summary.value:
-            out.setdefault(value.tag, []).append((event.step, value.simple_value))
-    return out
+from mmap_ray.study.tracking import check_tracking
 
 
 @pytest.mark.slow
-def test_study_tracks_every_epoch_in_tensorboard_and_mlflow(tmp_path):
+def test_study_tracks_every_trial_as_the_studys_question_in_mlflow_and_tensorboard(tmp_path):
+    """A user's path: a smoke study with --tracking mlflow tensorboard, then MLflow's own search by the
+    names of the Parquet columns, and TensorBoard's own reader: one run per trial, every epoch's scalars."""
     import mlflow
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     argv = [*STUDY, "--smoke", "--storage", str(tmp_path), "--name", "tracked", "--tracking", "tensorboard", "mlflow"]
     out = subprocess.run(argv, env=_env(RAY_AUTH_MODE="disabled"), capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
-    rows = load(tmp_path / "tracked" / "results")
-    epochs = load(tmp_path / "tracked" / "results", "epochs")
-    events = sorted((tmp_path / "tracked" / "tune").rglob("events.out.tfevents.*"))
-    assert len(events) == len(rows) == 2
-    for path in events:
-        scalars = _tensorboard_scalars(path)
-        val = [v for _, v in sorted(scalars["ray/tune/val/mean"])]
-        assert len(val) == 2  # one point per epoch
-        # the same values as the Parquet epochs table of one of the trials
-        per_trial = epochs[epochs["task"] == "mean"].groupby("config_id", observed=True)["val_acc"].apply(list)
-        assert any(val == pytest.approx(v, abs=1e-6) for v in per_trial)
-    client = mlflow.MlflowClient(tracking_uri=mlflow_store(location(tmp_path / "tracked")))
-    runs = client.search_runs([client.get_experiment_by_name("tracked").experiment_id])
-    assert len(runs) == 2
-    finals = sorted(r.data.metrics["test/mean"] for r in runs)
-    assert finals == pytest.approx(sorted(rows["test_mean"]), abs=1e-6)
-    history = client.get_metric_history(runs[0].info.run_id, "val/mean")
-    assert len(history) == 2
+    study = tmp_path / "tracked"
+    uri = f"sqlite:///{study / 'mlflow.db'}"
+    for said in (
+        f"tracking: mlflow experiment 'tracked' at {uri}",
+        f"tracking: tensorboard runs in {study / 'tensorboard'}",
+    ):
+        assert out.stdout.count(said) == 2  # where tracking goes, at the start and at the end
+    assert "performance bottleneck" not in out.stdout + out.stderr  # tracking does not hold up Tune
+    rows = load(study / "results").set_index("scheme", drop=False)
+    epochs = load(study / "results", "epochs")
+    curve = epochs[epochs["task"] == "mean"].groupby("config_id", observed=True)["val_acc"].apply(list)
+
+    mlflow.set_tracking_uri(uri)
+    runs = mlflow.search_runs(experiment_names=["tracked"], filter_string="params.scheme = 'single'")
+    assert len(runs) == 1
+    single = rows.loc["single"]
+    run = runs.iloc[0]
+    assert run["params.config_id"] == single["config_id"] and run["params.seed"] == str(single["seed"])
+    assert run["params.n_tokens"] == "2" and run["params.partition"] == "Art+Clipart+Product+RealWorld"
+    assert run["tags.mlflow.runName"] == f"single Art+Clipart+Product+RealWorld s0 [{single['config_id'][:8]}]"
+    assert run["metrics.test/mean"] == pytest.approx(single["test_mean"], abs=1e-6)
+    client = mlflow.MlflowClient(uri)
+    history = client.get_metric_history(run["run_id"], "val/mean")
+    assert [m.step for m in history] == [1, 2]
+    assert [m.value for m in history] == pytest.approx(curve[single["config_id"]], abs=1e-6)
+    every = mlflow.search_runs(experiment_names=["tracked"])
+    assert len(every) == 2 and (every["status"] == "FINISHED").all()
+    logged = {c.removeprefix("metrics.") for c in every.columns if c.startswith("metrics.")}
+    assert {"val/mean", "val/Art", "train/loss", "lr", "test/mean"} <= logged
+    assert not logged & {"n_tokens", "seed", "epochs", "config/trial"}  # no setting logged as a metric
+
+    runs_dir = study / "tensorboard"
+    assert len(list(runs_dir.iterdir())) == len(rows) == 2
+    for folder in runs_dir.iterdir():
+        acc = EventAccumulator(str(folder))
+        acc.Reload()
+        assert {"val/mean", "train/loss", "lr", "test/mean"} <= set(acc.Tags()["scalars"])
+        val = [e.value for e in acc.Scalars("val/mean")]
+        config_id = folder.name.rsplit("[", 1)[1].rstrip("]")
+        match = [v for cid, v in curve.items() if cid.startswith(config_id)]
+        assert len(match) == 1 and val == pytest.approx(match[0], abs=1e-6)
 
 
 def test_tracking_is_checked_before_anything_starts(tmp_path, monkeypatch):

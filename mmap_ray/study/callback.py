@@ -17,14 +17,13 @@ from ..results import (
     PREDICTIONS,
     TRIAL_PREDICTION_SCHEMA,
     TRIALS,
-    prediction_rows,
     row_key,
-    trial_rows,
     trial_schema,
     write_table,
 )
 from ..storage import StorageError, location
 from .config import StudyConfig
+from .rows import prediction_rows, trial_rows
 from .trials import trial_of
 
 

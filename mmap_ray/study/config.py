@@ -23,7 +23,6 @@ from ..grouping import SCHEMES, format_groups, is_partition_text, parse_groups
 from ..prompts import Combine, Projection
 from ..results import _safe
 from ..storage import location, resolve_storage
-from .tracking import TRACKERS
 
 MODES = ("compare", "search")
 OBJECTIVES = ("accuracy", "pareto")
@@ -36,6 +35,7 @@ HOW_IT_RUNS = tuple(
 # Run settings that do not change a trial's result (not part of its identity)
 NOT_IN_RESULT = ("train.seed", *HOW_IT_RUNS)
 # Study settings that may change on --resume: where and how fast trials run, not what they compute
+TRACKERS = {"tensorboard": "tensorboardX", "mlflow": "mlflow", "wandb": "wandb"}  # tracker -> module it needs
 RESUME_MAY_CHANGE = ("storage", "max_concurrent_trials", "resources", "tracking", *(f"run.{k}" for k in HOW_IT_RUNS))
 
 

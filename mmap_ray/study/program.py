@@ -35,6 +35,7 @@ from ..results import EPOCHS, PREDICTIONS, TRIALS
 from ..storage import StorageError, is_uri, location, resolve_storage
 from .config import StudyConfig, read_study_file
 from .run import Interrupted, run_study
+from .tracking import tracking_lines
 
 PRESET_DIR = Path(__file__).parent / "presets"
 PRESETS = sorted(p.stem for p in PRESET_DIR.glob("*.toml"))
@@ -145,6 +146,8 @@ def main(argv: list[str] | None = None, prog: str = "mmap-ray study") -> int:
         print(f"{prog}: interrupted before every trial had a result; continue with --resume{where}", file=sys.stderr)
         return 130
     print(describe_results(results))
+    for line in tracking_lines(study.tracking, study.name, location(study.study_dir)):
+        print(line)
     try:
         return summarise(results, prog)
     except KeyboardInterrupt:  # every trial has its row: only the summary and the report are missing

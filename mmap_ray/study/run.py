@@ -29,7 +29,7 @@ from .config import METRIC, StudyConfig
 from .in_trial import fit_in_trial, trial_resources
 from .ownership import check_start, stored_rows
 from .partitions import check_tasks, plan_partitions
-from .tracking import check_tracking, tracking_callbacks
+from .tracking import check_tracking, tracking_callbacks, tracking_lines
 from .trials import grid_trials, searcher, trial_of
 
 TRIAL_DRIVER_CPU = 0.01  # a Ray Train trial's own reservation; its Train workers reserve theirs
@@ -173,6 +173,8 @@ def run_study(
         log(f"moved the earlier study {study.name!r} aside to {moved}")
     with acquire(folder, break_lock):
         log(f"study {study.name!r}: {folder}")
+        for line in tracking_lines(study.tracking, study.name, folder):
+            log(line)
         keep_secrets_out_of_trials()
         ensure_ray()
         check_resources(study.resources, extra_cpus=driver_cpu(study.resources))  # fail now, not hang later
@@ -222,7 +224,7 @@ def _run_trials(study: StudyConfig, base: dict, tasks: list[str], resume: bool, 
                 **(folder / "tune").ray_storage(),
                 callbacks=[
                     parquet_writer(study, base, tasks, failures, interrupt),
-                    *tracking_callbacks(study.tracking, study.name, folder),
+                    *tracking_callbacks(study.tracking, study.name, folder, base),
                 ],
                 stop=interrupt.stopper(),
                 progress_reporter=status_table(study),
