@@ -1,21 +1,25 @@
 """Task affinity for grouping: how much training on one task helps another, measured on a shared MmAP.
 
-Both schemes follow TAG (Fifty et al. 2021): one MmAP shared by all tasks (one group, no task-specific
-prompts) is trained on all tasks jointly (AdamW, the training loop's step). After `affinity_warmup_steps`
-steps, the affinity is measured on every `affinity_every`-th of the next `affinity_steps` training steps,
-on the batch that step trains on, before it trains, and averaged:
+`tag` is TAG (Fifty et al. 2021) as its paper and published code define it: one MmAP shared by all tasks
+(one group, no task-specific prompts) is trained on all tasks jointly with the study's own schedule
+(`TrainConfig`: epochs, batch size, optimizer, lr schedule, weight decay, clipping). Every `tag_every`-th
+step (10, as TAG's code), before that step trains, each task i takes a look-ahead step on the shared
+parameters alone: plain SGD with weight decay at the schedule's current learning rate, no optimizer state,
+θ'_i = θ - lr (g_i + wd θ). The affinity onto task j is Z[i->j] = 1 - L_j(θ'_i) / L_j(θ) on the same batch,
+averaged over every measurement of the run. `grouping.tag_partition` then scores a partition as TAG does.
 
-- gradient (our reading of the paper): each task's gradient g_i on the shared prompt parameters; the
-  affinity is the cosine similarity cos(g_i, g_j).
-- lookahead (TAG): Z[i->j] = 1 - L_j(θ') / L_j(θ), where θ' is where the optimizer's own update (AdamW,
-  with its moments and step count) would take the shared parameters given task i's gradient alone. The
-  update is taken and undone: weights and optimizer state are restored bit for bit, so measuring never
-  changes the training run it observes.
+`gradient` and `lookahead` are short *probes* (our own, not TAG): after `affinity_warmup_steps` steps of
+joint training at a fixed `affinity_lr` (AdamW), the affinity is measured on every `affinity_every`-th of
+the next `affinity_steps` steps and averaged:
 
-With `affinity_balance` (our addition; TAG draws batches as training does) each task's images are drawn
-class-balanced: where tasks see their classes at different rates, each task's gradient is otherwise
-dominated by its label prior, and the affinity groups tasks by which classes they see often, not by what
-the classes mean (toy3, README).
+- gradient probe: each task's gradient g_i on the shared prompt parameters; the affinity is cos(g_i, g_j).
+- lookahead probe: Z[i->j] as above, but θ'_i is where the optimizer's own update (AdamW, with its
+  moments and step count, which carry every task's history) would take the shared parameters given g_i.
+  The update is taken and undone: weights and optimizer state are restored bit for bit.
+
+Measuring never changes the training run it observes (tested). With `affinity_balance` (our addition; TAG
+draws batches as training does) each task's images are drawn class-balanced in the probes: where tasks see
+their classes at different rates, each task's gradient is otherwise dominated by its label prior.
 
 `zeroshot` and `features` are training-free proxies (proxies.py), computed here so that every scheme
 goes through one function.
@@ -38,9 +42,9 @@ from tqdm.auto import tqdm
 
 from .data.base import MultiTaskDataset, TaskData, class_balanced
 from .data.sampler import MultiTaskBatchSampler
-from .engine import train_step
+from .engine import TrainConfig, make_optimizer, train_step
 from .fields import check_types, option
-from .grouping import AFFINITY_SCHEMES, Partition
+from .grouping import AFFINITY_SCHEMES, Partition, choose_partition, fixed_partition
 from .model import PromptedCLIP
 from .prompts import MmAPConfig
 from .proxies import PROXIES, proxy_affinity
@@ -54,10 +58,11 @@ class AffinityConfig:
 
     method: str = "gradient"  # set by the grouping scheme (gradient or lookahead)
     affinity_warmup_steps: int = option(40, "steps of joint training of one shared MmAP before measuring")
-    affinity_steps: int = option(20, "joint training steps the affinity is measured over (TAG)")
+    affinity_steps: int = option(20, "joint training steps the probes' affinity is measured over")
     affinity_every: int = option(1, "measure on every N-th of those steps")
     affinity_batch_size: int = option(64, "batch size of the affinity's joint training")
-    affinity_lr: float = option(2e-3, "learning rate of the affinity's joint training (AdamW)")
+    affinity_lr: float = option(2e-3, "learning rate of the probes' joint training (AdamW)")
+    tag_every: int = option(10, "tag: measure the look-ahead on every N-th step of the joint run (TAG: 10)")
     affinity_balance: bool = option(
         False,
         "draw each task's images class-balanced in the affinity's joint training (scarce classes repeated), "
@@ -69,7 +74,7 @@ class AffinityConfig:
         check_types(self)
         if self.method not in METHODS:
             raise ValueError(f"AffinityConfig.method={self.method!r} is not valid; choose one of {METHODS}")
-        for name in ("affinity_steps", "affinity_batch_size", "affinity_every"):
+        for name in ("affinity_steps", "affinity_batch_size", "affinity_every", "tag_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"AffinityConfig.{name}={getattr(self, name)} must be >= 1")
         if self.affinity_warmup_steps < 0:
@@ -227,17 +232,109 @@ def measure_affinity(
     return total / cfg.measured_steps
 
 
+def tag_lookahead(model: PromptedCLIP, batch, num_tasks: int, lr: float, weight_decay: float = 0.0) -> Tensor:
+    """TAG's Z (T, T) on one batch: Z[i, j] = 1 - L_j(θ - lr (g_i + wd θ)) / L_j(θ), g_i the gradient of task
+    i's loss on the shared parameters θ. The shared parameters are put back exactly afterwards."""
+    images, labels, task_ids = batch
+    grads, losses = task_gradients(model, batch, num_tasks)  # (T, P), (T,)
+    shared = list(shared_parameters(model).values())
+    theta = torch.cat([p.detach().flatten() for p in shared])  # (P,)
+    z = torch.zeros(num_tasks, num_tasks)
+    with torch.no_grad():
+        try:
+            for i in range(num_tasks):
+                _assign(shared, theta - lr * (grads[i] + weight_decay * theta))
+                z[i] = 1 - per_task_loss(model(images, task_ids), labels, task_ids, num_tasks).cpu() / losses.cpu()
+        finally:
+            _assign(shared, theta)
+    return z
+
+
+def _assign(params: list[torch.nn.Parameter], flat: Tensor) -> None:
+    """Copy a flat vector (P,) into `params`, in order."""
+    offset = 0
+    for p in params:
+        p.copy_(flat[offset : offset + p.numel()].view_as(p))
+        offset += p.numel()
+
+
+def tag_affinity(
+    model: PromptedCLIP,
+    tasks: Sequence[TaskData],
+    train: TrainConfig,
+    every: int = 10,
+    on_step: Callable[[], object] = lambda: None,
+) -> tuple[Tensor, int]:
+    """TAG: train `model` (one shared MmAP) on all tasks with `train`'s schedule, measuring `tag_lookahead`
+    before every `every`-th step; returns the mean Z (T, T) and how many steps were measured."""
+    device = next(model.parameters()).device
+    params = model.set_trainable(False)
+    sampler = MultiTaskBatchSampler([len(t.train) for t in tasks], train.batch_size, train.sampling, train.seed)
+    loader = DataLoader(MultiTaskDataset([t.train for t in tasks]), batch_sampler=sampler)
+    opt, sched = make_optimizer(params, train, train.epochs * len(sampler))
+    total, measured, step = torch.zeros(len(tasks), len(tasks)), 0, 0
+    for epoch in range(train.epochs):
+        sampler.set_epoch(epoch)
+        model.train()
+        for batch in loader:
+            batch = tuple(x.to(device) for x in batch)
+            if step % every == 0:
+                total += tag_lookahead(model, batch, len(tasks), sched.get_last_lr()[0], train.weight_decay)
+                measured += 1
+            where = "of TAG's joint training"
+            train_step(model, batch, opt, sched, grad_clip=train.grad_clip, step=step, where=where, precision="fp32")
+            step += 1
+            on_step()
+    return total / max(measured, 1), measured
+
+
 def task_affinity(
-    backbone, tasks: Sequence[TaskData], cfg: AffinityConfig, mmap: MmAPConfig | None = None, progress: bool = False
+    backbone,
+    tasks: Sequence[TaskData],
+    cfg: AffinityConfig,
+    mmap: MmAPConfig | None = None,
+    progress: bool = False,
+    train: TrainConfig | None = None,
 ) -> Tensor:
-    """Train a fresh shared MmAP on `tasks` and measure the (T, T) affinity with `cfg.method` (TAG); a
-    training-free proxy (`proxies.PROXIES`) is computed from the frozen backbone instead. `progress`: a
-    progress bar over the warm-up and measured steps (on stderr)."""
+    """The (T, T) affinity of `cfg.method` on a fresh MmAP shared by all tasks (`mmap`'s design as one
+    group, no task prompts): `tag` over a joint run with `train`'s schedule, the probes over their short
+    run; a training-free proxy (`proxies.PROXIES`) from the frozen backbone. `progress`: a progress bar
+    over the steps (on stderr)."""
     if cfg.method in PROXIES:
         return proxy_affinity(cfg.method, backbone, tasks)
     torch.manual_seed(cfg.seed)
     model = shared_model(backbone, tasks, mmap).to(next(backbone.model.parameters()).device)  # the backbone's device
+    if cfg.method == "tag":
+        train = TrainConfig(**{**(train or TrainConfig()).__dict__, "seed": cfg.seed})
+        steps = train.epochs * len(
+            MultiTaskBatchSampler([len(t.train) for t in tasks], train.batch_size, train.sampling)
+        )
+        with tqdm(total=steps, desc=f"tag affinity (seed {cfg.seed})", disable=not progress, leave=False) as bar:
+            return tag_affinity(model, tasks, train, cfg.tag_every, on_step=bar.update)[0]
     total = cfg.affinity_warmup_steps + cfg.affinity_steps
     with tqdm(total=total, desc=f"{cfg.method} affinity (seed {cfg.seed})", disable=not progress, leave=False) as bar:
         opt = warm_up(model, tasks, cfg, on_step=bar.update)
         return measure_affinity(model, tasks, cfg, opt, on_step=bar.update)
+
+
+def plan_partition(
+    scheme: str,
+    backbone,
+    tasks: Sequence[TaskData],
+    cfg: AffinityConfig,
+    mmap: MmAPConfig,
+    train: TrainConfig,
+    k: int | None = None,
+    progress: bool = False,
+) -> tuple[Partition, Tensor | None]:
+    """The partition `scheme` chooses for `tasks` (seeded by `cfg.seed`), and the affinity matrix it chose
+    from (None for a fixed scheme): the one decision `mmap-ray group` and a study's planning share.
+
+    Affinity is measured on one MmAP of the run's own design (`mmap`, as one group without task prompts);
+    `tag` trains it with the run's own schedule (`train`), the probes with their short run (`cfg`)."""
+    names = [t.name for t in tasks]
+    if scheme not in AFFINITY_SCHEMES:
+        return fixed_partition(scheme, names, k, cfg.seed), None
+    cfg = AffinityConfig(**{**cfg.__dict__, "method": scheme})
+    affinity = task_affinity(backbone, tasks, cfg, mmap, progress=progress, train=train)
+    return choose_partition(scheme, affinity, names, k), affinity

@@ -260,16 +260,16 @@ def cmd_group(args: argparse.Namespace) -> int:
     import pandas as pd
     import torch
 
-    from .affinity import AffinityConfig, task_affinity
+    from .affinity import AffinityConfig, plan_partition
     from .build import load_run_backbone, load_run_tasks
     from .engine import resolve_device, write_json
     from .fields import from_dict, parsed_values, to_dict
-    from .grouping import AFFINITY_SCHEMES, best_partition, fixed_partition, partition_score
+    from .grouping import AFFINITY_SCHEMES, partition_score, tag_score
 
     if args.k is not None and args.scheme not in (*AFFINITY_SCHEMES, "random"):
         raise ValueError(
-            f"--k {args.k} has no effect with --scheme {args.scheme}: only gradient, lookahead and random choose "
-            f"a number of groups; drop --k"
+            f"--k {args.k} has no effect with --scheme {args.scheme}: only {', '.join(AFFINITY_SCHEMES)} and random "
+            f"choose a number of groups; drop --k"
         )
     method = args.scheme if args.scheme in AFFINITY_SCHEMES else "gradient"
     acfg = from_dict(AffinityConfig, {**parsed_values(AffinityConfig, args), "method": method, "seed": args.seed})
@@ -282,16 +282,13 @@ def cmd_group(args: argparse.Namespace) -> int:
     names = [t.name for t in tasks]
     if args.k is not None and not 1 <= args.k <= len(names):
         raise ValueError(f"--k {args.k} is not valid for {len(names)} tasks {names}; choose 1 <= k <= {len(names)}")
-    affinity = None
-    if args.scheme in AFFINITY_SCHEMES:
-        affinity = task_affinity(backbone, tasks, acfg, cfg.prompts, progress=not getattr(args, "no_progress", False))
-        partition = best_partition(affinity, names, args.k)
+    progress = not getattr(args, "no_progress", False)
+    partition, affinity = plan_partition(args.scheme, backbone, tasks, acfg, cfg.prompts, cfg.train, args.k, progress)
+    if affinity is not None:
         table = pd.DataFrame(affinity.numpy(), index=names, columns=names)
         entry = "cos(g_i, g_j)" if args.scheme == "gradient" else "Z[i->j]"
         print(f"task affinity ({args.scheme}; row i, column j: {entry})")
         print(table.round(3).to_string())
-    else:
-        partition = fixed_partition(args.scheme, names, args.k, args.seed)
     print(f"partition: {partition}")
     out = Path(args.out or f"runs/group-{args.dataset}-{args.scheme}-seed{args.seed}.json")
     write_json(
@@ -302,7 +299,9 @@ def cmd_group(args: argparse.Namespace) -> int:
             "tasks": names,
             "partition": str(partition),
             "affinity": affinity.tolist() if affinity is not None else None,
-            "score": partition_score(affinity, partition) if affinity is not None else None,
+            "score": (tag_score if args.scheme == "tag" else partition_score)(affinity, partition)
+            if affinity is not None
+            else None,
             "affinity_config": to_dict(acfg),
             "run": to_dict(cfg),
         },
@@ -386,20 +385,21 @@ def _add_group(sub) -> None:
 
     p = sub.add_parser(
         "group",
-        help="task affinity and the chosen partition (gradient, lookahead, or a fixed scheme)",
-        description="Warm up one MmAP shared by all tasks, measure task affinity (gradient: cosine of "
-        "per-task gradients; lookahead: TAG's Z[i->j]), print it as a table and choose the partition with "
-        "the highest mean within-group affinity. Fixed schemes (single, independent, random, or an explicit "
-        "partition) need no training. The partition is written to --out as JSON and printed in the form "
-        "`mmap-ray train --partition` takes.",
+        help="task affinity and the chosen partition (tag, the gradient / lookahead probes, or a fixed scheme)",
+        description="Train one MmAP shared by all tasks and measure task affinity: tag (TAG: the look-ahead "
+        "Z[i->j] every --tag-every steps of a joint run with the training flags' schedule, then TAG's grouping "
+        "score), or a short probe (gradient: cosine of per-task gradients; lookahead: Z[i->j] through AdamW's "
+        "step; partition by the highest mean within-group affinity). Print it as a table and the chosen "
+        "partition. Fixed schemes (single, independent, random, or an explicit partition) need no training. "
+        "The partition is written to --out as JSON and printed in the form `mmap-ray train --partition` takes.",
     )
-    p.add_argument("--scheme", default="gradient", help="gradient, lookahead, single, independent, random or A+B|C+D")
+    p.add_argument(
+        "--scheme", default="gradient", help="tag, gradient, lookahead, single, independent, random or A+B|C+D"
+    )
     p.add_argument("--k", type=int, default=None, help="number of groups (default: chosen by within-minus-between)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the warm-up, the batches and the random scheme")
     p.add_argument("--out", default=None, help="JSON file (default: runs/group-DATASET-SCHEME-seedSEED.json)")
-    add_run_args(p, ("data", "backbone", "prompts"))
+    add_run_args(p, ("data", "backbone", "prompts", "train"))  # --seed also seeds the random scheme
     add_arguments(p.add_argument_group("affinity"), AffinityConfig)
-    _add_device(p)
     p.set_defaults(func=cmd_group)
 
 

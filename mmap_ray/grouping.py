@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
 GROUP_SEP = "|"
 TASK_SEP = "+"
-SCHEMES = ("single", "independent", "gradient", "lookahead", "random", "zeroshot", "features")
+SCHEMES = ("single", "independent", "tag", "gradient", "lookahead", "random", "zeroshot", "features")
 
 
 def parse_groups(text: str) -> tuple[tuple[str, ...], ...]:
@@ -241,8 +241,41 @@ def best_partition(affinity: torch.Tensor, tasks: Sequence[str], k: int | None =
 
 # ---- schemes -----------------------------------------------------------------------------------------
 
+
+def tag_score(affinity: torch.Tensor, p: Partition) -> float:
+    """TAG's score of a partition (Fifty et al. 2021, its published selection): for each task j, the mean
+    affinity onto it from its group-mates, Z[i->j] = affinity[i, j] over i != j in j's group, summed over
+    tasks. A task alone in its group receives no transfer and adds 0 (TAG lets groups overlap, and there a
+    singleton never wins; with disjoint groups of a given k a task may have to be alone)."""
+    idx = p.group_index()
+    score = 0.0
+    for j in range(len(idx)):
+        mates = [i for i in range(len(idx)) if i != j and idx[i] == idx[j]]
+        if mates:
+            score += sum(float(affinity[i, j]) for i in mates) / len(mates)
+    return score
+
+
+def tag_partition(affinity: torch.Tensor, tasks: Sequence[str], k: int | None = None) -> Partition:
+    """The partition with the highest `tag_score` among those with exactly k groups (any k if None);
+    exhaustive, up to EXHAUSTIVE_MAX_TASKS tasks. Ties go to the first in `set_partitions`' order."""
+    n = len(tasks)
+    if tuple(affinity.shape) != (n, n):
+        raise ValueError(f"affinity has shape {tuple(affinity.shape)}, expected ({n}, {n}) for tasks {list(tasks)}")
+    check_k(n, k)
+    if n > EXHAUSTIVE_MAX_TASKS:
+        raise ValueError(f"tag selection enumerates partitions: at most {EXHAUSTIVE_MAX_TASKS} tasks, got {n}")
+    return max(set_partitions(tasks, k), key=lambda p: tag_score(affinity, p))
+
+
+def choose_partition(scheme: str, affinity: torch.Tensor, tasks: Sequence[str], k: int | None = None) -> Partition:
+    """The partition an affinity scheme chooses from its matrix: TAG's selection for `tag`, the highest mean
+    within-group affinity (`best_partition`) for the probes and proxies."""
+    return tag_partition(affinity, tasks, k) if scheme == "tag" else best_partition(affinity, tasks, k)
+
+
 FIXED_SCHEMES = ("single", "independent", "random")
-AFFINITY_SCHEMES = ("gradient", "lookahead", "zeroshot", "features")  # the last two: training-free proxies
+AFFINITY_SCHEMES = ("tag", "gradient", "lookahead", "zeroshot", "features")  # the last two: training-free proxies
 
 
 def fixed_partition(scheme: str, tasks: Sequence[str], k: int | None = None, seed: int = 0) -> Partition:

@@ -145,8 +145,10 @@ def test_affinity_progress_bar_counts_warm_up_and_measured_steps(tiny, toy_tasks
 
 
 def test_affinity_config_errors():
-    with pytest.raises(ValueError, match="method='tag' is not valid; choose one of"):
-        AffinityConfig(method="tag")
+    with pytest.raises(ValueError, match="method='tga' is not valid; choose one of"):
+        AffinityConfig(method="tga")
+    with pytest.raises(ValueError, match="tag_every=0 must be >= 1"):
+        AffinityConfig(tag_every=0)
     with pytest.raises(ValueError, match="steps=0 must be >= 1"):
         AffinityConfig(affinity_steps=0)
     with pytest.raises(ValueError, match="affinity_every=0 must be >= 1"):

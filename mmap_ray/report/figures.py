@@ -17,7 +17,11 @@ from .load import METRIC_LABELS, Study, accuracy_columns, completed
 from .tables import ablation_table, baseline_comparisons, config_labels, leaderboard
 
 Made = tuple[Figure | None, str | None]  # a figure, or None and the reason it is left out
-AFFINITY_LABELS = {"gradient": "gradient: cos(g_i, g_j)", "lookahead": "lookahead: TAG Z[i→j]"}
+AFFINITY_LABELS = {
+    "tag": "tag (TAG): Z[i→j] over the joint run",
+    "gradient": "gradient probe: cos(g_i, g_j)",
+    "lookahead": "lookahead probe: Z[i→j] through AdamW",
+}
 MAX_AFFINITY_PANELS = 9
 ABLATIONS = {  # setting column -> (x label, title, preset that varies it)
     "n_tokens": ("prompt length (tokens per layer, log scale)", "Accuracy vs prompt length", "ablation-prompt-length"),

@@ -41,8 +41,9 @@ READING = {  # a figure's file name -> the text above it, which says how to read
         "length, source width, adapter width); mean over seeds, bars: std. Circled: the Pareto front."
     ),
     "affinity": (
-        "Affinity between tasks, measured during joint training of one shared MmAP (TAG; the proxies: from the "
-        "frozen backbone); the tasks are ordered by the chosen partition and its groups boxed."
+        "Affinity between tasks, measured during joint training of one shared MmAP (tag: TAG over the study's "
+        "own schedule; the gradient and lookahead probes: a short run; the proxies: from the frozen backbone); "
+        "the tasks are ordered by the chosen partition and its groups boxed."
     ),
     "curves": (
         "Validation accuracy per task of each scheme's best trial (by best validation mean); gray: the "

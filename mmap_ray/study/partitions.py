@@ -1,7 +1,9 @@
 """Partition planning: the task groups of every (scheme, seed), computed once per study, before any trial.
 
-Affinity schemes (gradient, lookahead) warm up one shared MmAP and measure task affinity; fixed schemes
-(single, independent, random, an explicit partition) need no training. The result, with the affinity
+Affinity schemes (tag over a joint run of the study's own schedule; the gradient and lookahead probes; the
+training-free proxies) measure task affinity on one shared MmAP of the study's prompt design, through
+`affinity.plan_partition`, the same function as `mmap-ray group`; fixed schemes (single, independent,
+random, an explicit partition) need no training. The result, with the affinity
 matrices, is kept in the study folder (`partitions.json`, plain JSON), so trials only train and a
 resumed study reuses the same partitions.
 """
@@ -21,7 +23,7 @@ def check_tasks(cfg: StudyConfig) -> list[str]:
     """The study's task names, with every scheme checked against them (k <= tasks, an explicit partition
     names exactly these tasks), from folder names alone: run before the study writes or starts anything."""
     from ..build import run_task_names
-    from ..grouping import check_k, fixed_partition
+    from ..grouping import EXHAUSTIVE_MAX_TASKS, check_k, fixed_partition
 
     try:
         names = run_task_names(cfg.run.data)
@@ -31,6 +33,8 @@ def check_tasks(cfg: StudyConfig) -> list[str]:
         try:
             if scheme in AFFINITY_SCHEMES:
                 check_k(len(names), cfg.k)
+                if scheme == "tag" and len(names) > EXHAUSTIVE_MAX_TASKS:
+                    raise ValueError(f"tag's selection enumerates partitions of at most {EXHAUSTIVE_MAX_TASKS} tasks")
             else:
                 fixed_partition(scheme, names, cfg.k)
         except ValueError as e:
@@ -41,11 +45,10 @@ def check_tasks(cfg: StudyConfig) -> list[str]:
 def plan_partitions(cfg: StudyConfig, folder: Location) -> tuple[dict[str, str], BackboneInfo, list[str]]:
     """The partition of every (scheme, seed), computed once and kept in folder/partitions.json; the
     backbone's geometry and the task names."""
-    from ..affinity import task_affinity
+    from ..affinity import plan_partition
     from ..build import load_run_backbone, load_run_tasks
     from ..engine import resolve_device
     from ..fields import replace
-    from ..grouping import best_partition, fixed_partition
     from .trials import trial_data_seed
 
     path = folder / "partitions.json"
@@ -66,13 +69,12 @@ def plan_partitions(cfg: StudyConfig, folder: Location) -> tuple[dict[str, str],
     needed = [(s, seed) for s in cfg.schemes for seed in seeds if f"{s}/{seed}" not in saved["partitions"]]
     for scheme, seed in needed:
         start = time.perf_counter()
-        if scheme in AFFINITY_SCHEMES:
-            method = replace(cfg.affinity, method=scheme, seed=seed)
-            affinity = task_affinity(backbone, tasks_of(seed), method, progress=True)  # a bar on the driver's console
+        method = replace(cfg.affinity, method=scheme if scheme in AFFINITY_SCHEMES else "gradient", seed=seed)
+        partition, affinity = plan_partition(  # a progress bar on the driver's console
+            scheme, backbone, tasks_of(seed), method, cfg.run.prompts, cfg.run.train, cfg.k, progress=True
+        )
+        if affinity is not None:
             saved["affinity"][f"{scheme}/{seed}"] = {"tasks": names, "matrix": affinity.tolist()}
-            partition = best_partition(affinity, names, cfg.k)
-        else:
-            partition = fixed_partition(scheme, names, cfg.k, seed)
         saved["partitions"][f"{scheme}/{seed}"] = str(partition)
         saved["seconds"][f"{scheme}/{seed}"] = round(time.perf_counter() - start, 3)
     if needed:
