@@ -657,6 +657,28 @@ def test_oracle_ranks_partitions_and_scores_each_method_against_it(tmp_path):
     assert (spread["best"], spread["worst"]) == (parts[0], parts[6]) and spread["gap"] == pytest.approx(0.06)
     assert str(spread["by_seed"]) == "+6.0 [+6.0, +6.0]" and spread["gap_in_stds"] == pytest.approx(60.0)
     assert f"the worst ({parts[6]}) is 6.0 points" in section and "60.0 times the larger" in section
+    # what a reader sees: human column names, not the frame's internal ones
+    assert "choosing (s per seed)" in section and "oracle training (s per seed)" in section
+    assert "cost_s" not in section and "oracle_s" not in section
+
+
+def test_the_html_report_reads_on_a_laptop_screen(tmp_path):
+    """Tables scroll inside the 1200 px page instead of widening it; the weights are named in words; each
+    learning-curve panel is titled by scheme, partition and seed, not by a Tune trial id."""
+    import re as _re
+
+    from mmap_ray.report.figures import curve_panels
+
+    study = load_study(fabricate(tmp_path / "fab"))
+    paths = write_report(study, tmp_path / "report")
+    page = Path(paths.html).read_text()
+    assert "max-width:1200px" in page and ".wide{overflow-x:auto" in page
+    assert page.count("<table") == page.count('<div class="wide"><table') > 0
+    md = Path(paths.markdown).read_text()
+    assert "| weights " in md and "| pretrained" not in md and " None " not in md.split("## Trials")[0]
+    titles = [p["title"] for p in curve_panels(study)]
+    assert titles and all(_re.match(r"^[\w, +|]+: [\w+|]+ s\d+ \(best of \d+ trials?", t) for t in titles), titles
+    assert not any(str(i) in t for i in study.trials["trial_id"] for t in titles)
 
 
 def test_an_ordinary_study_says_it_is_not_an_oracle(tmp_path):

@@ -28,7 +28,8 @@ MANIFEST = ".mmap-ray-report.json"  # in a report folder: the files `write_repor
 FIGURE_NAME = r"figures/[A-Za-z0-9_.-]+\.png"  # the only files a rewrite ever removes
 CSS = """body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#111}
 table{border-collapse:collapse;margin:1em 0;font-size:90%}th,td{border:1px solid #999;padding:3px 8px;text-align:right}
-th{background:#eee}.note{border-left:4px solid #888;background:#f6f6f6;padding:4px 10px}img{max-width:100%}"""
+th{background:#eee}.note{border-left:4px solid #888;background:#f6f6f6;padding:4px 10px}img{max-width:100%}
+.wide{overflow-x:auto;max-width:100%}"""  # a table wider than the page scrolls inside it, not the page
 
 
 @dataclass
@@ -81,7 +82,7 @@ def render_html(title: str, parts: list[Section], figures_dir: Path) -> str:
     for s in parts:
         body.append(f"<h2>{html.escape(s.title)}</h2>")
         body += [f"<p>{_inline(s.text)}</p>"] if s.text else []
-        body += [t.to_html(index=False, border=0, na_rep="–") for t in s.tables]
+        body += [f'<div class="wide">{t.to_html(index=False, border=0, na_rep="–")}</div>' for t in s.tables]
         if s.figure:
             data = base64.b64encode((figures_dir / s.figure).read_bytes()).decode("ascii")
             body.append(f'<p><img alt="{html.escape(s.title)}" src="data:image/png;base64,{data}"></p>')

@@ -152,10 +152,11 @@ def curve_panels(study: Study) -> list[dict]:
             for i in ids
             if i != best
         ]
-        stopped = " (stopped early)" if t.loc[best, "outcome"] == "stopped early" else ""
+        stopped = ", stopped early" if t.loc[best, "outcome"] == "stopped early" else ""
+        where = f"{t.loc[best, 'partition']} s{t.loc[best, 'seed']}" if "partition" in t else best
         panels.append(
             {
-                "title": f"{scheme}: best of {len(ids)} trial{'s' * (len(ids) > 1)}, {best}{stopped}",
+                "title": f"{scheme}: {where} (best of {len(ids)} trial{'s' * (len(ids) > 1)}{stopped})",
                 "best": curves.loc[best].dropna(axis=1, how="all"),
                 "others": others,
             }

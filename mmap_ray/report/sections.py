@@ -185,6 +185,9 @@ def ablation_section(setting: str, name: str, study: Study) -> Section:
     return _figure_section(ABLATIONS[setting][1], ablation_figure(study, setting), name, text)
 
 
+COST_COLUMNS = {"cost_s": "choosing (s per seed)", "oracle_s": "oracle training (s per seed)"}
+
+
 def oracle_section(study: Study) -> Section:
     s = Section("Grouping methods against the oracle")
     ranking = oracle_ranking(study.trials)
@@ -214,7 +217,8 @@ def oracle_section(study: Study) -> Section:
             f"{spread['gap_in_stds']:.1f} times the larger of their seed standard deviations."
         )
     if study.partitions:
-        s.tables.append(method_scores(study.trials, study.partitions, study.seconds, predictions=study.predictions))
+        scores = method_scores(study.trials, study.partitions, study.seconds, predictions=study.predictions)
+        s.tables.append(scores.rename(columns=COST_COLUMNS))
     return s
 
 

@@ -233,6 +233,10 @@ def failures(trials: pd.DataFrame) -> pd.DataFrame:
     return trials.loc[trials["outcome"] == "failed", cols].reset_index(drop=True)
 
 
+# how the report names the `pretrained` values that are not a file or an open_clip tag
+WEIGHTS = {"None": "none (random weights)", "toy": "toy (the tiny CLIP shipped in mmap_ray/weights)"}
+
+
 def overview(study: Study) -> pd.DataFrame:
     """The study's facts (data, model, tasks, counts, seeds, costs, provenance) as a one-column table."""
     t = study.trials
@@ -245,7 +249,7 @@ def overview(study: Study) -> pd.DataFrame:
         "study": first("study"),
         "dataset": first("dataset"),
         "model": first("model"),
-        "pretrained": first("pretrained"),
+        "weights": ", ".join(WEIGHTS.get(w, w) for w in first("pretrained").split(", ")),
         "tasks": ", ".join(tasks) or "–",
         "trials": len(t),
         "configurations": t[CONFIG_ID].nunique(),
