@@ -128,3 +128,59 @@ def test_compare_refuses_predictions_on_other_images(tmp_path, capsys):
     assert "is not a Parquet file" in capsys.readouterr().err
     assert main(["compare", str(tmp_path / "nope.parquet"), str(both)]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_t_distribution_matches_its_closed_forms_and_the_quantile_tables():
+    """t(1) is Cauchy and t(2) has a closed form; the t(0.975) and t(0.80) tables are its quantiles."""
+    from mmap_ray.stats import T80, T975, t_cdf
+
+    for t in (-3.0, -0.5, 0.0, 0.7, 2.5, 12.0):
+        assert t_cdf(t, 1) == pytest.approx(0.5 + math.atan(t) / math.pi, abs=1e-9)
+        assert t_cdf(t, 2) == pytest.approx(0.5 + t / (2 * math.sqrt(2 + t * t)), abs=1e-9)
+    for df in range(1, 31):
+        assert t_cdf(T975[df - 1], df) == pytest.approx(0.975, abs=2e-4)
+        assert t_cdf(T80[df - 1], df) == pytest.approx(0.80, abs=1e-3)
+
+
+def test_seed_interval_p_value_and_minimum_detectable_effect():
+    """p is the two-sided t test; at a true effect equal to the MDE, the test detects it about 80% of the time."""
+    from mmap_ray.stats import t_cdf
+
+    d = np.array([0.01, 0.03, 0.02, 0.05])
+    got = seed_interval(d)
+    t = d.mean() / (d.std(ddof=1) / math.sqrt(4))
+    assert got.p == pytest.approx(2 * (1 - t_cdf(t, 3)))
+    assert got.mde == pytest.approx((3.182 + 0.978) * d.std(ddof=1) / math.sqrt(4))  # t(0.975, 3) + t(0.80, 3)
+    rng = np.random.default_rng(0)
+    sd, n = 0.05, 10
+    effect = (2.262 + 0.883) * sd / math.sqrt(n)  # the MDE at the true spread, df = 9
+    hits = [seed_interval(rng.normal(effect, sd, n)).detectable for _ in range(4000)]
+    assert 0.74 < np.mean(hits) < 0.86
+
+
+def test_holm_adjustment_by_hand():
+    from mmap_ray.stats import holm
+
+    assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert holm([0.5, None, 0.9]) == [1.0, None, 1.0]  # 2 x 0.5 caps at 1, and the larger p never drops below
+    assert holm([]) == []
+
+
+def test_hierarchical_bootstrap_resamples_seeds_then_images():
+    from mmap_ray.stats import hierarchical_bootstrap
+
+    rng = np.random.default_rng(1)
+    tasks = np.repeat(["a", "b"], 500)
+    one = [(rng.choice([-1, 0, 1], size=1000, p=[0.1, 0.7, 0.2]), tasks)]
+    single = hierarchical_bootstrap(one, n_boot=20_000)
+    a, b = (one[0][0] == 1).astype(int), (one[0][0] == -1).astype(int)
+    images = paired_bootstrap(a, b, tasks, n_boot=20_000)
+    assert single.diff == pytest.approx(images.diff) and single.n == 1  # one seed: the image bootstrap
+    assert single.low == pytest.approx(images.low, abs=0.005) and single.high == pytest.approx(images.high, abs=0.005)
+    spread = [(np.where(np.arange(1000) < k, 1, 0), tasks) for k in (300, 0, 600)]  # seeds at +30, 0, +60 points
+    many = hierarchical_bootstrap(spread)
+    assert many.diff == pytest.approx(0.3) and many.n == 3 and many.low < 0.05 and many.high > 0.55  # the seeds
+    none = hierarchical_bootstrap([(np.zeros(100, dtype=int), np.zeros(100))] * 3)
+    assert none.p == 1.0 and (none.low, none.high) == (0.0, 0.0)
+    with pytest.raises(ValueError, match="at least one seed"):
+        hierarchical_bootstrap([])

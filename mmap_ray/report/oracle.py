@@ -7,10 +7,16 @@ train them all (`studies/grouping.py --preset oracle`: all 15 partitions of 4 ta
 as the oracle's and is trained once). From such a study:
 
 - `oracle_ranking`: each partition's accuracy, mean ± std over seeds, ranked by the mean;
-- `method_scores`: for each method (gradient, lookahead, random, ...) the partition it chose per seed,
-  that partition's rank, its regret (the oracle-best partition's accuracy minus the chosen one's, paired
-  by seed, with a 95% t interval), how often it chose the same partition across seeds, and what its
-  choice cost (seconds of the affinity step against the oracle's training seconds).
+- `method_scores`: for each method (tag, the probes, random, ...) the partition it chose per seed, that
+  partition's rank, its regret (the oracle-best partition's accuracy minus the chosen one's, paired by
+  seed, with a 95% t interval, Holm-adjusted p over the table's methods, and a seeds + images bootstrap),
+  the same regret **cross-fitted** (the best partition chosen on one half of the seeds and the regret
+  scored on the other half, then the halves swapped: no winner's curse), the regret as a share of the
+  oracle's spread (best minus worst partition), how often it chose a top-2 partition, how often the same
+  one, and what its choice cost against the oracle's training (seconds, and as a fraction).
+
+The in-sample regret takes the oracle's best on the same seeds it scores, so it favours whichever
+partition was lucky on those seeds; the cross-fitted one does not, and is the one to quote.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from ..grouping import AFFINITY_SCHEMES, FIXED_SCHEMES, Partition, parse_groups
-from ..stats import seed_interval
+from ..stats import holm, seed_interval
 from .load import CONFIG_ID, completed
 from .paired import compare_trials
 
@@ -51,9 +57,11 @@ def method_scores(
     """One row per grouping method in `partitions` ("scheme/seed" -> the partition it chose).
 
     Columns: method, chosen (per seed), rank (of each choice in the oracle ranking), regret (points, mean
-    over seeds with a 95% t interval, and paired by image with a 95% bootstrap when `predictions` holds
-    the trials' test images), agreement (share of seeds on the method's most frequent choice),
-    cost_s (mean seconds of the method's affinity step) and oracle_s (the oracle's training seconds per seed).
+    over seeds with a 95% t interval; its Holm-adjusted p over the methods; the seeds + images bootstrap
+    when `predictions` holds the trials' test images), the cross-fitted regret (`cross_fitted_regret`) and
+    its share of the oracle's spread, the top-2 rate, agreement (share of seeds on the method's most
+    frequent choice), cost_s (mean seconds of the method's affinity step), oracle_s (the oracle's
+    training seconds per seed) and their ratio.
     """
     ranking = oracle_ranking(trials, metric)
     if ranking is None:
@@ -65,29 +73,59 @@ def method_scores(
     rank = {_canonical(str(p), tasks): int(r) for p, r in zip(ranking["partition"], ranking["rank"])}
     best = _canonical(str(ranking["partition"].iloc[0]), tasks)
     oracle_s = t.groupby("seed")["wall_s"].sum().mean() if "wall_s" in t else float("nan")
+    spread = float(ranking["mean"].iloc[0] - ranking["mean"].iloc[-1])
+    top2 = {_canonical(str(p), tasks) for p in ranking["partition"].iloc[:2]}
     choices = [(*k.rsplit("/", 1), v) for k, v in partitions.items()]  # (scheme, seed, partition)
-    rows = []
+    found = []
     for method in sorted({m for m, _, _ in choices} & set(AFFINITY_SCHEMES + FIXED_SCHEMES)):
         chosen = {int(s): _canonical(v, tasks) for m, s, v in choices if m == method}
         seeds = sorted(s for s in chosen if (chosen[s], s) in acc and (best, s) in acc)
         regret = seed_interval(np.array([acc[best, s] - acc[chosen[s], s] for s in seeds]))
         pairs = [(s, cid[best, s], cid[chosen[s], s]) for s in seeds]
-        by_image = compare_trials(t, predictions, pairs, metric)[1] if predictions is not None and pairs else None
+        both = compare_trials(t, predictions, pairs, metric)[1] if predictions is not None and pairs else None
+        found.append((method, chosen, regret, both, cross_fitted_regret(acc, chosen, tasks)))
+    adjusted = holm([regret.p if regret is not None else None for _, _, regret, _, _ in found])
+    rows = []
+    for (method, chosen, regret, both, crossed), p in zip(found, adjusted):
         picks = pd.Series([chosen[s] for s in sorted(chosen)])
         cost = [seconds[f"{method}/{s}"] for s in chosen if seconds and f"{method}/{s}" in seconds]
+        cost_s = float(np.mean(cost)) if cost else float("nan")
         rows.append(
             {
                 "method": method,
                 "chosen": ", ".join(f"{s}: {chosen[s]}" for s in sorted(chosen)),
                 "rank": ", ".join(str(rank.get(chosen[s], "–")) for s in sorted(chosen)),
                 "regret (points, 95% CI)": str(regret) if regret else "–",
-                "regret by image": str(by_image) if by_image else "–",
+                "p (Holm)": f"{p:.3f}" if p is not None else "–",
+                "regret, seeds + images": str(both) if both else "–",
+                "regret, cross-fitted (points)": f"{100 * crossed:+.1f}" if crossed == crossed else "–",
+                "cross-fitted / oracle spread": crossed / spread if spread > 0 and crossed == crossed else float("nan"),
+                "top-2 rate": float(np.mean([chosen[s] in top2 for s in chosen])) if chosen else float("nan"),
                 "agreement": float(picks.value_counts().iloc[0] / len(picks)),
-                "cost_s": float(np.mean(cost)) if cost else float("nan"),
+                "cost_s": cost_s,
                 "oracle_s": float(oracle_s),
+                "cost / oracle": cost_s / oracle_s if oracle_s and oracle_s == oracle_s else float("nan"),
             }
         )
     return pd.DataFrame(rows)
+
+
+def cross_fitted_regret(acc: dict[tuple[str, int], float], chosen: dict[int, str], tasks: tuple[str, ...]) -> float:
+    """A method's regret without the winner's curse: the seeds are split in two halves (alternating, in seed
+    order); the best partition is the one with the highest mean accuracy on one half, and the method's
+    regret against it is scored on the other half's seeds; then the halves swap roles. The mean of the
+    per-seed regrets of both directions (NaN with fewer than 2 seeds)."""
+    seeds = sorted({s for _, s in acc} & set(chosen))
+    halves = (seeds[0::2], seeds[1::2])
+    regrets = []
+    for pick, score in (halves, halves[::-1]):
+        if not pick or not score:
+            continue
+        partitions = {p for p, s in acc if s in pick}
+        means = {p: np.mean([acc[p, s] for s in pick if (p, s) in acc]) for p in partitions}
+        best = max(sorted(means), key=lambda p: means[p])  # sorted: ties go to the same partition every time
+        regrets += [acc[best, s] - acc[chosen[s], s] for s in score if (best, s) in acc and (chosen[s], s) in acc]
+    return float(np.mean(regrets)) if regrets else float("nan")
 
 
 def partition_spread(
