@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
 GROUP_SEP = "|"
 TASK_SEP = "+"
-SCHEMES = ("single", "independent", "tag", "gradient", "lookahead", "random", "zeroshot", "features")
+SCHEMES = ("single", "independent", "tag", "race", "gradient", "lookahead", "random", "zeroshot", "features")
 
 
 def parse_groups(text: str) -> tuple[tuple[str, ...], ...]:
@@ -292,6 +292,10 @@ def fixed_partition(scheme: str, tasks: Sequence[str], k: int | None = None, see
         return partition_from_index(tasks, random.Random(seed).randrange(num_partitions(len(tasks), k)), k)
     if scheme in AFFINITY_SCHEMES:
         raise ValueError(f"scheme {scheme!r} needs an affinity matrix: use mmap_ray.affinity.task_affinity")
+    if scheme == "race":
+        raise ValueError(
+            "scheme 'race' races every partition as trials: run it in a study (mmap-ray study --schemes race)"
+        )
     if any(t in scheme for t in tasks) or is_partition_text(scheme):
         return Partition.parse(scheme, tasks)
     raise ValueError(

@@ -31,7 +31,13 @@ def check_tasks(cfg: StudyConfig) -> list[str]:
         raise ValueError(f"StudyConfig.run.data: {e}") from None
     for scheme in cfg.schemes:
         try:
-            if scheme in AFFINITY_SCHEMES:
+            if scheme == "race":
+                check_k(len(names), cfg.k)
+                if cfg.mode != "compare" or len(names) > EXHAUSTIVE_MAX_TASKS:
+                    raise ValueError(
+                        f"race trains every partition: it needs mode 'compare' and at most {EXHAUSTIVE_MAX_TASKS} tasks"
+                    )
+            elif scheme in AFFINITY_SCHEMES:
                 check_k(len(names), cfg.k)
                 if scheme == "tag" and len(names) > EXHAUSTIVE_MAX_TASKS:
                     raise ValueError(f"tag's selection enumerates partitions of at most {EXHAUSTIVE_MAX_TASKS} tasks")
@@ -66,7 +72,9 @@ def plan_partitions(cfg: StudyConfig, folder: Location) -> tuple[dict[str, str],
 
     names = [t.name for t in tasks_of(cfg.seeds[0])]
     seeds = cfg.seeds if cfg.mode == "compare" else cfg.seeds[:1]
-    needed = [(s, seed) for s in cfg.schemes for seed in seeds if f"{s}/{seed}" not in saved["partitions"]]
+    needed = [  # race is decided by racing trials, after this (study/race.py)
+        (s, seed) for s in cfg.schemes for seed in seeds if f"{s}/{seed}" not in saved["partitions"] and s != "race"
+    ]
     for scheme, seed in needed:
         start = time.perf_counter()
         method = replace(cfg.affinity, method=scheme if scheme in AFFINITY_SCHEMES else "gradient", seed=seed)
@@ -80,3 +88,12 @@ def plan_partitions(cfg: StudyConfig, folder: Location) -> tuple[dict[str, str],
     if needed:
         path.write_text(json.dumps(saved, indent=2) + "\n")
     return saved["partitions"], backbone.info, names
+
+
+def record_partition(folder: Location, key: str, partition: str, seconds: float) -> None:
+    """Add one decided partition ("scheme/seed" -> partition, and what deciding it cost) to partitions.json."""
+    path = folder / "partitions.json"
+    saved = json.loads(path.read_text()) if path.exists() else {"partitions": {}, "affinity": {}}
+    saved["partitions"][key] = partition
+    saved.setdefault("seconds", {})[key] = round(seconds, 3)
+    path.write_text(json.dumps(saved, indent=2) + "\n")

@@ -28,7 +28,8 @@ from .callback import parquet_writer
 from .config import METRIC, StudyConfig
 from .in_trial import fit_in_trial, trial_resources
 from .ownership import check_start, stored_rows
-from .partitions import check_tasks, plan_partitions
+from .partitions import check_tasks, plan_partitions, record_partition
+from .race import RACE, race_partition
 from .tracking import check_tracking, tracking_callbacks, tracking_lines
 from .trials import grid_trials, searcher, trial_of
 
@@ -183,11 +184,28 @@ def run_study(
             (folder / "study.json").write_text(json.dumps(to_dict(study), indent=2) + "\n")
         partitions, info, tasks = plan_partitions(study, folder)
         base = {"study": study, "partitions": partitions, "info": info}
+        _race(study, base, tasks, folder, log)
         total, interrupted = _run_trials(study, base, tasks, resume, log)
         done = len(stored_rows(folder))
         if interrupted or done < total:
             raise Interrupted(done, total)
     return (folder / "results").uri
+
+
+def _race(study: StudyConfig, base: dict, tasks: list[str], folder: Location, log) -> None:
+    """Decide the `race` scheme's partition of every seed that has none yet (study/race.py), under the same
+    Ctrl-C handling as the trials: an interrupted race records nothing, and --resume races again."""
+    for seed in study.seeds if RACE in study.schemes else ():
+        if f"{RACE}/{seed}" in base["partitions"]:
+            continue
+        resources = trial_resources(study.resources, driver_cpu(study.resources))
+        with Interrupt() as interrupt:
+            args = (trial_driver, resources, max_concurrent(study), status_table(study), interrupt.stopper(), log)
+            won, seconds = race_partition(study, base, tasks, seed, folder, *args)
+        if interrupt.requested:
+            raise KeyboardInterrupt
+        base["partitions"][f"{RACE}/{seed}"] = won
+        record_partition(folder, f"{RACE}/{seed}", won, seconds)
 
 
 def _run_trials(study: StudyConfig, base: dict, tasks: list[str], resume: bool, log) -> tuple[int, bool]:
