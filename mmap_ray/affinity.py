@@ -32,7 +32,7 @@ and losses before any similarity is computed.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -259,32 +259,33 @@ def _assign(params: list[torch.nn.Parameter], flat: Tensor) -> None:
 
 
 def tag_affinity(
-    model: PromptedCLIP,
-    tasks: Sequence[TaskData],
-    train: TrainConfig,
-    every: int = 10,
-    on_step: Callable[[], object] = lambda: None,
+    model: PromptedCLIP, tasks: Sequence[TaskData], train: TrainConfig, every: int = 10, progress: bool = False
 ) -> tuple[Tensor, int]:
     """TAG: train `model` (one shared MmAP) on all tasks with `train`'s schedule, measuring `tag_lookahead`
-    before every `every`-th step; returns the mean Z (T, T) and how many steps were measured."""
+    before every `every`-th step; returns the mean Z (T, T) and how many steps were measured. `progress`: a
+    progress bar over the steps (on stderr)."""
     device = next(model.parameters()).device
     params = model.set_trainable(False)
     sampler = MultiTaskBatchSampler([len(t.train) for t in tasks], train.batch_size, train.sampling, train.seed)
     loader = DataLoader(MultiTaskDataset([t.train for t in tasks]), batch_sampler=sampler)
-    opt, sched = make_optimizer(params, train, train.epochs * len(sampler))
+    steps = train.epochs * len(sampler)
+    opt, sched = make_optimizer(params, train, steps)
     total, measured, step = torch.zeros(len(tasks), len(tasks)), 0, 0
-    for epoch in range(train.epochs):
-        sampler.set_epoch(epoch)
-        model.train()
-        for batch in loader:
-            batch = tuple(x.to(device) for x in batch)
-            if step % every == 0:
-                total += tag_lookahead(model, batch, len(tasks), sched.get_last_lr()[0], train.weight_decay)
-                measured += 1
-            where = "of TAG's joint training"
-            train_step(model, batch, opt, sched, grad_clip=train.grad_clip, step=step, where=where, precision="fp32")
-            step += 1
-            on_step()
+    with tqdm(total=steps, desc=f"tag affinity (seed {train.seed})", disable=not progress, leave=False) as bar:
+        for epoch in range(train.epochs):
+            sampler.set_epoch(epoch)
+            model.train()
+            for batch in loader:
+                batch = tuple(x.to(device) for x in batch)
+                if step % every == 0:
+                    total += tag_lookahead(model, batch, len(tasks), sched.get_last_lr()[0], train.weight_decay)
+                    measured += 1
+                where = "of TAG's joint training"
+                train_step(
+                    model, batch, opt, sched, grad_clip=train.grad_clip, step=step, where=where, precision="fp32"
+                )
+                step += 1
+                bar.update()
     return total / max(measured, 1), measured
 
 
@@ -305,12 +306,7 @@ def task_affinity(
     torch.manual_seed(cfg.seed)
     model = shared_model(backbone, tasks, mmap).to(next(backbone.model.parameters()).device)  # the backbone's device
     if cfg.method == "tag":
-        train = TrainConfig(**{**(train or TrainConfig()).__dict__, "seed": cfg.seed})
-        steps = train.epochs * len(
-            MultiTaskBatchSampler([len(t.train) for t in tasks], train.batch_size, train.sampling)
-        )
-        with tqdm(total=steps, desc=f"tag affinity (seed {cfg.seed})", disable=not progress, leave=False) as bar:
-            return tag_affinity(model, tasks, train, cfg.tag_every, on_step=bar.update)[0]
+        return tag_affinity(model, tasks, replace(train or TrainConfig(), seed=cfg.seed), cfg.tag_every, progress)[0]
     total = cfg.affinity_warmup_steps + cfg.affinity_steps
     with tqdm(total=total, desc=f"{cfg.method} affinity (seed {cfg.seed})", disable=not progress, leave=False) as bar:
         opt = warm_up(model, tasks, cfg, on_step=bar.update)
@@ -335,6 +331,6 @@ def plan_partition(
     names = [t.name for t in tasks]
     if scheme not in AFFINITY_SCHEMES:
         return fixed_partition(scheme, names, k, cfg.seed), None
-    cfg = AffinityConfig(**{**cfg.__dict__, "method": scheme})
+    cfg = replace(cfg, method=scheme)
     affinity = task_affinity(backbone, tasks, cfg, mmap, progress=progress, train=train)
     return choose_partition(scheme, affinity, names, k), affinity

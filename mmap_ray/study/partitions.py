@@ -58,8 +58,7 @@ def plan_partitions(cfg: StudyConfig, folder: Location) -> tuple[dict[str, str],
     from .trials import trial_data_seed
 
     path = folder / "partitions.json"
-    saved = json.loads(path.read_text()) if path.exists() else {"partitions": {}, "affinity": {}}
-    saved.setdefault("seconds", {})  # what each choice cost (an oracle study compares it with training all)
+    saved = _saved(path)
     backbone = load_run_backbone(cfg.run.backbone, cfg.run.data.dataset)
     backbone.model.to(resolve_device(cfg.run.train.device))  # the affinity trains on the driver's device
     loaded: dict[int, list] = {}  # data_seed -> tasks: each seed's affinity is measured on that seed's data
@@ -77,9 +76,15 @@ def plan_partitions(cfg: StudyConfig, folder: Location) -> tuple[dict[str, str],
     ]
     for scheme, seed in needed:
         start = time.perf_counter()
-        method = replace(cfg.affinity, method=scheme if scheme in AFFINITY_SCHEMES else "gradient", seed=seed)
         partition, affinity = plan_partition(  # a progress bar on the driver's console
-            scheme, backbone, tasks_of(seed), method, cfg.run.prompts, cfg.run.train, cfg.k, progress=True
+            scheme,
+            backbone,
+            tasks_of(seed),
+            replace(cfg.affinity, seed=seed),
+            cfg.run.prompts,
+            cfg.run.train,
+            cfg.k,
+            True,
         )
         if affinity is not None:
             saved["affinity"][f"{scheme}/{seed}"] = {"tasks": names, "matrix": affinity.tolist()}
@@ -93,7 +98,15 @@ def plan_partitions(cfg: StudyConfig, folder: Location) -> tuple[dict[str, str],
 def record_partition(folder: Location, key: str, partition: str, seconds: float) -> None:
     """Add one decided partition ("scheme/seed" -> partition, and what deciding it cost) to partitions.json."""
     path = folder / "partitions.json"
-    saved = json.loads(path.read_text()) if path.exists() else {"partitions": {}, "affinity": {}}
+    saved = _saved(path)
     saved["partitions"][key] = partition
-    saved.setdefault("seconds", {})[key] = round(seconds, 3)
+    saved["seconds"][key] = round(seconds, 3)
     path.write_text(json.dumps(saved, indent=2) + "\n")
+
+
+def _saved(path: Location) -> dict:
+    """partitions.json's content, or an empty one: partitions, affinity matrices and what each choice cost
+    in seconds (an oracle study compares it with training every partition)."""
+    saved = json.loads(path.read_text()) if path.exists() else {"partitions": {}, "affinity": {}}
+    saved.setdefault("seconds", {})
+    return saved

@@ -34,6 +34,7 @@ from ..report import failures, leaderboard, load_study, mean_std, write_report
 from ..results import EPOCHS, PREDICTIONS, TRIALS
 from ..storage import StorageError, is_uri, location, resolve_storage
 from .config import StudyConfig, read_study_file
+from .race import RaceFailed
 from .run import Interrupted, run_study
 from .tracking import tracking_lines
 
@@ -138,6 +139,9 @@ def main(argv: list[str] | None = None, prog: str = "mmap-ray study") -> int:
     except OSError as e:  # a file or folder we could not read or create (it names the path)
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 2
+    except RaceFailed as e:  # like a study whose every trial failed: the errors are in the trials' folders
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 1
     except Interrupted as e:  # Ctrl-C reached Tune, which stopped the trials: no partial leaderboard
         print(f"{prog}: {e} (study folder: {study.study_dir})", file=sys.stderr)
         return 130

@@ -26,6 +26,10 @@ from .trials import make_trial
 RACE = "race"
 
 
+class RaceFailed(RuntimeError):
+    """No race trial produced a validation accuracy (every one failed, or the race was interrupted first)."""
+
+
 def race_grace(epochs: int, candidates: int) -> int:
     """The first rung: halving `candidates` down to one takes ceil(log2(candidates)) rungs, each doubling the
     epochs, so the first is at epochs / 2^rungs (at least 1)."""
@@ -82,7 +86,9 @@ def race_partition(
     )
     results = [r for r in tuner.fit() if r.metrics and METRIC in r.metrics]
     if not results:
-        raise RuntimeError(f"the race for seed {seed} produced no validation accuracy: see {folder / 'tune'}")
+        raise RaceFailed(
+            f"the race for seed {seed} produced no validation accuracy: see the trials' errors in {folder / 'tune'}"
+        )
     furthest = max(r.metrics["training_iteration"] for r in results)
     winner = max(
         (r for r in results if r.metrics["training_iteration"] == furthest),

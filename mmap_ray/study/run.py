@@ -29,7 +29,7 @@ from .config import METRIC, StudyConfig
 from .in_trial import fit_in_trial, trial_resources
 from .ownership import check_start, stored_rows
 from .partitions import check_tasks, plan_partitions, record_partition
-from .race import RACE, race_partition
+from .race import RACE, RaceFailed, race_partition
 from .tracking import check_tracking, tracking_callbacks, tracking_lines
 from .trials import grid_trials, searcher, trial_of
 
@@ -201,7 +201,11 @@ def _race(study: StudyConfig, base: dict, tasks: list[str], folder: Location, lo
         resources = trial_resources(study.resources, driver_cpu(study.resources))
         with Interrupt() as interrupt:
             args = (trial_driver, resources, max_concurrent(study), status_table(study), interrupt.stopper(), log)
-            won, seconds = race_partition(study, base, tasks, seed, folder, *args)
+            try:
+                won, seconds = race_partition(study, base, tasks, seed, folder, *args)
+            except RaceFailed:
+                if not interrupt.requested:
+                    raise
         if interrupt.requested:
             raise KeyboardInterrupt
         base["partitions"][f"{RACE}/{seed}"] = won
