@@ -22,7 +22,7 @@ An interval that contains 0 is "no detectable difference", which is a result, no
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -80,21 +80,8 @@ def paired_bootstrap(
     if a.shape != b.shape or a.ndim != 1 or len(a) == 0:
         raise ValueError(f"paired_bootstrap needs two equal-length, non-empty 1-d arrays, got {a.shape} and {b.shape}")
     groups = np.zeros(len(a), dtype=np.int64) if groups is None else np.asarray(groups)
-    rng = np.random.default_rng(seed)
-    d = a - b  # (N,) in {-1, 0, 1}
-    per_task, boot = [], np.zeros(n_boot)
-    for g in np.unique(groups):
-        dg = d[groups == g]
-        n = len(dg)
-        p = np.array([(dg == -1).sum(), (dg == 0).sum(), (dg == 1).sum()]) / n
-        # resampling n images with replacement only changes how many of each kind: a multinomial draw
-        counts = rng.multinomial(n, p, size=n_boot)  # (n_boot, 3)
-        boot += (counts[:, 2] - counts[:, 0]) / n
-        per_task.append(dg.mean())
-    k = len(per_task)
-    boot /= k
-    low, high = np.quantile(boot, [0.025, 0.975])
-    return Difference(float(np.mean(per_task)), float(low), float(high), len(a))
+    # the two-stage bootstrap of one seed is the image bootstrap: its seed stage always draws that seed
+    return replace(hierarchical_bootstrap([(a - b, groups)], n_boot, seed), n=len(a))
 
 
 def mcnemar(a: np.ndarray, b: np.ndarray) -> tuple[int, int, float]:

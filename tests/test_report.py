@@ -696,9 +696,9 @@ def test_cross_fitting_removes_the_winners_curse():
     from mmap_ray.report.oracle import cross_fitted_regret
 
     acc = {("P", s): v for s, v in enumerate((0.9, 0.5, 0.9, 0.5))} | {("Q", s): 0.7 for s in range(4)}
-    assert cross_fitted_regret(acc, {s: "Q" for s in range(4)}, ("a", "b")) == pytest.approx(-0.1)
-    assert cross_fitted_regret(acc, {s: "P" for s in range(4)}, ("a", "b")) == pytest.approx(-0.1)
-    assert cross_fitted_regret(acc, {0: "P"}, ("a", "b")) != cross_fitted_regret(acc, {0: "P"}, ("a", "b"))  # NaN
+    assert cross_fitted_regret(acc, {s: "Q" for s in range(4)}) == pytest.approx(-0.1)
+    assert cross_fitted_regret(acc, {s: "P" for s in range(4)}) == pytest.approx(-0.1)
+    assert cross_fitted_regret(acc, {0: "P"}) != cross_fitted_regret(acc, {0: "P"})  # NaN
 
 
 def test_an_ordinary_study_says_it_is_not_an_oracle(tmp_path):

@@ -83,7 +83,7 @@ def method_scores(
         regret = seed_interval(np.array([acc[best, s] - acc[chosen[s], s] for s in seeds]))
         pairs = [(s, cid[best, s], cid[chosen[s], s]) for s in seeds]
         both = compare_trials(t, predictions, pairs, metric)[1] if predictions is not None and pairs else None
-        found.append((method, chosen, regret, both, cross_fitted_regret(acc, chosen, tasks)))
+        found.append((method, chosen, regret, both, cross_fitted_regret(acc, chosen)))
     adjusted = holm([regret.p if regret is not None else None for _, _, regret, _, _ in found])
     rows = []
     for (method, chosen, regret, both, crossed), p in zip(found, adjusted):
@@ -110,7 +110,7 @@ def method_scores(
     return pd.DataFrame(rows)
 
 
-def cross_fitted_regret(acc: dict[tuple[str, int], float], chosen: dict[int, str], tasks: tuple[str, ...]) -> float:
+def cross_fitted_regret(acc: dict[tuple[str, int], float], chosen: dict[int, str]) -> float:
     """A method's regret without the winner's curse: the seeds are split in two halves (alternating, in seed
     order); the best partition is the one with the highest mean accuracy on one half, and the method's
     regret against it is scored on the other half's seeds; then the halves swap roles. The mean of the

@@ -85,7 +85,7 @@ def tracking_lines(trackers: tuple[str, ...], name: str, folder: Location) -> li
 
 def run_name(planned: dict) -> str:
     """A tracked run's name: what distinguishes the trial for a reader, with its config_id for uniqueness."""
-    partition = config_columns(planned)["partition"]
+    partition = planned["partition"]  # formatted when the trial was planned
     scheme = "" if planned["scheme"] == partition else f"{planned['scheme']} "
     variant = f" ({planned['variant']})" if planned.get("variant") else ""
     return f"{scheme}{partition}{variant} s{planned['seed']} [{planned['config_id'][:8]}]"
