@@ -30,13 +30,13 @@ PROMPT_FREE = ("clip-adapter", "bitfit", "layers=none")  # designs without promp
 
 def paired(a: pd.Series, b: pd.Series) -> str:
     """'+1.2 [-0.3, +2.7]': mean of a - b (in points) over the seeds both have, with a 95% t interval."""
-    d = seed_interval(((a - b) / 100).dropna().to_numpy())
+    d = seed_interval((a - b).dropna().to_numpy())
     return "–" if d is None else str(d)
 
 
 def table(results: str) -> pd.DataFrame:
     t = completed(load_study(results).trials)
-    t = t.assign(design=t["variant"].astype(str), acc=100 * t["test_mean"])
+    t = t.assign(design=t["variant"].astype(str), acc=t["test_mean"])
     rows = []
     for (design, n_tokens), g in t.sort_values("n_tokens").groupby(["design", "n_tokens"], sort=False):
         by_seed = g.set_index("seed")["acc"]

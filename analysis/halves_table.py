@@ -35,7 +35,8 @@ def table(results: str) -> pd.DataFrame:
     if p.empty:
         raise ValueError(f"{results} has no per-image outcomes (its predictions table): no halves to count")
     p = p.assign(half=[("abundant" if c in ABUNDANT[t] else "scarce") for t, c in zip(p["task"], p["label"])])
-    halves = p.groupby(["config_id", "seed", "half"])["correct"].mean().unstack("half").reset_index()
+    halves = 100 * p.groupby(["config_id", "seed", "half"])["correct"].mean().unstack("half")  # percent
+    halves = halves.reset_index()
     t = trials[["config_id", "seed", "partition", "test_mean"]].astype({"config_id": str, "partition": str})
     t = t.merge(halves, on=["config_id", "seed"], how="inner")
     rows = [

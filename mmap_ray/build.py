@@ -9,6 +9,7 @@ names tasks the data does not have.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -17,6 +18,9 @@ from .config import TOY_DATASETS, DataConfig, ModelConfig, RunConfig
 from .data.base import TaskData
 from .grouping import Partition
 from .model import PromptedCLIP
+
+if TYPE_CHECKING:
+    from .data.toy import ToyConfig
 
 
 def load_run_backbone(cfg: ModelConfig, dataset: str = "toy") -> Backbone:
@@ -42,20 +46,34 @@ def run_task_names(cfg: DataConfig) -> list[str]:
     return task_names(FolderDataConfig(layout=cfg.dataset, root=cfg.root, domains=cfg.domains))
 
 
+def _toy_config(cfg: DataConfig, image_size: int) -> ToyConfig:
+    """The rendering settings of a toy benchmark: its default shots, or `cfg.shots` images per class."""
+    from .data.toy import DOMAINS, TOY2_SHOTS, TOY3_SCARCE, TOY3_SHOTS, ToyConfig
+
+    default = {"toy": {}, "toy2": {"train_per_class": TOY2_SHOTS}, "toy3": {"train_per_class": TOY3_SHOTS}}
+    shots = {"train_per_class": cfg.shots} if cfg.shots else default[cfg.dataset]  # k images per class
+    if cfg.dataset == "toy3":  # the scarce half: TOY3_SCARCE images per class, or k if fewer
+        shots["scarce_per_class"] = min(TOY3_SCARCE, shots["train_per_class"])
+    conventions = cfg.dataset in ("toy2", "toy3")
+    domains = cfg.domains or DOMAINS
+    return ToyConfig(image_size=image_size, seed=cfg.data_seed, domains=domains, conventions=conventions, **shots)
+
+
+def run_train_sizes(cfg: DataConfig) -> list[int] | None:
+    """Training images per task, known without reading an image for the toy benchmarks (None for a dataset
+    folder, whose sizes are known once it is listed): what a study checks its batch size against."""
+    if cfg.dataset not in TOY_DATASETS:
+        return None
+    toy = _toy_config(cfg, image_size=8)  # the counts do not depend on the image size
+    return [sum(toy.train_counts(d)) for d in toy.domains]
+
+
 def load_run_tasks(cfg: DataConfig, backbone: Backbone, splits_dir: Path | None = None) -> list[TaskData]:
     """The tasks (one per domain), rendered (toy) or read from the dataset folder."""
     if cfg.dataset in TOY_DATASETS:
-        from .data.toy import DOMAINS, TOY2_SHOTS, TOY3_SCARCE, TOY3_SHOTS, ToyConfig, load_toy_tasks
+        from .data.toy import load_toy_tasks
 
-        size = backbone.model.visual.image_size[0]
-        default = {"toy": {}, "toy2": {"train_per_class": TOY2_SHOTS}, "toy3": {"train_per_class": TOY3_SHOTS}}
-        shots = {"train_per_class": cfg.shots} if cfg.shots else default[cfg.dataset]  # k images per class
-        if cfg.dataset == "toy3":  # the scarce half: TOY3_SCARCE images per class, or k if fewer
-            shots["scarce_per_class"] = min(TOY3_SCARCE, shots["train_per_class"])
-        conventions = cfg.dataset in ("toy2", "toy3")
-        domains = cfg.domains or DOMAINS
-        toy = ToyConfig(image_size=size, seed=cfg.data_seed, domains=domains, conventions=conventions, **shots)
-        return load_toy_tasks(toy)
+        return load_toy_tasks(_toy_config(cfg, backbone.model.visual.image_size[0]))
     from .data.folders import FolderDataConfig, load_folder_tasks
 
     folders = FolderDataConfig(

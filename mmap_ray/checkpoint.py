@@ -24,8 +24,9 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from .fields import to_dict
 from .safeload import load_tensor_bytes, load_tensor_file
-from .storage import Location, location
+from .storage import Location, location, move_folder
 
 if TYPE_CHECKING:
     from torch.optim.lr_scheduler import LRScheduler
@@ -52,6 +53,7 @@ def state(
         "scheduler": sched.state_dict(),
         "history": history,
         "train_config": asdict(cfg),
+        "prompts": to_dict(model.cfg),  # what the tensors mean: checked against the model they load into
     }
 
 
@@ -71,6 +73,20 @@ def newest(folder: str | Path | Location) -> Location | None:
     """The newest complete checkpoint folder of a study trial (`checkpoint_<time>/state.pt`), or None."""
     found = _checkpoint_dirs(location(folder, "checkpoint"))
     return found[-1] if found else None
+
+
+def set_aside_unreadable(folder: str | Path | Location) -> list[tuple[Location, str]]:
+    """Move a study trial's newest checkpoints that do not load (a planted pickle, a damaged file) to
+    `unreadable-checkpoint_<time>/`, newest first, until one loads: the trial then continues from that one,
+    or from scratch. Returns (where each went, why); nothing is deleted."""
+    moved = []
+    for found in reversed(_checkpoint_dirs(location(folder, "checkpoint"))):
+        try:
+            load(found / STATE_FILE)
+            break
+        except ValueError as e:
+            moved.append((move_folder(found, found.parent / f"unreadable-{found.name}"), str(e)))
+    return moved
 
 
 def save_numbered(run_state: dict, folder: str | Path | Location, keep: int = 2) -> Location:
@@ -100,7 +116,8 @@ def save_run(out: str | Path, run_state: dict) -> None:
     if history and "predictions" in history[-1]:  # the last epoch's test outcomes, one row per image
         from .results import write_predictions
 
-        write_predictions(Path(out) / PREDICTIONS_FILE, history[-1]["predictions"])
+        data = {"split": "test", "images": str(history[-1].get("test_images", ""))}
+        write_predictions(Path(out) / PREDICTIONS_FILE, history[-1]["predictions"], data)
 
 
 def load(where: str | Path | Location, map_location: str | torch.device = "cpu") -> dict:
@@ -139,20 +156,37 @@ def _validated(obj: object, source: str | Path) -> dict:
     return obj
 
 
+def _changed(saved: dict, now: dict) -> str:
+    """'combine: concat (checkpoint) != add (model), ...' for the settings that differ."""
+    keys = sorted(set(saved) | set(now))
+    return ", ".join(
+        f"{k}: {saved.get(k)!r} (checkpoint) != {now.get(k)!r} (model)" for k in keys if saved.get(k) != now.get(k)
+    )
+
+
 def restore(run_state: dict, model: PromptedCLIP, opt: torch.optim.Optimizer, sched: LRScheduler) -> list[dict]:
     """Load a checkpoint into model, optimizer and schedule; returns the metrics history."""
-    load_trainable(model, run_state["trainable"])
+    load_trainable(model, run_state["trainable"], run_state.get("prompts"))
     opt.load_state_dict(run_state["optimizer"])
     sched.load_state_dict(run_state["scheduler"])
     return list(run_state["history"])
 
 
-def load_trainable(model: PromptedCLIP, tensors: dict[str, torch.Tensor]) -> None:
-    """Copy saved trainable tensors into `model`; every saved name must exist with the same shape."""
+def load_trainable(model: PromptedCLIP, tensors: dict[str, torch.Tensor], prompts: dict | None = None) -> None:
+    """Copy saved trainable tensors into `model`: exactly its trainable parameters, each of the same shape,
+    saved with the same prompt settings (`prompts`, where the checkpoint records them); else ValueError."""
+    if prompts is not None and (changed := _changed(prompts, to_dict(model.cfg))):
+        raise ValueError(f"the checkpoint was trained with other prompt settings than the model's: {changed}")
     params = dict(model.named_parameters())
-    missing = [n for n in tensors if n not in params]
+    extra = [n for n in tensors if n not in params]
+    if extra:
+        raise ValueError(f"checkpoint holds parameters the model does not have: {extra[:5]}")
+    missing = [n for n, p in params.items() if p.requires_grad and n not in tensors]
     if missing:
-        raise ValueError(f"checkpoint holds parameters the model does not have: {missing[:5]}")
+        raise ValueError(
+            f"checkpoint lacks {len(missing)} of the model's trainable parameters ({missing[:5]}): it was trained "
+            f"with other settings"
+        )
     with torch.no_grad():
         for n, t in tensors.items():
             if params[n].shape != t.shape:

@@ -139,7 +139,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
         state = fit_distributed(cfg, out, spec)
         save_run(out, state)
-        load_trainable(model, state["trainable"])
+        load_trainable(model, state["trainable"], state.get("prompts"))
         history = state["history"]
     else:
         history = train(model, tasks, cfg.train, out, resume=True, progress=not args.no_progress)
@@ -183,16 +183,24 @@ def cmd_eval(args: argparse.Namespace) -> int:
         if not (run / "config.json").is_file() or not (run / "checkpoint.pt").is_file():
             raise ValueError(f"--run {run} is not a finished run folder: it needs config.json and checkpoint.pt")
         model, tasks = build_run(read_run_config(run / "config.json"), splits_dir=run / "splits")
-        load_trainable(model, load(run / "checkpoint.pt")["trainable"])
+        state = load(run / "checkpoint.pt")
+        try:
+            load_trainable(model, state["trainable"], state.get("prompts"))
+        except ValueError as e:  # e.g. config.json edited after training: never evaluate untrained prompts
+            raise ValueError(
+                f"--run {run}: {run / 'checkpoint.pt'} does not fit {run / 'config.json'} ({e}); restore the "
+                f"config.json the run was trained with"
+            ) from None
     else:
         model, tasks = build_run(run_config(args))
     model.to(resolve_device(args.device))
     if args.predictions:
+        from .data.base import split_digest
         from .engine import predictions
         from .results import write_predictions
 
         cols = predictions(model, tasks, args.split)
-        write_predictions(args.predictions, cols)
+        write_predictions(args.predictions, cols, {"split": args.split, "images": split_digest(tasks, args.split)})
         correct = pd.DataFrame(cols).groupby("task", sort=False)["correct"].mean()
         acc = {**correct.to_dict(), "mean": float(correct.mean())}
         print(f"predictions ({len(cols['task']):,} images): {args.predictions}")
@@ -212,6 +220,18 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     a, b = read_predictions(args.a), read_predictions(args.b)
     key = ["task", "image"]
+    for path, df in ((args.a, a), (args.b, b)):
+        if (dup := int(df.duplicated(key).sum())) or df.empty:
+            what = f"{dup} images twice (rows repeated)" if dup else "no images"
+            raise ValueError(f"predictions file {path} holds {what}: write it again with `mmap-ray eval --predictions`")
+    if a.attrs["data"] and b.attrs["data"] and a.attrs["data"] != b.attrs["data"]:
+        raise ValueError(
+            f"{args.a} and {args.b} are predictions on different images ({_data(a)} vs {_data(b)}): evaluate both "
+            f"runs on the same dataset, split and data seed"
+        )
+    for path, df in ((args.a, a), (args.b, b)):
+        if not df.attrs["data"]:
+            print(f"note: {path} does not say which images it holds (an older file): paired by task, image and label")
     joined = a.merge(b, on=key, how="outer", suffixes=("_a", "_b"), indicator=True)
     unmatched = joined[joined["_merge"] != "both"]
     if len(unmatched) or (joined["label_a"] != joined["label_b"]).any():
@@ -242,6 +262,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
     print(f"A: {args.a}\nB: {args.b}\n(mean: over tasks; CI: paired bootstrap over images within each task)")
     print(table.to_string(index=False, float_format=lambda v: f"{v:.3g}" if v < 1 else f"{v:.1f}"))
     return 0
+
+
+def _data(predictions) -> str:
+    data = predictions.attrs["data"]
+    return f"{data.get('split', '?')} images {data.get('images', '?')}"
 
 
 def _run_flags_given(args: argparse.Namespace) -> list[str]:
@@ -518,6 +543,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except INPUT_ERRORS as e:
         print(f"mmap-ray {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except FloatingPointError as e:  # a run whose loss stopped being finite: its settings, in one line
+        print(f"mmap-ray {args.command}: error: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:  # Ctrl-C: a train run keeps its last checkpoint, and the same command resumes it
         hint = "; the same command continues from the last checkpoint" if args.command == "train" else ""
         print(f"mmap-ray {args.command}: interrupted{hint}", file=sys.stderr)

@@ -26,6 +26,7 @@ from .backbone import NO_WEIGHTS, TINY_MODEL
 from .engine import TrainConfig
 from .fields import check_types, from_dict, option
 from .grouping import format_groups, parse_groups
+from .parse import parse_json
 from .prompts import MmAPConfig
 from .storage import is_uri, location
 
@@ -42,7 +43,7 @@ def partition_arg(text: str) -> tuple[tuple[str, ...], ...]:
     """A partition as typed ('A+B|C') or the JSON file `mmap-ray group` wrote."""
     if text.endswith(".json") and Path(text).is_file():
         try:
-            saved = json.loads(Path(text).read_text())["partition"]
+            saved = parse_json(Path(text).read_text(), text)["partition"]
         except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
             saved = None
         if not isinstance(saved, str):
@@ -159,7 +160,7 @@ def read_run_config(path: str | Path) -> RunConfig:
     """The RunConfig in a run folder's config.json (`{"run": to_dict(cfg)}`), checked; ValueError naming the file."""
     p = Path(path)
     try:
-        saved = json.loads(p.read_text())
+        saved = parse_json(p.read_text(), p)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{p} is not valid JSON ({e}); it is not a run folder's config.json") from None
     if not isinstance(saved, dict) or not isinstance(saved.get("run"), dict):

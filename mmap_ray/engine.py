@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 from . import checkpoint
 from .checkpoint import load as load_checkpoint  # noqa: F401  (the name callers and tests know)
 from .checkpoint import without_predictions  # noqa: F401  (the CLI's summary uses it)
-from .data.base import MultiTaskDataset, TaskData
+from .data.base import MultiTaskDataset, TaskData, split_digest
 from .data.sampler import MODES, MultiTaskBatchSampler
 from .fields import check_types, option, optional_float
 from .model import PromptedCLIP
@@ -264,9 +264,12 @@ def train_step(
     loss = F.cross_entropy(logits.float(), labels)
     value = loss.item()
     if not math.isfinite(value):  # stop before a non-finite update reaches the prompts or a report
+        if not opt.state:  # no update yet: the learning rate is not the cause
+            why = "before any update: the initial prompts (init_std) or the images give non-finite logits"
+        else:
+            why = "the run diverged; lower the learning rate or set grad_clip"
         raise FloatingPointError(
-            f"training loss is {value} at step {step} {where} (lr {opt.param_groups[0]['lr']:.3g}): "
-            f"the run diverged; lower the learning rate or set grad_clip"
+            f"training loss is {value} at step {step} {where} (lr {opt.param_groups[0]['lr']:.3g}): {why}"
         )
     opt.zero_grad(set_to_none=True)
     loss.backward()
@@ -361,6 +364,7 @@ def _test_outcomes(model: PromptedCLIP, tasks: Sequence[TaskData], cfg: TrainCon
     return {
         **{f"test/{k}": v for k, v in accuracy(names, counts).items()},
         **{f"zeroshot/{k}": v for k, v in accuracy(names, ctx.all_reduce(zs_counts)).items()},
+        "test_images": split_digest(tasks, "test"),  # which images the predictions are of
         "predictions": {
             "task": [names[t] for t in t_idx.tolist()],
             "image": i_idx.tolist(),

@@ -24,6 +24,8 @@ from collections.abc import Callable, Iterable, Mapping
 from functools import cache
 from typing import Any, TypeVar
 
+from .parse import parse_json
+
 T = TypeVar("T")
 
 
@@ -304,7 +306,7 @@ def json_resources(text: str) -> dict[str, float]:
     import json
 
     try:
-        parsed = json.loads(text)
+        parsed = parse_json(text, repr(text)[:40])
     except json.JSONDecodeError as e:
         raise ValueError(f"{text!r} is not JSON ({e}); use e.g. '{{\"A100\": 1}}'") from None
     if not isinstance(parsed, dict):

@@ -24,6 +24,7 @@ import sys
 import time
 from dataclasses import dataclass
 
+from .parse import parse_json
 from .storage import Location
 
 LOCK_NAME = ".lock"
@@ -57,7 +58,7 @@ class StudyLock:
 
 def _holder(path: Location) -> dict:
     try:
-        data = json.loads(path.read_text())
+        data = parse_json(path.read_text(), path)
     except (OSError, ValueError):
         return {}
     return data if isinstance(data, dict) else {}

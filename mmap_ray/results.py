@@ -3,7 +3,11 @@
 Layout under a study's results folder:
 
     trials/<config_id>-s<seed>.parquet   one row per (configuration, seed): the flat config, outcome, costs
-    epochs/<config_id>-s<seed>.parquet   one row per (epoch, task) of that run: the learning curves
+    epochs/<config_id>-s<seed>.parquet   one row per (epoch, task) of that run: the learning curves, each
+                                         row with the epoch's mean over tasks (`val_mean`, `test_mean`)
+    predictions/<config_id>-s<seed>.parquet  one row per test image of that run: label, prediction, correct
+
+Unit. Every accuracy in these tables is in percent (0-100), as the console and the report print it.
 
 Identity. A row is identified by what produced it: `config_id`, a hash of the canonical configuration
 (everything that changes the result: the run spec with the partition as resolved, the training
@@ -26,7 +30,9 @@ in `UPGRADES` and refuses files from a newer mmap-ray with a message saying whic
 Version 2 added `config_id`, `config`, `data_seed`, typed `layers` (a list of block indices) and
 `depth`, and the flat layout; version 1 files (`<table>/scheme=<scheme>/<trial>.parquet`) still load.
 Version 3 added `variant` (the study's `variants` axis; "" for rows before it), version 4 the zero-shot
-columns, version 5 the package version `mmap_ray` ("unknown" before it).
+columns, version 5 the package version `mmap_ray` ("unknown" before it). Version 6 stores accuracies in
+percent (fractions before it) and the epochs table's per-epoch mean as columns (`val_mean`, `test_mean`)
+instead of rows of a pseudo-task "mean", so a `groupby("task")` counts tasks only.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import re
 import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -42,9 +49,10 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .storage import Location, location
+from .parse import parse_json
+from .storage import Location, location, location_as_given
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 SCHEMA_KEY = b"mmap_ray.schema_version"
 TRIALS, EPOCHS, PREDICTIONS = "trials", "epochs", "predictions"
 
@@ -105,9 +113,11 @@ EPOCH_SCHEMA = pa.schema(
         ("trial_id", _S),
         ("epoch", _I),
         ("task", _S),
-        ("val_acc", _F),
+        ("val_acc", _F),  # percent, as every accuracy in the tables (v6)
         ("train_loss", _F),
         ("test_acc", _F),
+        ("val_mean", _F),  # the epoch's mean over tasks (v6; rows of task "mean" before it)
+        ("test_mean", _F),
     ]
 )
 # A trial's test outcomes, one row per image (the `predictions` table, v4): what paired comparisons
@@ -190,8 +200,9 @@ def _version(arrow: pa.Table) -> int | None:
     return None
 
 
-def _read(where: Location) -> pd.DataFrame | None:
-    """One file as a current-schema DataFrame; None (with a warning) for a file that is not ours."""
+def _read(where: Location) -> tuple[pd.DataFrame, int] | None:
+    """One file as a current-schema DataFrame and the version it was written with; None (with a warning)
+    for a file that is not ours."""
     arrow = pq.read_table(where.path, filesystem=where.filesystem())
     version = _version(arrow)
     if version is None and where.parent.name.startswith("scheme="):
@@ -211,13 +222,52 @@ def _read(where: Location) -> pd.DataFrame | None:
         df = UPGRADES[v](df)
     if "schema_version" in df:
         df["schema_version"] = SCHEMA_VERSION
-    return df
+    return df, version
+
+
+def _study_name(results: Location, frames: list[pd.DataFrame]) -> str | None:
+    """The study these results belong to: the name in the study folder's study.json, else the one most of
+    the files name."""
+    try:
+        name = parse_json((results.parent / "study.json").read_text(), "study.json").get("name")
+    except (OSError, ValueError, AttributeError):
+        name = None
+    if isinstance(name, str) and name:
+        return name
+    names = pd.Series([str(s) for df in frames if "study" in df for s in df["study"].unique()])
+    return str(names.mode().iloc[0]) if len(names) else None
+
+
+def _misplaced(df: pd.DataFrame, where: Location, study: str | None) -> str | None:
+    """Why a file's rows are not the rows its name and folder say (a copy, another study's), or None."""
+    if {"config_id", "seed"} <= set(df.columns):
+        keys = sorted({row_key(str(c), int(s)) for c, s in zip(df["config_id"], df["seed"])})
+        if keys != [where.name.removesuffix(".parquet")]:
+            return f"its rows are of {keys[:3]}, not of {where.name.removesuffix('.parquet')!r} as its name says"
+    if study is not None and "study" in df and (other := sorted(set(map(str, df["study"])) - {study})):
+        return f"its rows belong to study {other[:3]}, not to {study!r} whose results these are"
+    return None
 
 
 def load(root: str | Path | Location, table: str = TRIALS) -> pd.DataFrame:
-    """One study table as a DataFrame; ValueError naming the folder when it holds no results."""
-    folder = location(root, "results root") / table
-    frames = [df for f in folder.glob("*.parquet") if (df := _read(f)) is not None]
+    """One study table as a DataFrame; ValueError naming the folder when it holds no results.
+
+    A file counts only where its rows are what its name and folder say: its (config_id, seed) and this
+    study's name (a copy `X-s0 (copy).parquet`, rows of another study or a `results` link to another
+    study's folder are skipped with a warning naming the file)."""
+    folder = location_as_given(root, "results root") / table
+    found = [(f, *read) for f in folder.glob("*.parquet") if (read := _read(f)) is not None]
+    study = _study_name(folder.parent, [df for _, df, _ in found])
+    frames, skipped = [], []
+    for f, df, version in found:
+        why = _misplaced(df, f, study) if version >= 2 else None  # v1 files were named by Tune's trial id
+        if why:
+            skipped.append(f"skipping {f}: {why}")
+            warnings.warn(skipped[-1], stacklevel=2)
+        else:
+            frames.append(df)
+    if not frames and skipped:
+        raise ValueError(f"no {table} results of study {study!r} in {folder}: {len(skipped)} files, e.g. {skipped[0]}")
     if not frames:
         raise ValueError(f"no {table} results in {folder} (no Parquet files of mmap-ray there)")
     df = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
@@ -292,6 +342,33 @@ def _v4_to_v5(df: pd.DataFrame) -> pd.DataFrame:
 
 UPGRADES[4] = _v4_to_v5
 
+# Accuracy columns: trial rows' per-task and mean val/test/zero-shot columns, baselines' test columns,
+# the epochs table's val_acc / test_acc (and, from v6, its val_mean / test_mean).
+_ACCURACY = re.compile(r"(val_.+_(final|best)|test_.+|zeroshot_.+|val_acc|test_acc|val_mean)")
+
+
+def accuracy_columns(columns: list[str]) -> list[str]:
+    """The columns of a results table that hold an accuracy (in percent from v6)."""
+    return [c for c in columns if _ACCURACY.fullmatch(c)]
+
+
+def _v5_to_v6(df: pd.DataFrame) -> pd.DataFrame:
+    """v6 stores accuracies in percent, and the epochs table's mean over tasks as columns, not task "mean"."""
+    df = df.copy()
+    for col in accuracy_columns(list(df.columns)):
+        df[col] = 100 * pd.to_numeric(df[col], errors="coerce")
+    if {"epoch", "task", "val_acc"} <= set(df.columns):
+        keys = [c for c in ("study", "config_id", "seed", "trial_id", "epoch") if c in df]
+        is_mean = df["task"].astype(str) == "mean"
+        acc = [c for c in ("val_acc", "test_acc") if c in df]
+        means = df.loc[is_mean, [*keys, *acc]].rename(columns={"val_acc": "val_mean", "test_acc": "test_mean"})
+        df = df[~is_mean].merge(means, on=keys, how="left") if keys else df[~is_mean]
+        df = df.reset_index(drop=True)
+    return df
+
+
+UPGRADES[5] = _v5_to_v6
+
 
 # ---- per-image predictions (`mmap-ray eval --predictions`, `mmap-ray compare`) --------------------------
 
@@ -306,18 +383,24 @@ PREDICTION_SCHEMA = pa.schema(
 )
 
 
-def write_predictions(path: str | Path, cols: Mapping[str, list]) -> Location:
-    """Every image's outcome (`engine.predictions`) as one Parquet file, written atomically."""
+DATA_KEY = b"mmap_ray.data"  # a predictions file's data identity: {"split": ..., "images": split_digest}
+
+
+def write_predictions(path: str | Path, cols: Mapping[str, list], data: Mapping[str, str]) -> Location:
+    """Every image's outcome (`engine.predictions`) as one Parquet file, written atomically, with the
+    identity of the images (`data`: the split and `data.base.split_digest`) in its metadata."""
     arrow = pa.table({name: cols[name] for name in PREDICTION_SCHEMA.names}, schema=PREDICTION_SCHEMA)
     buf = io.BytesIO()
-    pq.write_table(arrow.replace_schema_metadata({SCHEMA_KEY: str(SCHEMA_VERSION).encode()}), buf)
+    meta = {SCHEMA_KEY: str(SCHEMA_VERSION).encode(), DATA_KEY: json.dumps(dict(data), sort_keys=True).encode()}
+    pq.write_table(arrow.replace_schema_metadata(meta), buf)
     where = location(path, "--predictions")
     where.write_bytes(buf.getvalue())
     return where
 
 
 def read_predictions(path: str | Path) -> pd.DataFrame:
-    """A predictions file `write_predictions` wrote; ValueError naming the file if it is not one."""
+    """A predictions file `write_predictions` wrote, its data identity in `.attrs["data"]` ({} for a file
+    written before identities); ValueError naming the file if it is not one."""
     where = location(path, "predictions file")
     if not where.exists():
         raise ValueError(f"predictions file {path} does not exist; write one with `mmap-ray eval --predictions`")
@@ -330,4 +413,12 @@ def read_predictions(path: str | Path) -> pd.DataFrame:
         raise ValueError(
             f"predictions file {path} lacks the columns {missing}: it is not what `mmap-ray eval --predictions` writes"
         )
-    return arrow.select(PREDICTION_SCHEMA.names).to_pandas()
+    try:
+        data = json.loads((arrow.schema.metadata or {}).get(DATA_KEY, b"{}"))
+    except ValueError:
+        data = None
+    if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
+        raise ValueError(f"predictions file {path} has a damaged data identity in its metadata ({DATA_KEY.decode()})")
+    df = arrow.select(PREDICTION_SCHEMA.names).to_pandas()
+    df.attrs["data"] = data
+    return df

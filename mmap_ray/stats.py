@@ -45,7 +45,7 @@ T80 = tuple(
 
 @dataclass(frozen=True)
 class Difference:
-    """A difference in accuracy (fractions: 0.012 is 1.2 points) with its 95% interval, over `n` pairs."""
+    """A difference in accuracy in points (percent: 1.2 is 1.2 points) with its 95% interval, over `n` pairs."""
 
     diff: float
     low: float
@@ -59,8 +59,8 @@ class Difference:
         """Whether the interval excludes 0."""
         return self.low > 0 or self.high < 0
 
-    def __str__(self) -> str:  # in points: '+1.2 [-0.3, +2.7]'
-        return f"{100 * self.diff:+.1f} [{100 * self.low:+.1f}, {100 * self.high:+.1f}]"
+    def __str__(self) -> str:  # '+1.2 [-0.3, +2.7]'
+        return f"{self.diff:+.1f} [{self.low:+.1f}, {self.high:+.1f}]"
 
     @property
     def verdict(self) -> str:
@@ -70,7 +70,7 @@ class Difference:
 def paired_bootstrap(
     a: np.ndarray, b: np.ndarray, groups: np.ndarray | None = None, n_boot: int = 10_000, seed: int = 0
 ) -> Difference:
-    """Mean accuracy of `a` minus that of `b`, with a 95% paired bootstrap interval.
+    """Mean accuracy of `a` minus that of `b` in points, with a 95% paired bootstrap interval.
 
     a, b: (N,) per-image correctness (bool or 0/1) of two runs on the same N images, in the same order.
     groups: (N,) task of each image; the statistic is the unweighted mean over tasks of the per-task
@@ -127,8 +127,9 @@ def _betainc(a: float, b: float, x: float) -> float:
 
 
 def seed_interval(diffs: np.ndarray) -> Difference | None:
-    """The mean of per-seed paired differences with a 95% t interval, the two-sided t-test p-value and the
-    minimum detectable effect at 80% power, (t(0.975) + t(0.80)) * sd / sqrt(n) (None with fewer than 2 seeds)."""
+    """The mean of per-seed paired differences (in points: the tables' accuracies are percent) with a 95%
+    t interval, the two-sided t-test p-value and the minimum detectable effect at 80% power,
+    (t(0.975) + t(0.80)) * sd / sqrt(n) (None with fewer than 2 seeds)."""
     d = np.asarray(diffs, dtype=float)
     d = d[~np.isnan(d)]
     if len(d) < 2:
@@ -146,7 +147,7 @@ def seed_interval(diffs: np.ndarray) -> Difference | None:
 def hierarchical_bootstrap(
     seeds: list[tuple[np.ndarray, np.ndarray]], n_boot: int = 10_000, seed: int = 0
 ) -> Difference:
-    """The mean over seeds of each seed's accuracy difference (mean over tasks of a - b), with a 95%
+    """The mean over seeds of each seed's accuracy difference (mean over tasks of a - b) in points, with a 95%
     two-stage bootstrap interval: seeds resampled with replacement, then each drawn seed's images within
     each task; p is the two-sided bootstrap p-value of no difference.
 
@@ -173,7 +174,7 @@ def hierarchical_bootstrap(
     boot = per_seed[drawn, np.arange(n_boot)[:, None]].mean(axis=1)  # (n_boot,)
     low, high = np.quantile(boot, [0.025, 0.975])
     p = min(1.0, 2 * min(float((boot <= 0).mean()), float((boot >= 0).mean())))
-    return Difference(float(np.mean(point)), float(low), float(high), len(seeds), p=p)
+    return Difference(100 * float(np.mean(point)), 100 * float(low), 100 * float(high), len(seeds), p=p)
 
 
 def holm(pvalues: list[float | None]) -> list[float | None]:

@@ -167,13 +167,21 @@ def is_uri(where: str | os.PathLike | Location) -> bool:
     return "://" in str(where)
 
 
+def resolved(path: str | os.PathLike, field: str = "path") -> Path:
+    """`path` made absolute with its symlinks followed; ValueError naming `field` for a symlink loop."""
+    try:
+        return Path(path).expanduser().resolve()
+    except (RuntimeError, OSError) as e:  # Python 3.11: RuntimeError('Symlink loop from ...')
+        raise ValueError(f"{field}={str(path)!r} cannot be resolved ({e}): a symlink loop?") from None
+
+
 def location(where: str | os.PathLike | Location, field: str = "storage_path") -> Location:
     """Parse a local path or a `s3://` / `gs://` URI; a bad one fails with a message naming `field`."""
     if isinstance(where, Location):
         return where
     text = str(where)
     if not is_uri(text):
-        return Location("", str(Path(text).expanduser().resolve()))
+        return Location("", str(resolved(text, field)))
     parts = urlsplit(text)
     if parts.scheme not in OBJECT_SCHEMES:
         raise ValueError(
@@ -191,6 +199,14 @@ def location(where: str | os.PathLike | Location, field: str = "storage_path") -
         )
     path = (parts.netloc + parts.path).rstrip("/")
     return Location(parts.scheme, path, parts.query)
+
+
+def location_as_given(where: str | os.PathLike | Location, field: str = "storage_path") -> Location:
+    """`location(where)`, but a local path keeps its symlinks (absolute, not resolved): a `results` link
+    inside a study folder still belongs to that folder."""
+    if isinstance(where, Location) or is_uri(str(where)):
+        return location(where, field)
+    return Location("", os.path.normpath(Path(where).expanduser().absolute()))
 
 
 def default_storage() -> str:
@@ -222,7 +238,7 @@ def resolve_storage(where: str | None, field: str = "storage") -> str:
     if where is None:
         where = default_storage()
     if is_uri(where) or Path(where).expanduser().is_absolute():
-        return where if is_uri(where) else str(Path(where).expanduser().resolve())
+        return where if is_uri(where) else str(resolved(where, field))
     copy = job_working_copy()
     if copy is not None:
         raise ValueError(
@@ -231,12 +247,16 @@ def resolve_storage(where: str | None, field: str = "storage") -> str:
             f"node) or a URI (s3://BUCKET/PREFIX), or leave it out for the default ($MMAP_RAY_STORAGE, else "
             f"~/mmap-ray/studies on the node the driver runs on)"
         )
-    return str(Path(where).resolve())
+    return str(resolved(where, field))
 
 
 def move_aside(folder: Location, suffix: str) -> Location:
     """Rename `folder` to `<folder>.<suffix>` (object stores: copy every object, then delete the originals)."""
-    target = folder.parent / f"{folder.name}.{suffix}"
+    return move_folder(folder, folder.parent / f"{folder.name}.{suffix}")
+
+
+def move_folder(folder: Location, target: Location) -> Location:
+    """Rename `folder` to `target`, a name that must be free (object stores: copy, then delete)."""
     fs = folder.filesystem()
     if target.exists():
         raise ValueError(f"cannot move {folder} aside: {target} exists already")

@@ -77,14 +77,15 @@ def measure(out: Path, seeds: list[int], epochs: int) -> list[dict]:
 
 
 def parquet_row(row: dict) -> dict:
-    """A rows.json row in the study's column names (test_<task>, test_mean, trainable_params)."""
+    """A rows.json row (accuracies as fractions, as `mmap-ray train` summaries hold them) in the study's
+    column names and unit (test_<task>, test_mean in percent, trainable_params)."""
     skip = {"method", "seed", "epochs", "mean", "trainable", "total"}
     return {
         "method": row["method"],
         "seed": row["seed"],
         "epochs": row.get("epochs"),
-        **{f"test_{k}": v for k, v in row.items() if k not in skip},
-        "test_mean": row["mean"],
+        **{f"test_{k}": 100 * v for k, v in row.items() if k not in skip},
+        "test_mean": 100 * row["mean"],
         "trainable_params": row.get("trainable", 0),
         "total_params": row.get("total"),
         "schema_version": SCHEMA_VERSION,

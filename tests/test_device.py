@@ -13,7 +13,7 @@ from mmap_ray.engine import TrainConfig, resolve_device
 from mmap_ray.study import StudyConfig
 
 pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only behaviour")
-FAST = ["--pretrained", "none", "--n-tokens", "2", "--epochs", "1", "--batch-size", "32", "--no-progress"]
+FAST = ["--pretrained", "none", "--n-tokens", "2", "--epochs", "1", "--batch-size", "16", "--no-progress"]
 ONE_TASK = ["--domains", "Art", "--shots", "2"]
 
 

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from mmap_ray import checkpoint
+from mmap_ray.data.base import split_digest
 from mmap_ray.data.toy import ToyConfig, load_toy_tasks
 from mmap_ray.engine import Context, TrainConfig, checkpoint_due, evaluate, fit, predictions, train
 from mmap_ray.model import PromptedCLIP
@@ -87,7 +88,8 @@ def test_training_reduces_loss_and_reports_every_task(tiny, toy_tasks):
     assert [list(r) for r in hist[:-1]] == [every] * 3  # the row format of every path (see test_distributed)
     test = [k.replace("val/", "test/") for k in val]
     zero_shot = [k.replace("val/", "zeroshot/") for k in val]
-    assert list(hist[-1]) == every + test + zero_shot + ["predictions"]  # test outcomes after the last epoch
+    assert list(hist[-1]) == every + test + zero_shot + ["test_images", "predictions"]  # after the last epoch
+    assert hist[-1]["test_images"] == split_digest(toy_tasks, "test")  # which images the predictions are of
     assert hist[-1]["test/mean"] == evaluate(model, toy_tasks)["mean"]
     # the backbone's zero-shot accuracy on the same images: the model with no prompts at all
     plain = PromptedCLIP(tiny, {t.name: t.class_names for t in toy_tasks}, MmAPConfig(layers=()))

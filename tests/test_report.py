@@ -76,7 +76,8 @@ def _trial(
     partition: str = PLANTED,
     lr: float = 2e-3,
 ) -> dict:
-    """A schema-v2 trial row; its config_id hashes the configuration (not the scheme, not the seed)."""
+    """A trial row of the current schema, `acc` a fraction written in percent; its config_id hashes the
+    configuration (not the scheme, not the seed)."""
     ok = status == "TERMINATED"
     config = {
         "partition": partition,
@@ -108,9 +109,9 @@ def _trial(
         "epochs_run": epochs_run,
         "trainable_params": params if ok else None,
         "total_params": 3_845_000 + params if ok else None,
-        "val_mean_final": acc if ok else None,
-        "val_mean_best": acc + 0.01 if ok else None,
-        "test_mean": acc if ok else None,
+        "val_mean_final": 100 * acc if ok else None,
+        "val_mean_best": 100 * (acc + 0.01) if ok else None,
+        "test_mean": 100 * acc if ok else None,
         "wall_s": 36.0,
         "device_hours": 0.01,
         "device_kind": "cpu",
@@ -120,9 +121,9 @@ def _trial(
     if ok:  # a failed trial has no history: its per-task columns are typed nulls
         for i, t in enumerate(TASKS):
             row |= {
-                f"val_{t}_final": acc + 0.01 * i,
-                f"val_{t}_best": acc + 0.01 * i + 0.01,
-                f"test_{t}": acc - 0.015 + 0.01 * i,
+                f"val_{t}_final": 100 * (acc + 0.01 * i),
+                f"val_{t}_best": 100 * (acc + 0.01 * i + 0.01),
+                f"test_{t}": 100 * (acc - 0.015 + 0.01 * i),
             }
     return row
 
@@ -136,12 +137,14 @@ def _epochs(row: dict) -> list[dict]:
             "trial_id": row["trial_id"],
             "epoch": e,
             "task": t,
-            "val_acc": 0.5 + 0.05 * e + 0.01 * i,
+            "val_acc": 50 + 5 * e + i,
             "train_loss": 1.0 / e,
             "test_acc": None,
+            "val_mean": 50 + 5 * e + (len(TASKS) - 1) / 2,
+            "test_mean": None,
         }
         for e in range(1, row["epochs_run"] + 1)
-        for i, t in enumerate((*TASKS, "mean"))
+        for i, t in enumerate(TASKS)
     ]
 
 
@@ -203,8 +206,8 @@ def fabricate_baselines(root: Path) -> Path:
             row = {
                 "method": label,
                 "seed": seed,
-                "test_mean": 0.6 + 0.03 * len(slug) + 0.01 * seed,
-                **{f"test_{t}": 0.6 for t in TASKS},
+                "test_mean": 60 + 3 * len(slug) + seed,
+                **{f"test_{t}": 60.0 for t in TASKS},
                 "trainable_params": params,
                 "total_params": 3_850_000,
             }
@@ -505,7 +508,7 @@ def test_smoke_study_ends_with_its_report(smoke):
 @pytest.mark.slow
 def test_the_printed_tables_are_read_alike_by_every_reader(smoke):
     """The paths the study prints, as a user copies them into pandas, pyarrow, duckdb and polars: one row
-    per (config_id, seed) in trials, fractions as stated, and epochs and predictions join to it."""
+    per (config_id, seed) in trials, accuracy in percent as stated, and epochs and predictions join to it."""
     import duckdb
     import polars as pl
     import pyarrow.dataset as pads
@@ -515,7 +518,12 @@ def test_the_printed_tables_are_read_alike_by_every_reader(smoke):
     assert paths == {t: str(results / t) for t in ("trials", "epochs", "predictions")}
     trials = pd.read_parquet(paths["trials"])
     keys = set(zip(trials["config_id"], trials["seed"]))
-    assert len(trials) == len(keys) == 2 and trials["test_mean"].between(0, 1).all()
+    assert len(trials) == len(keys) == 2
+    assert "accuracies in percent" in stdout
+    preds = pd.read_parquet(paths["predictions"])
+    by_task = preds.groupby(["config_id", "seed", "task"])["correct"].mean().groupby(level=[0, 1]).mean()
+    stated = trials.set_index(["config_id", "seed"])["test_mean"]
+    assert (100 * by_task.reindex(stated.index) - stated).abs().max() < 1e-9
     assert pads.dataset(paths["trials"]).to_table().num_rows == 2
     sql = f"select count(*), count(distinct config_id), max(test_mean) from read_parquet('{paths['trials']}/*.parquet')"
     assert duckdb.sql(sql).fetchall() == [(2, 2, trials["test_mean"].max())]
@@ -661,7 +669,7 @@ def test_oracle_ranks_partitions_and_scores_each_method_against_it(tmp_path):
     assert "90.1 ± 0.1" in lines[0] and "gradient" in section and "random" in section
     # how much the partition matters: best minus worst two-group partition, 6 points, every seed alike
     spread = partition_spread(study.trials)
-    assert (spread["best"], spread["worst"]) == (parts[0], parts[6]) and spread["gap"] == pytest.approx(0.06)
+    assert (spread["best"], spread["worst"]) == (parts[0], parts[6]) and spread["gap"] == pytest.approx(6.0)
     assert str(spread["by_seed"]) == "+6.0 [+6.0, +6.0]" and spread["gap_in_stds"] == pytest.approx(60.0)
     assert f"the worst ({parts[6]}) is 6.0 points" in section and "60.0 times the larger" in section
     # what a reader sees: human column names, not the frame's internal ones

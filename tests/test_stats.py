@@ -63,10 +63,10 @@ def test_paired_bootstrap_matches_index_resampling_and_weights_tasks_equally():
     a, b, groups = fabricated()
     got = paired_bootstrap(a, b, groups, n_boot=20_000, seed=0)
     per_task = [(a[groups == g].mean() - b[groups == g].mean()) for g in (0, 1)]
-    assert got.diff == pytest.approx(np.mean(per_task))  # the mean over tasks, not over images
-    assert got.diff != pytest.approx(a.mean() - b.mean())  # (which would weight the big task 3x)
-    ref = np.quantile(index_bootstrap(a, b, groups, 4_000, seed=1), [0.025, 0.975])
-    assert got.low == pytest.approx(ref[0], abs=0.004) and got.high == pytest.approx(ref[1], abs=0.004)
+    assert got.diff == pytest.approx(100 * np.mean(per_task))  # in points; the mean over tasks, not over images
+    assert got.diff != pytest.approx(100 * (a.mean() - b.mean()))  # (which would weight the big task 3x)
+    ref = 100 * np.quantile(index_bootstrap(a, b, groups, 4_000, seed=1), [0.025, 0.975])
+    assert got.low == pytest.approx(ref[0], abs=0.4) and got.high == pytest.approx(ref[1], abs=0.4)
     assert got.detectable and got.verdict == "better" and got.n == len(a)
 
 
@@ -85,11 +85,11 @@ def test_paired_bootstrap_refuses_unpaired_input():
 
 
 def test_seed_interval_is_the_t_interval():
-    d = seed_interval(np.array([0.01, 0.02, 0.03]))
-    half = 4.303 * 0.01 / math.sqrt(3)  # t(0.975, 2) * sd / sqrt(n)
-    assert d.diff == pytest.approx(0.02) and (d.low, d.high) == pytest.approx((0.02 - half, 0.02 + half))
+    d = seed_interval(np.array([1.0, 2.0, 3.0]))  # points
+    half = 4.303 * 1.0 / math.sqrt(3)  # t(0.975, 2) * sd / sqrt(n)
+    assert d.diff == pytest.approx(2.0) and (d.low, d.high) == pytest.approx((2.0 - half, 2.0 + half))
     assert str(d) == "+2.0 [-0.5, +4.5]" and not d.detectable
-    assert seed_interval(np.array([0.01])) is None and seed_interval(np.array([0.01, np.nan])) is None
+    assert seed_interval(np.array([1.0])) is None and seed_interval(np.array([1.0, np.nan])) is None
 
 
 # ---- the commands ------------------------------------------------------------------------------------
@@ -122,7 +122,7 @@ def test_compare_refuses_predictions_on_other_images(tmp_path, capsys):
     capsys.readouterr()
     assert main(["compare", str(art), str(both)]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("mmap-ray compare: error: ") and "are not predictions on the same images" in err
+    assert err.startswith("mmap-ray compare: error: ") and "are predictions on different images" in err
     (tmp_path / "notes.parquet").write_text("not parquet")
     assert main(["compare", str(tmp_path / "notes.parquet"), str(both)]) == 2
     assert "is not a Parquet file" in capsys.readouterr().err
@@ -176,10 +176,10 @@ def test_hierarchical_bootstrap_resamples_seeds_then_images():
     a, b = (one[0][0] == 1).astype(int), (one[0][0] == -1).astype(int)
     images = paired_bootstrap(a, b, tasks, n_boot=20_000)
     assert single.diff == pytest.approx(images.diff) and single.n == 1  # one seed: the image bootstrap
-    assert single.low == pytest.approx(images.low, abs=0.005) and single.high == pytest.approx(images.high, abs=0.005)
+    assert single.low == pytest.approx(images.low, abs=0.5) and single.high == pytest.approx(images.high, abs=0.5)
     spread = [(np.where(np.arange(1000) < k, 1, 0), tasks) for k in (300, 0, 600)]  # seeds at +30, 0, +60 points
     many = hierarchical_bootstrap(spread)
-    assert many.diff == pytest.approx(0.3) and many.n == 3 and many.low < 0.05 and many.high > 0.55  # the seeds
+    assert many.diff == pytest.approx(30) and many.n == 3 and many.low < 5 and many.high > 55  # the seeds
     none = hierarchical_bootstrap([(np.zeros(100, dtype=int), np.zeros(100))] * 3)
     assert none.p == 1.0 and (none.low, none.high) == (0.0, 0.0)
     with pytest.raises(ValueError, match="at least one seed"):

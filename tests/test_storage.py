@@ -85,6 +85,51 @@ def test_v1_layout_files_without_the_metadata_key_read_as_version_1(tmp_path):
     assert list(df["trial_id"]) == ["t1"] and list(df["scheme"]) == ["single"]
 
 
+def test_v5_files_read_in_percent_with_the_epoch_mean_as_a_column(tmp_path):
+    """Before v6 accuracies were fractions and the epochs table had rows of a pseudo-task "mean"."""
+
+    def v5(table: str, rows: list[dict]) -> None:
+        (tmp_path / table).mkdir()
+        arrow = pa.Table.from_pylist(rows)
+        pq.write_table(arrow.replace_schema_metadata({SCHEMA_KEY: b"5"}), tmp_path / table / "c-s0.parquet")
+
+    ident = {"study": "old", "config_id": "c", "seed": 0, "trial_id": "t"}
+    v5(
+        "trials",
+        [
+            {
+                **ident,
+                "schema_version": 5,
+                "test_mean": 0.8,
+                "test_Art": 0.7,
+                "val_Art_best": 0.9,
+                "val_mean_final": 0.85,
+                "zeroshot_mean": 0.25,
+                "wall_s": 3.0,
+                "git_commit": "x",
+                "mmap_ray": "0",
+            }
+        ],
+    )
+    v5(
+        "epochs",
+        [
+            {**ident, "epoch": e, "task": t, "val_acc": a + e / 10, "train_loss": 1.0, "test_acc": None}
+            for e in (1, 2)
+            for t, a in (("Art", 0.3), ("Clipart", 0.5), ("mean", 0.4))
+        ],
+    )
+    trials = load(tmp_path)
+    assert trials[["test_mean", "test_Art", "val_Art_best", "val_mean_final", "zeroshot_mean"]].iloc[0].tolist() == (
+        pytest.approx([80, 70, 90, 85, 25])
+    )
+    assert trials["wall_s"].iloc[0] == 3.0  # not an accuracy: unchanged
+    epochs = load(tmp_path, "epochs").sort_values(["epoch", "task"])
+    assert list(epochs["task"]) == ["Art", "Clipart"] * 2  # "mean" is no task any more
+    assert epochs["val_acc"].tolist() == pytest.approx([40, 60, 50, 70])
+    assert epochs["val_mean"].tolist() == pytest.approx([50, 50, 60, 60])
+
+
 def test_object_store_lost_mid_study_gives_a_storage_error(s3):
     """The server goes away between two writes: the second raises StorageError naming the object."""
     import boto3

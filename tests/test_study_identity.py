@@ -127,7 +127,7 @@ def test_start_and_resume_rules(tmp_path):
     check_start(study, folder, resume=False, overwrite=False)  # a new study
     os.makedirs(folder.path)
     (folder / "study.json").write_text(json.dumps(to_dict(study)))
-    _write_trial(folder / "results", "abc", 0, 0.5)
+    _write_trial(folder / "results", "abc", 0, 0.5, study="g")
     with pytest.raises(
         ValueError, match=r"study 'g' already exists in .* with 1 trial result; continue it with --resume"
     ):
@@ -161,10 +161,10 @@ def test_lock_refuses_a_second_driver_and_takes_over_a_dead_one(tmp_path):
     acquire(folder, break_lock=True).release()
 
 
-def _write_trial(root, cid: str, seed: int, acc: float | None) -> None:
+def _write_trial(root, cid: str, seed: int, acc: float | None, study: str = "t") -> None:
     status = "TERMINATED" if acc is not None else "ERROR"
     row = {
-        "study": "t",
+        "study": study,
         "config_id": cid,
         "seed": seed,
         "trial_id": f"t{seed}",
@@ -369,9 +369,9 @@ def test_rows_of_schema_v2_load_with_an_empty_variant(tmp_path):
 
     table = pa.Table.from_pylist([row], schema=schema).replace_schema_metadata({b"mmap_ray.schema_version": b"2"})
     (tmp_path / TRIALS).mkdir()
-    pq.write_table(table, tmp_path / TRIALS / "a-s0.parquet")
+    pq.write_table(table, tmp_path / TRIALS / f"{'a' * 16}-s0.parquet")
     df = load(tmp_path, TRIALS)
-    assert df["variant"].tolist() == [""] and df["val_mean_final"].tolist() == [0.5]
+    assert df["variant"].tolist() == [""] and df["val_mean_final"].tolist() == [50.0]  # v6: percent
 
 
 def test_rows_of_schema_v4_load_with_an_unknown_package_version(tmp_path):
@@ -381,7 +381,7 @@ def test_rows_of_schema_v4_load_with_an_unknown_package_version(tmp_path):
     row = {"study": "t", "config_id": "b" * 16, "seed": 1, "status": "TERMINATED", "git_commit": "x", "test_mean": 0.5}
     table = pa.Table.from_pylist([row]).replace_schema_metadata({b"mmap_ray.schema_version": b"4"})
     (tmp_path / TRIALS).mkdir()
-    pq.write_table(table, tmp_path / TRIALS / "b-s1.parquet")
+    pq.write_table(table, tmp_path / TRIALS / f"{'b' * 16}-s1.parquet")
     assert load(tmp_path, TRIALS)["mmap_ray"].tolist() == ["unknown"]
 
 

@@ -8,6 +8,8 @@ what `PromptedCLIP.forward(images, task_ids)` consumes.
 
 from __future__ import annotations
 
+import hashlib
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +19,7 @@ from torch import Tensor
 from torch.utils.data import Dataset, Subset
 
 SPLITS = ("train", "val", "test")
+HEAD_BYTES = 16384  # how much of each image file `split_digest` reads
 
 
 @dataclass
@@ -48,10 +51,12 @@ class ImageListDataset(Dataset):
     def __getitem__(self, i: int) -> tuple[Tensor, int]:
         from PIL import Image
 
+        from .images import rgb
+
         path, label = self.items[i]
         try:
             with Image.open(path) as im:
-                image = im.convert("RGB")
+                image = rgb(im)
         except (OSError, SyntaxError, ValueError) as e:  # what PIL raises for a non-image or truncated file
             raise ValueError(
                 f"image {path} cannot be decoded ({type(e).__name__}: {e}); repair or remove it "
@@ -91,3 +96,31 @@ def class_balanced(dataset: Dataset) -> Dataset:
     most = max(len(idx) for idx in per_class)
     indices = torch.cat([idx.repeat(-(-most // len(idx)))[:most] for idx in per_class])  # (classes * most,)
     return Subset(dataset, indices.tolist())
+
+
+def split_digest(tasks: Sequence[TaskData], split: str) -> str:
+    """A 16-hex-digit identity of the images of `split` over `tasks`, in order: what makes two predictions
+    files comparable image by image. A folder dataset's image counts by its last three path parts
+    (domain/class/file), its size, its first `HEAD_BYTES` and its label, so a copy of the dataset elsewhere
+    is the same data and another dataset of the same layout is not; rendered images by pixels and labels."""
+    h = hashlib.sha256()
+    for task in tasks:
+        h.update(f"task {task.name}\n".encode())
+        _update(h, task.split(split))
+    return h.hexdigest()[:16]
+
+
+def _update(h: hashlib._Hash, ds: Dataset) -> None:
+    if isinstance(ds, Subset):
+        h.update(f"subset {list(ds.indices)}\n".encode())
+        _update(h, ds.dataset)
+    elif isinstance(ds, ImageListDataset):
+        for path, label in ds.items:
+            h.update(f"{'/'.join(Path(path).parts[-3:])} {os.stat(path).st_size} {label}\n".encode())
+            with open(path, "rb") as f:  # the images were just decoded: this read is from the page cache
+                h.update(hashlib.sha256(f.read(HEAD_BYTES)).digest())
+    elif isinstance(getattr(ds, "images", None), Tensor):  # rendered (toy) images, uint8
+        h.update(ds.images.contiguous().numpy().tobytes())
+        h.update(torch.as_tensor(ds.labels).numpy().tobytes())
+    else:
+        h.update(f"{type(ds).__name__} {len(ds)} {list(getattr(ds, 'labels', []))}\n".encode())

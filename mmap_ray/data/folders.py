@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from ..parse import parse_json
 from ..storage import Location, is_uri, location
 from .base import SPLITS, ImageListDataset, TaskData
 from .images import SHOW, check_inside, drop_unreadable
@@ -427,7 +428,7 @@ def _take_shots(train: list[Item], shots: int, rng: random.Random) -> list[Item]
 def _read_split_file(path: Path, root: Path, meta: dict) -> dict[str, list[Item]]:
     """A split written by an earlier run; it must match this run's settings and name existing files."""
     try:
-        data = json.loads(path.read_text())
+        data = parse_json(path.read_text(), path)
     except json.JSONDecodeError as e:
         raise ValueError(f"split file {path} is not valid JSON ({e}); delete it to re-split") from e
     if not isinstance(data, dict) or any(not isinstance(data.get(s), list) for s in SPLITS):

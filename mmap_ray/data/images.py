@@ -17,8 +17,14 @@ import os
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..cache import cache_dir
+from ..parse import parse_json
+from ..storage import resolved
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 SHOW = 5  # how many offending paths an error message names
 DRAFT = (64, 64)  # JPEGs decode at reduced scale: every byte of the stream is still read, 10-60x faster
@@ -53,6 +59,25 @@ def drop_unreadable(root: Path, rels: list[str], skip: bool) -> set[str]:
     return {rel for rel, _ in bad}
 
 
+def rgb(im: Image.Image) -> Image.Image:
+    """`im` as 8-bit RGB, its full range kept: 16-bit and 32-bit integer images (PIL modes I;16*, I) are
+    scaled from 0-65535, float images (F) from 0-1; palette, alpha, CMYK, grey and the rest convert as PIL
+    converts them. ValueError for integer or float pixels outside those ranges (no range to scale from)."""
+    import numpy as np
+    from PIL import Image
+
+    if im.mode.startswith("I;16") or im.mode in ("I", "F"):
+        a = np.asarray(im, dtype=np.float64)  # (H, W)
+        top = 1.0 if im.mode == "F" else 65535.0
+        if a.size and (a.min() < 0 or a.max() > top):
+            raise ValueError(
+                f"mode {im.mode} pixels range {a.min():g}..{a.max():g}, outside 0..{top:g}: convert the image to "
+                f"8-bit RGB (or 16-bit) first"
+            )
+        return Image.fromarray(np.round(a * (255 / top)).astype(np.uint8), "L").convert("RGB")
+    return im.convert("RGB")
+
+
 def decode_problem(path: Path) -> str | None:
     """Why PIL cannot decode the image at `path` ("OSError: image file is truncated"), or None if it can."""
     from PIL import Image
@@ -64,6 +89,8 @@ def decode_problem(path: Path) -> str | None:
             if im.format == "JPEG":
                 im.draft("RGB", DRAFT)
             im.load()
+            if not im.mode.startswith(("RGB", "L", "P", "CMYK", "YCbCr", "LA", "1")):
+                rgb(im)  # an integer or float image whose range cannot be scaled is refused here, by name
     except Exception as e:  # noqa: BLE001 - PIL raises many types (OSError, SyntaxError, ...) for a bad file
         return f"{type(e).__name__}: {e}"
     return None
@@ -82,7 +109,7 @@ def _checked_file(root: Path) -> Path:
 def _read_checked(root: Path) -> dict[str, Stamp]:
     """The images under `root` that decoded before, with their stamps then; {} if none or unreadable."""
     try:
-        data = json.loads(_checked_file(root).read_text())
+        data = parse_json(_checked_file(root).read_text(), _checked_file(root))
         if data.get("root") != str(_real(root)):
             return {}
         return {rel: tuple(int(v) for v in st) for rel, st in data["decoded"].items()}
@@ -107,13 +134,13 @@ def _write_checked(root: Path, decoded: dict[str, Stamp]) -> None:
 
 @functools.lru_cache(maxsize=8)
 def _real(root: Path) -> Path:
-    return root.resolve()
+    return resolved(root, "root")
 
 
 def check_inside(root: Path, rel: str, where: str) -> None:
     """Refuse a listed or found path that leaves the data root (through `..`, an absolute path or a symlink)."""
     real_root = _real(root)
-    target = (root / rel).resolve()
+    target = resolved(root / rel, where)
     if not target.is_relative_to(real_root):
         raise ValueError(
             f"{where} resolves to {target}, outside the data root {real_root}; every image must "

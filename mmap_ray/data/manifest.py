@@ -20,6 +20,8 @@ import re
 from dataclasses import dataclass
 from typing import BinaryIO, NamedTuple
 
+from ..parse import parse_json
+
 MANIFEST = "mmap-ray-manifest.json"
 FORMAT = "mmap-ray-manifest"
 VERSION = 1
@@ -56,7 +58,7 @@ class Manifest:
     def from_json(cls, text: str | bytes, where: str) -> Manifest:
         """Parse and check a manifest; a ValueError names `where` (the manifest's URI) and what is wrong."""
         try:
-            data = json.loads(text)
+            data = parse_json(text, "the manifest")
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise ValueError(f"manifest {where} is not valid JSON ({e}); push the dataset folder again") from None
         if not isinstance(data, dict) or data.get("format") != FORMAT or not isinstance(data.get("files"), dict):

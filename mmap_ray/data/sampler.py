@@ -29,6 +29,11 @@ def task_quotas(sizes: Sequence[int], batch_size: int, mode: str = "equal") -> l
         raise ValueError(f"batch_size={batch_size} must be >= the number of tasks ({T}): every task in every batch")
     if any(s == 0 for s in sizes):
         raise ValueError(f"task sizes {list(sizes)} include an empty task; every task needs samples")
+    if batch_size > sum(sizes):  # refused before a batch of repeated images is ever allocated
+        raise ValueError(
+            f"batch_size={batch_size} exceeds the {sum(sizes)} training images of the {T} tasks "
+            f"({', '.join(map(str, sizes))}): one batch would repeat every image; use batch_size <= {sum(sizes)}"
+        )
     if mode == "equal":
         return [batch_size // T + (1 if t < batch_size % T else 0) for t in range(T)]
     total = sum(sizes)

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from ..parse import parse_json
 from ..storage import Location
 from .load import Study, load_study
 from .sections import Section, sections
@@ -169,7 +170,7 @@ def claim_folder(folder: Path) -> list[str]:
             )
         return []
     try:
-        files = json.loads(manifest.read_text())["files"]
+        files = parse_json(manifest.read_text(), manifest)["files"]
     except (ValueError, KeyError, TypeError):
         files = None
     if not isinstance(files, list) or not all(isinstance(f, str) for f in files):

@@ -91,7 +91,7 @@ def design_points(trials: pd.DataFrame) -> pd.DataFrame:
     design = pd.Series(
         [_design_name(str(v) or str(p)) for v, p in zip(variants, t["projection"].astype(object))], index=t.index
     )
-    acc = (100 * t[metric]).groupby([design.rename("design"), t["trainable_params"].rename("params")])
+    acc = t[metric].groupby([design.rename("design"), t["trainable_params"].rename("params")])
     out = acc.agg(acc="mean", acc_std="std").reset_index()
     return out.fillna({"acc_std": 0.0})
 
@@ -136,7 +136,9 @@ def curve_panels(study: Study) -> list[dict]:
     e, t = study.epochs, study.trials.set_index("trial_id")
     if e.empty or not {"trial_id", "epoch", "task", "val_acc"} <= set(e.columns):
         return []
-    curves = 100 * e.pivot_table(index=["trial_id", "epoch"], columns="task", values="val_acc", observed=True)
+    curves = e.pivot_table(index=["trial_id", "epoch"], columns="task", values="val_acc", observed=True)
+    if "val_mean" in e:  # the epoch's mean over tasks, a column of every row ("mean" is no task's name)
+        curves["mean"] = e.groupby(["trial_id", "epoch"])["val_mean"].first()
     rank = next((c for c in ("val_mean_best", "val_mean_final", "test_mean") if c in t), None)
     panels = []
     for scheme, ids in (

@@ -10,7 +10,6 @@ end say what the rows hold (which accuracy to rank by, which trials completed, w
 
 from __future__ import annotations
 
-import json
 import re
 import warnings
 from collections.abc import Iterable
@@ -20,8 +19,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..parse import parse_json
 from ..results import EPOCHS, PREDICTIONS, TRIALS, load
-from ..storage import Location, location
+from ..storage import Location, location_as_given
 
 BASELINES = "baselines"  # the table that studies/toy_baselines.py writes
 CONFIG_ID = "config_id"  # a configuration's identity: its settings without the training seed
@@ -54,7 +54,7 @@ class Study:
 
 def _folder(path: str | Path | Location, table: str, field: str) -> Location:
     """`path`, or `path/results` when that holds `table` (a study folder rather than its results folder)."""
-    root = location(path, field)
+    root = location_as_given(path, field)
     if not (root / table).is_dir() and (root / "results" / table).is_dir():
         root = root / "results"
     return root
@@ -131,7 +131,7 @@ def load_study(results: str | Path | Location, baselines: str | Path | Location 
         study.predictions[CONFIG_ID] = study.predictions[CONFIG_ID].astype(str)
     side = root.parent / "partitions.json"
     if side.exists():
-        saved = json.loads(side.read_text())
+        saved = parse_json(side.read_text(), side)
         study.partitions, study.affinity = saved.get("partitions", {}), saved.get("affinity", {})
         study.seconds = saved.get("seconds", {})
     else:

@@ -98,7 +98,7 @@ def method_scores(
                 "regret (points, 95% CI)": str(regret) if regret else "–",
                 "p (Holm)": f"{p:.3f}" if p is not None else "–",
                 "regret, seeds + images": str(both) if both else "–",
-                "regret, cross-fitted (points)": f"{100 * crossed:+.1f}" if crossed == crossed else "–",
+                "regret, cross-fitted (points)": f"{crossed:+.1f}" if crossed == crossed else "–",
                 "cross-fitted / oracle spread": crossed / spread if spread > 0 and crossed == crossed else float("nan"),
                 "top-2 rate": float(np.mean([chosen[s] in top2 for s in chosen])) if chosen else float("nan"),
                 "agreement": float(picks.value_counts().iloc[0] / len(picks)),

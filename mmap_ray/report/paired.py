@@ -65,7 +65,7 @@ def verdict(by_seed: Difference | None, both: Difference | None, adjusted_p: flo
 
 def mde_text(by_seed: Difference | None) -> str:
     """The smallest difference the seeds could detect (80% power, at their observed paired spread)."""
-    return f"{100 * by_seed.mde:.1f}" if by_seed is not None and by_seed.mde is not None else "–"
+    return f"{by_seed.mde:.1f}" if by_seed is not None and by_seed.mde is not None else "–"
 
 
 def _trial_of(trials: pd.DataFrame, scheme: str, seed: int) -> str | None:

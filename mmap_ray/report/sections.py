@@ -213,7 +213,7 @@ def oracle_section(study: Study) -> Section:
     )
     shown_ranking = ranking.assign(
         accuracy=[
-            f"{100 * m:.1f} ± {100 * sd:.1f}" if sd == sd else f"{100 * m:.1f}"  # one seed: no std
+            f"{m:.1f} ± {sd:.1f}" if sd == sd else f"{m:.1f}"  # one seed: no std
             for m, sd in zip(ranking["mean"], ranking["std"])
         ]
     )[["rank", "partition", "accuracy", "seeds"]]
@@ -223,7 +223,7 @@ def oracle_section(study: Study) -> Section:
         by_image = f", by seeds + images {spread['by_image']}" if spread["by_image"] else ""
         s.notes.append(
             f"Two-group partitions: the best ({spread['best']}) minus the worst ({spread['worst']}) is "
-            f"{100 * spread['gap']:.1f} points (paired by seed {spread['by_seed'] or '–'}{by_image}), "
+            f"{spread['gap']:.1f} points (paired by seed {spread['by_seed'] or '–'}{by_image}), "
             f"{spread['gap_in_stds']:.1f} times the larger of their seed standard deviations."
         )
     if study.partitions:

@@ -134,7 +134,7 @@ def leaderboard(trials: pd.DataFrame) -> pd.DataFrame:
     acc = {col: f"{task} (%)" for task, col in tasks.items()} | {metric: "mean (%)"}
     extra = {"trainable_params": "trainable params", "trainable_pct": "trainable %", "device_hours": "device-h / trial"}
     values = done[[CONFIG_ID]].assign(
-        **{name: 100 * done[col] for col, name in acc.items()},
+        **{name: done[col] for col, name in acc.items()},
         **{name: done[col] for col, name in extra.items() if col in done},
     )
     table = _over_seeds(values, CONFIG_ID)
@@ -148,10 +148,10 @@ def _cells(values: pd.Series, fmt: str) -> pd.Series:
 
 
 def percent_cell(values: pd.Series) -> str:
-    """Fractions over seeds as one '81.0 ± 1.0' cell in %; one seed shows its value alone."""
+    """Accuracies (%) over seeds as one '81.0 ± 1.0' cell; one seed shows its value alone."""
     if len(values) > 1:
-        return f"{100 * values.mean():.1f} ± {100 * values.std(ddof=1):.1f}"
-    return f"{100 * values.mean():.1f}"
+        return f"{values.mean():.1f} ± {values.std(ddof=1):.1f}"
+    return f"{values.mean():.1f}"
 
 
 def mean_std(table: pd.DataFrame) -> pd.DataFrame:
@@ -288,8 +288,8 @@ def baseline_comparisons(baselines: pd.DataFrame) -> pd.DataFrame:
     if metric is None:
         return pd.DataFrame()
     values = baselines[["method"]].assign(
-        **{f"{task} (%)": 100 * baselines[col] for task, col in tasks.items()},
-        **{"mean (%)": 100 * baselines[metric]},
+        **{f"{task} (%)": baselines[col] for task, col in tasks.items()},
+        **{"mean (%)": baselines[metric]},
         **{"trainable params": baselines["trainable_params"].fillna(0)} if "trainable_params" in baselines else {},
     )
     if "total_params" in baselines:
@@ -322,7 +322,7 @@ def ablation_table(trials: pd.DataFrame, setting: str) -> pd.DataFrame:
     mean, std, count."""
     metric, _ = accuracy_columns(trials)
     done = completed(trials).dropna(subset=[setting])
-    done = done.assign(acc=100 * done[metric], **{setting: done[setting].astype("int64")})
+    done = done.assign(acc=done[metric], **{setting: done[setting].astype("int64")})
     return done.pivot_table(
         index=setting, columns="scheme", values="acc", aggfunc=["mean", "std", "count"], observed=True
     )

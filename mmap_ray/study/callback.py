@@ -28,14 +28,18 @@ from .trials import trial_of
 
 
 def history(study_dir: str, key: str) -> list[dict]:
-    """The metrics history in the trial's newest checkpoint ([] before its first)."""
+    """The metrics history in the trial's newest checkpoint ([] before its first, or when that one does not
+    load: the trial failed on it, and its row says why)."""
     from .. import checkpoint
     from ..distributed import RUN_NAME
 
     newest = checkpoint.newest(location(study_dir) / "train" / key / RUN_NAME)
     if newest is None:
         return []
-    return checkpoint.load(newest / checkpoint.STATE_FILE)["history"]  # local or object storage; validated
+    try:
+        return checkpoint.load(newest / checkpoint.STATE_FILE)["history"]  # local or object storage; validated
+    except ValueError:  # not a run checkpoint, or one that would run code: never read, the trial's error names it
+        return []
 
 
 def error_message(trial) -> str:

@@ -20,6 +20,7 @@ from ..config import RunConfig, parse_variant
 from ..distributed import WorkerSpec
 from ..fields import check_keys, check_types, option, replace
 from ..grouping import SCHEMES, format_groups, is_partition_text, parse_groups
+from ..parse import parse_toml
 from ..prompts import Combine, Projection
 from ..results import _safe
 from ..storage import location, resolve_storage
@@ -188,7 +189,7 @@ def read_study_file(path: str | Path) -> dict:
     if not p.is_file():
         raise ValueError(f"study file {p} does not exist")
     try:
-        data = tomllib.loads(p.read_text())
+        data = parse_toml(p.read_text(), p)
     except tomllib.TOMLDecodeError as e:
         raise ValueError(f"study file {p} is not valid TOML: {e}") from None
     except UnicodeDecodeError:

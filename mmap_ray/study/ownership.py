@@ -6,11 +6,10 @@ stored study with the same trial-defining settings. Checked before anything is w
 
 from __future__ import annotations
 
-import json
-
 import pandas as pd
 
 from ..fields import to_dict
+from ..parse import parse_json
 from ..storage import Location
 from .config import RESUME_MAY_CHANGE, StudyConfig
 
@@ -57,7 +56,7 @@ def check_start(study: StudyConfig, folder: Location, resume: bool, overwrite: b
         return
     if resume:
         try:
-            stored = json.loads(meta.read_text())
+            stored = parse_json(meta.read_text(), meta)
         except ValueError:
             raise ValueError(f"--resume: {meta} is not valid JSON; it is not a study this version can resume") from None
         if not isinstance(stored, dict) or "resources" not in stored:

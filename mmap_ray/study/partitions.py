@@ -15,6 +15,7 @@ import time
 
 from ..backbone import BackboneInfo
 from ..grouping import AFFINITY_SCHEMES
+from ..parse import parse_json
 from ..storage import Location
 from .config import StudyConfig
 
@@ -22,13 +23,20 @@ from .config import StudyConfig
 def check_tasks(cfg: StudyConfig) -> list[str]:
     """The study's task names, with every scheme checked against them (k <= tasks, an explicit partition
     names exactly these tasks), from folder names alone: run before the study writes or starts anything."""
-    from ..build import run_task_names
+    from ..build import run_task_names, run_train_sizes
+    from ..data.sampler import task_quotas
     from ..grouping import EXHAUSTIVE_MAX_TASKS, check_k, fixed_partition
 
     try:
         names = run_task_names(cfg.run.data)
     except (ValueError, OSError) as e:
         raise ValueError(f"StudyConfig.run.data: {e}") from None
+    sizes = run_train_sizes(cfg.run.data)
+    if sizes is not None:  # the batch every trial would draw, checked before Ray (a dataset folder: by the trial)
+        try:
+            task_quotas(sizes, cfg.run.train.batch_size, cfg.run.train.sampling)
+        except ValueError as e:
+            raise ValueError(f"StudyConfig.run.train: {e}") from None
     for scheme in cfg.schemes:
         try:
             if scheme == "race":
@@ -107,6 +115,6 @@ def record_partition(folder: Location, key: str, partition: str, seconds: float)
 def _saved(path: Location) -> dict:
     """partitions.json's content, or an empty one: partitions, affinity matrices and what each choice cost
     in seconds (an oracle study compares it with training every partition)."""
-    saved = json.loads(path.read_text()) if path.exists() else {"partitions": {}, "affinity": {}}
+    saved = parse_json(path.read_text(), path) if path.exists() else {"partitions": {}, "affinity": {}}
     saved.setdefault("seconds", {})
     return saved

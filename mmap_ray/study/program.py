@@ -84,8 +84,8 @@ def describe_results(results: str) -> str:
     return "\n".join(
         [
             f"results: {results} (tables and figures: mmap-ray report {results})",
-            f"  trials, one row per (config_id, seed), accuracies as fractions 0-1: {(root / TRIALS).uri}",
-            f"  epochs, one row per (config_id, seed, epoch, task); task 'mean' is the mean over tasks: "
+            f"  trials, one row per (config_id, seed), accuracies in percent: {(root / TRIALS).uri}",
+            f"  epochs, one row per (config_id, seed, epoch, task), the epoch's mean over tasks in val_mean: "
             f"{(root / EPOCHS).uri}",
             f"  predictions, one row per test image (its task, label, prediction): {(root / PREDICTIONS).uri}",
         ]

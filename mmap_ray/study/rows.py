@@ -85,17 +85,17 @@ def trial_rows(
         "epochs_run": len(history),
         "trainable_params": last.get("trainable_params"),
         "total_params": last.get("total_params"),
-        "val_mean_final": last.get("val/mean"),
-        "val_mean_best": best["mean"],
-        "test_mean": last.get("test/mean"),
-        "zeroshot_mean": last.get("zeroshot/mean"),
+        "val_mean_final": percent(last.get("val/mean")),
+        "val_mean_best": percent(best["mean"]),
+        "test_mean": percent(last.get("test/mean")),
+        "zeroshot_mean": percent(last.get("zeroshot/mean")),
         "wall_s": wall_s,
         "device_hours": wall_s * workers * device_per_worker / 3600,
         "device_kind": device_kind,
-        **{f"val_{n}_final": last.get(f"val/{n}") for n in tasks},
-        **{f"val_{n}_best": best[n] for n in tasks},
-        **{f"test_{n}": last.get(f"test/{n}") for n in tasks},
-        **{f"zeroshot_{n}": last.get(f"zeroshot/{n}") for n in tasks},
+        **{f"val_{n}_final": percent(last.get(f"val/{n}")) for n in tasks},
+        **{f"val_{n}_best": percent(best[n]) for n in tasks},
+        **{f"test_{n}": percent(last.get(f"test/{n}")) for n in tasks},
+        **{f"zeroshot_{n}": percent(last.get(f"zeroshot/{n}")) for n in tasks},
         **provenance(),
         "config": trial["config"],
     }
@@ -111,19 +111,27 @@ def prediction_rows(ident: dict, history: list[dict]) -> list[dict]:
     return [{**keep, **dict(zip(cols, values))} for values in zip(*cols.values())]
 
 
+def percent(fraction: float | None) -> float | None:
+    """A history's accuracy (a fraction, as training computes it) in the tables' unit, percent."""
+    return None if fraction is None else 100 * fraction
+
+
 def epoch_rows(ident: dict, tasks: list[str], history: list[dict]) -> list[dict]:
-    """One `EPOCH_SCHEMA` row per (epoch, task and mean) of a run's history; `ident` names the run."""
+    """One `EPOCH_SCHEMA` row per (epoch, task) of a run's history, each with the epoch's mean over tasks;
+    `ident` names the run."""
     return [
         {
             **ident,
             "epoch": h["epoch"],
             "task": n,
-            "val_acc": h[f"val/{n}"],
+            "val_acc": percent(h[f"val/{n}"]),
             "train_loss": h["train_loss"],
-            "test_acc": h.get(f"test/{n}"),
+            "test_acc": percent(h.get(f"test/{n}")),
+            "val_mean": percent(h["val/mean"]),
+            "test_mean": percent(h.get("test/mean")),
         }
         for h in history
-        for n in [*tasks, "mean"]
+        for n in tasks
     ]
 
 

@@ -10,18 +10,22 @@ read back: resuming never unpickles anything from the study folder.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import signal
 import sys
 import time
+from collections.abc import Iterator
 
 import pandas as pd
 
+from .. import checkpoint
 from ..config import RunConfig
-from ..distributed import WorkerSpec
+from ..distributed import RUN_NAME, WorkerSpec
 from ..fields import from_dict, to_dict
+from ..lock import StudyLock, acquire
 from ..results import row_key
 from ..storage import Location, StorageError, check_reachable, location, move_aside
 from .callback import parquet_writer
@@ -153,6 +157,35 @@ def keep_secrets_out_of_trials() -> None:
     class_cache.ENV_VARS_TO_PROPAGATE.difference_update(SECRET_ENV)
 
 
+_TERMINATE: list[tuple[StudyConfig, StudyLock]] = []  # the running study, for the SIGTERM handler
+
+
+def _on_sigterm(signum, frame) -> None:
+    """SIGTERM (what `ray job stop` sends, with SIGKILL 3 s later): one line, the lock released, exit 143 at
+    once. Nothing is lost: rows are written whole, and a trial's run continues from its last checkpoint."""
+    study, lock = _TERMINATE[-1]
+    print(
+        f"study {study.name!r} stopped by SIGTERM: finished trials keep their rows, running ones continue from "
+        f"their last checkpoint; continue with --resume (study folder: {study.study_dir})",
+        file=sys.stderr,
+        flush=True,
+    )
+    lock.release()
+    os._exit(128 + signum)  # not sys.exit: unwinding Tune and Ray takes longer than the 3 s a job stop allows
+
+
+@contextlib.contextmanager
+def stop_on_sigterm(study: StudyConfig, lock: StudyLock) -> Iterator[None]:
+    """While the study holds its lock, SIGTERM ends it as `_on_sigterm` says; the earlier handler after."""
+    _TERMINATE.append((study, lock))
+    saved = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, saved)
+        _TERMINATE.pop()
+
+
 def run_study(
     study: StudyConfig, resume: bool = False, overwrite: bool = False, break_lock: bool = False, log=print
 ) -> str:
@@ -161,7 +194,6 @@ def run_study(
     Raises `Interrupted` when the study ended before every trial had a result.
     """
     from ..distributed import check_resources, ensure_ray, warn_unshared_storage
-    from ..lock import acquire
 
     folder = location(study.study_dir)
     check_reachable(location(study.storage), "StudyConfig.storage")
@@ -172,24 +204,40 @@ def run_study(
         acquire(folder, break_lock).release()  # the old study must not be in use while it is moved
         moved = move_aside(folder, "old-" + time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()))
         log(f"moved the earlier study {study.name!r} aside to {moved}")
-    with acquire(folder, break_lock):
+    with acquire(folder, break_lock) as lock, stop_on_sigterm(study, lock):
         log(f"study {study.name!r}: {folder}")
         for line in tracking_lines(study.tracking, study.name, folder):
             log(line)
         keep_secrets_out_of_trials()
         ensure_ray()
+        signal.signal(signal.SIGTERM, _on_sigterm)  # ray.init installed its own (sys.exit, then an abort)
         check_resources(study.resources, extra_cpus=driver_cpu(study.resources))  # fail now, not hang later
         warn_unshared_storage(folder, log)
         if not resume:
             (folder / "study.json").write_text(json.dumps(to_dict(study), indent=2) + "\n")
         partitions, info, tasks = plan_partitions(study, folder)
         base = {"study": study, "partitions": partitions, "info": info}
+        if resume:
+            set_aside_unreadable_checkpoints(folder, log)
         _race(study, base, tasks, folder, log)
         total, interrupted = _run_trials(study, base, tasks, resume, log)
         done = len(stored_rows(folder))
         if interrupted or done < total:
             raise Interrupted(done, total)
     return (folder / "results").uri
+
+
+def set_aside_unreadable_checkpoints(folder: Location, log) -> None:
+    """On --resume: the unfinished trials' newest checkpoints that do not load (the reason their trial
+    failed) move aside, so each trial continues from its newest good checkpoint or from scratch."""
+    rows = stored_rows(folder)
+    done = rows[rows["status"] == "TERMINATED"] if len(rows) else rows
+    finished = {row_key(c, s) for c, s in zip(done.get("config_id", []), done.get("seed", []))}
+    for run in (folder / "train").dirs() if (folder / "train").is_dir() else []:
+        if run.name in finished:
+            continue
+        for moved, why in checkpoint.set_aside_unreadable(run / RUN_NAME):
+            log(f"note: {why}; moved it aside to {moved}, the trial continues from an earlier checkpoint or afresh")
 
 
 def _race(study: StudyConfig, base: dict, tasks: list[str], folder: Location, log) -> None:

@@ -5,7 +5,7 @@ One tracked run per trial (per `(config_id, seed)`: a resumed or retried trial c
 columns (`scheme`, `partition`, `n_tokens`, `depth`, `layers`, `projection`, `lr`, `seed`, `config_id`, ...:
 `rows.config_columns`); its metrics are per epoch (`val/<task>`, `val/mean`, `train/loss`, `lr`, at
 step = epoch) and, after the last epoch, `test/<task>`, `test/mean`, `zeroshot/...`. No setting is logged as
-a metric. Accuracies are fractions 0-1, as in the Parquet tables.
+a metric. Accuracies are in percent, as in the Parquet tables and the report.
 
 - mlflow: the tracking URI is $MLFLOW_TRACKING_URI, else an SQLite store in the study folder
   (`<study>/mlflow.db`, for a study on local disk); the experiment is the study's name. View with
@@ -33,7 +33,7 @@ from ray.tune import Callback
 
 from ..storage import Location
 from .config import TRACKERS
-from .rows import config_columns
+from .rows import config_columns, percent
 from .trials import trial_of
 
 KEY_TAG = "mmap_ray.key"  # an MLflow run's tag: the trial's `<config_id>-s<seed>`
@@ -102,7 +102,8 @@ def trial_params(planned: dict) -> dict[str, str]:
 def tracked_metrics(result: dict) -> dict[str, float]:
     """The metrics of one reported epoch: validation accuracy, training loss, learning rate, and after the
     last epoch the test and zero-shot accuracies. Tune's own keys and every setting are left out."""
-    out = {k: float(v) for k, v in result.items() if k.startswith(("val/", "test/", "zeroshot/")) and v is not None}
+    accuracies = (k for k in result if k.startswith(("val/", "test/", "zeroshot/")) and result[k] is not None)
+    out = {k: percent(float(result[k])) for k in accuracies}
     if result.get("train_loss") is not None:
         out["train/loss"] = float(result["train_loss"])
     if result.get("lr") is not None:

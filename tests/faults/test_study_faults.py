@@ -119,20 +119,53 @@ def test_rerun_second_driver_killed_driver_and_planted_pickles_keep_one_row_per_
     assert not leaked, leaked
 
 
-def test_ctrl_c_stops_the_study_with_status_130_and_resume_completes_it(tmp_path):
-    # 12 epochs: trials long enough (several seconds each) that Ctrl-C after the first row finds one running
+def _unfinished_checkpoints(study: Path) -> list[Path]:
+    """The newest checkpoint folder of each trial run under study/train that has no row yet."""
+    finished = {p.stem for p in _rows(study / "results")}
+    runs = [r for r in (study / "train").glob("*") if r.name not in finished] if (study / "train").is_dir() else []
+    return [max(found) for r in runs if (found := sorted((r / "ray-train").glob("checkpoint_*/state.pt")))]
+
+
+def test_sigterm_then_ctrl_c_stop_the_study_and_resume_completes_it(tmp_path):
+    """SIGTERM, then a planted pickle as an unfinished trial's newest checkpoint, then Ctrl-C: every stop is
+    one line, and the resumes end with every row, the planted file never loaded."""
+    # 12 epochs: trials long enough (several seconds each) that a signal after a new row finds one running
     argv = [*STUDY, "--smoke", "--storage", str(tmp_path), "--name", "int", "--seeds", "0", "1", "--epochs", "12"]
-    argv += ["--max-concurrent-trials", "1"]  # one at a time: the Ctrl-C after the first row finds the next running
+    argv += ["--max-concurrent-trials", "1"]  # one at a time: the signal after a new row finds the next running
     env = _env(RAY_AUTH_MODE="disabled")
+    results = tmp_path / "int" / "results"
+
+    # SIGTERM, what `ray job stop` sends (its SIGKILL follows 3 s later): one line and exit 143 within them
     proc = subprocess.Popen(
         argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
     )
-    results = tmp_path / "int" / "results"
-    _wait_for(lambda: _rows(results), "a finished trial")
+    _wait_for(lambda: _rows(results) and _unfinished_checkpoints(tmp_path / "int"), "a row and a running trial")
+    sent = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=300)
+    took = time.monotonic() - sent
+    stop_ray(driver_pid=proc.pid)
+    assert proc.returncode == 143 and took < 3, (proc.returncode, took, err[-3000:])
+    assert "stopped by SIGTERM" in err and "continue with --resume" in err and "Traceback" not in err, err[-3000:]
+    assert not (tmp_path / "int" / ".lock").exists()  # released: the resume needs no takeover
+    first = len(_rows(results))
+
+    # the unfinished trial's newest checkpoint becomes a pickle that would create a file: --resume must move
+    # it aside (naming it), never load it, and continue that trial from an earlier checkpoint or afresh
+    marker = tmp_path / "code-ran"
+    [planted] = _unfinished_checkpoints(tmp_path / "int")
+    planted.write_bytes(pickle.dumps(_Planted(marker)))
+    proc = subprocess.Popen(
+        [*argv, "--resume"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    _wait_for(lambda: len(_rows(results)) > first, "a trial finished after the resume")
     proc.send_signal(signal.SIGINT)  # Ctrl-C
     out, err = proc.communicate(timeout=300)
     stop_ray(driver_pid=proc.pid)  # only the Ray this driver started, not every Ray on the machine
     assert proc.returncode == 130, err[-3000:]
+    aside = planted.parent.parent / f"unreadable-{planted.parent.name}"
+    assert f"{planted}" in out and f"moved it aside to {aside}" in out, out[-3000:]
+    assert (aside / "state.pt").is_file() and not marker.exists()
     done = len(_rows(results))
     assert f"interrupted: {done} of 4 trials have results; continue with --resume" in err
     assert (
@@ -142,7 +175,8 @@ def test_ctrl_c_stops_the_study_with_status_130_and_resume_completes_it(tmp_path
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"resuming: {done} of 4 trials have results; running {4 - done}" in resumed.stdout
     df = load(results)
-    assert len(df) == 4 and not df.duplicated(["config_id", "seed"]).any()
+    assert len(df) == 4 and not df.duplicated(["config_id", "seed"]).any() and (df["status"] == "TERMINATED").all()
+    assert not marker.exists()
 
 
 def test_diverging_trial_is_recorded_as_errored_and_every_client_reads_the_folder(tmp_path, capsys):

@@ -1,0 +1,240 @@
+"""Hostile and unlucky inputs, round three: what one setting can exhaust, and what the tool reads back from
+its own folders (checkpoints, predictions, run configs, result files). Each case failed before its fix."""
+
+from __future__ import annotations
+
+import json
+import resource
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from PIL import Image
+from test_bad_inputs import TINY, run_cli
+
+from mmap_ray.cli import main
+from mmap_ray.study import program
+
+
+def test_a_batch_larger_than_the_data_is_refused_before_allocating(capsys):
+    """Case 1: `train --shots 2 --batch-size 100000` was killed by the kernel (23 GB resident) while the
+    sampler cycled 96 images into one batch; it is now one line naming the batch and the data."""
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    err = run_cli(capsys, "train", *TINY, "--shots", "2", "--epochs", "1", "--batch-size", "100000", "--no-progress")
+    assert "batch_size=100000 exceeds the 96 training images of the 4 tasks (24, 24, 24, 24)" in err
+    assert "use batch_size <= 96" in err
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 1_000_000  # KiB: under 1 GB more
+
+
+def test_a_study_batch_larger_than_the_data_is_refused_before_ray_or_any_file(tmp_path, capsys):
+    code = program.main(["--smoke", "--batch-size", "100000", "--storage", str(tmp_path)], prog="mmap-ray study")
+    err = capsys.readouterr().err
+    assert code == 2 and "StudyConfig.run.train: batch_size=100000 exceeds the" in err, err
+    assert "Traceback" not in err and not list(tmp_path.iterdir())  # no study folder, no lock
+
+
+# ---- case 3: compare pairs only predictions of the same images ------------------------------------------
+
+EVAL = ["eval", *TINY, "--domains", "Art,Clipart", "--shots", "2"]
+
+
+def _predictions(tmp_path, name: str, *flags: str) -> str:
+    path = str(tmp_path / f"{name}.parquet")
+    assert main([*EVAL, *flags, "--predictions", path]) == 0
+    return path
+
+
+def test_compare_refuses_predictions_of_other_images_or_repeated_rows(tmp_path, capsys):
+    seed0, seed1 = _predictions(tmp_path, "s0", "--data-seed", "0"), _predictions(tmp_path, "s1", "--data-seed", "1")
+    capsys.readouterr()
+    err = run_cli(capsys, "compare", seed0, seed1)
+    assert "are predictions on different images (test images " in err and "same dataset, split and data seed" in err
+    doubled = tmp_path / "doubled.parquet"
+    table = pq.read_table(seed0)
+    pq.write_table(pa.concat_tables([table, table]).replace_schema_metadata(table.schema.metadata), doubled)
+    err = run_cli(capsys, "compare", seed0, str(doubled))
+    assert f"predictions file {doubled} holds 768 images twice" in err  # 2 tasks x 12 classes x 32 test images
+    assert main(["compare", seed0, _predictions(tmp_path, "again", "--data-seed", "0")]) == 0  # the same images
+
+
+def test_compare_refuses_two_folder_datasets_of_the_same_layout(tmp_path, capsys):
+    from test_data_folders import make_tree
+
+    common = ["--dataset", "office-home", "--domains", "Art", "--shots", "2"]
+    a, b = make_tree(tmp_path / "a", domains=["Art"]), tmp_path / "b"
+    for i, image in enumerate(sorted(a.rglob("*.jpg"))):  # the same names, other pixels
+        target = b / image.relative_to(a)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (8, 8), (255 - 5 * (i % 40), 7 * (i % 30), 11)).save(target, "JPEG")
+    pa_, pb = (str(tmp_path / f"{n}.parquet") for n in "ab")
+    assert main(["eval", *TINY, *common, "--root", str(a), "--predictions", pa_]) == 0
+    assert main(["eval", *TINY, *common, "--root", str(b), "--predictions", pb]) == 0
+    capsys.readouterr()
+    assert "are predictions on different images" in run_cli(capsys, "compare", pa_, pb)
+
+
+def test_older_predictions_without_an_identity_pair_by_task_image_and_label(tmp_path, capsys):
+    """A file from before identities is still compared where its images pair up, with a note saying so."""
+    art = _predictions(tmp_path, "art", "--domains", "Art")
+    both = _predictions(tmp_path, "both")
+    old = tmp_path / "old.parquet"
+    pq.write_table(pq.read_table(both).replace_schema_metadata({b"mmap_ray.schema_version": b"5"}), old)
+    capsys.readouterr()
+    assert main(["compare", both, str(old)]) == 0
+    assert f"note: {old} does not say which images it holds" in capsys.readouterr().out
+    assert "are not predictions on the same images" in run_cli(capsys, "compare", art, str(old))
+
+
+# ---- case 4: a run is evaluated only with the settings it was trained with -------------------------------
+
+
+@pytest.mark.parametrize(
+    "edit, older, said",
+    [
+        ({"task_prompts": True}, False, "task_prompts: False (checkpoint) != True (model)"),
+        ({"combine": "add"}, False, "combine: 'concat' (checkpoint) != 'add' (model)"),
+        # a checkpoint from before the settings were saved in it: the tensors themselves must fit
+        (
+            {"task_prompts": True},
+            True,
+            "checkpoint lacks 3 of the model's trainable parameters (['bank.task_specific.source'",
+        ),
+    ],
+)
+def test_eval_of_a_run_whose_config_was_edited_is_refused(tmp_path, capsys, edit, older, said):
+    run = tmp_path / "run"
+    flags = ["--domains", "Art,Clipart", "--shots", "2", "--n-tokens", "2", "--no-task-prompts", "--batch-size", "16"]
+    assert main(["train", *TINY, *flags, "--epochs", "1", "--no-progress", "--out", str(run)]) == 0
+    config = json.loads((run / "config.json").read_text())
+    config["run"]["prompts"].update(edit)
+    (run / "config.json").write_text(json.dumps(config))
+    if older:
+        state = torch.load(run / "checkpoint.pt", weights_only=True)
+        del state["prompts"]
+        torch.save(state, run / "checkpoint.pt")
+    capsys.readouterr()
+    err = run_cli(capsys, "eval", "--run", str(run))
+    assert f"--run {run}: {run / 'checkpoint.pt'} does not fit {run / 'config.json'}" in err and said in err, err
+
+
+# ---- case 5: images of more than 8 bits keep their range ---------------------------------------------------
+
+
+def test_16_bit_images_are_scaled_not_saturated_and_unscalable_ones_are_named(tmp_path):
+    from mmap_ray.data.base import ImageListDataset
+    from mmap_ray.data.images import drop_unreadable
+
+    ramp = (np.arange(64 * 64).reshape(64, 64) * 16).astype(np.uint16)  # 0 .. 65520
+    Image.fromarray(ramp).save(tmp_path / "deep.png")
+    assert Image.open(tmp_path / "deep.png").mode == "I;16"
+    image, _ = ImageListDataset([(tmp_path / "deep.png", 0)])[0]
+    got = np.asarray(image)  # (64, 64, 3) uint8
+    assert image.mode == "RGB" and np.abs(got[..., 0].astype(float) - ramp / 257).max() <= 0.5
+    assert (got == 255).mean() < 0.01  # before: 99.4% of the pixels clipped to white
+    Image.fromarray(np.full((8, 8), 70_000, dtype=np.int32), "I").save(tmp_path / "wide.tif")
+    with pytest.raises(ValueError, match=r"wide.tif: ValueError: mode I pixels range 70000..70000, outside 0..65535"):
+        drop_unreadable(tmp_path, ["deep.png", "wide.tif"], skip=False)
+
+
+# ---- case 6: a results folder counts only the files that are what their names say -----------------------
+
+
+def test_copies_other_studies_rows_and_a_linked_results_folder_are_skipped_by_name(tmp_path, capsys):
+    import shutil
+
+    from test_report import fabricate
+
+    from mmap_ray.results import load
+
+    results = Path(fabricate(tmp_path / "s1").path)
+    rows = load(results)
+    first = sorted((results / "trials").glob("*.parquet"))[0]
+    shutil.copy(first, first.with_name(first.stem + " (copy).parquet"))
+    other = pq.read_table(first)  # another study's row (seed 9), under the name its identity gives
+    other = other.set_column(other.schema.get_field_index("study"), "study", pa.array(["other"]))
+    other = other.set_column(other.schema.get_field_index("seed"), "seed", pa.array([9]))
+    pq.write_table(other, results / "trials" / (first.stem[:-2] + "s9.parquet"))
+    with pytest.warns(UserWarning) as seen:
+        again = load(results)
+    said = "\n".join(str(w.message) for w in seen)
+    assert f"skipping {first.with_name(first.stem + ' (copy).parquet')}: its rows are of" in said
+    assert "its rows belong to study ['other'], not to 'fab'" in said
+    assert len(again) == len(rows) and not again.duplicated(["config_id", "seed"]).any()
+    assert main(["report", str(results), "--out", str(tmp_path / "report")]) == 0  # before: a pandas error
+
+    linked = tmp_path / "s3"
+    linked.mkdir()
+    (linked / "study.json").write_text(json.dumps({"name": "s3"}))
+    (linked / "results").symlink_to(results)  # another study's results, linked in
+    capsys.readouterr()
+    assert main(["report", str(linked / "results")]) == 2
+    err = capsys.readouterr().err
+    assert "no trials results of study 's3' in" in err and ": 17 files, e.g. skipping" in err, err
+
+
+# ---- case 7: one line where a traceback was ------------------------------------------------------------
+
+
+def test_deeply_nested_files_and_symlink_loops_are_one_line(tmp_path, capsys):
+    deep_json, deep_toml = tmp_path / "deep.json", tmp_path / "deep.toml"
+    deep_json.write_text("[" * 100_000 + "]" * 100_000)
+    deep_toml.write_text("a = " + "[" * 100_000 + "]" * 100_000)
+    err = run_cli(capsys, "train", *TINY, "--partition", str(deep_json), "--epochs", "0", "--out", str(tmp_path / "r"))
+    assert f"{deep_json} nests its JSON too deeply to read" in err
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(deep_json.read_text())
+    torch.save({}, run / "checkpoint.pt")
+    assert f"{run / 'config.json'} nests its JSON too deeply" in run_cli(capsys, "eval", "--run", str(run))
+    assert program.main(["--study", str(deep_toml)]) == 2
+    assert f"{deep_toml} nests its TOML too deeply to read" in capsys.readouterr().err
+    loop = tmp_path / "loop"
+    loop.symlink_to(loop)
+    assert program.main(["--smoke", "--storage", str(loop)]) == 2
+    assert "a symlink loop?" in capsys.readouterr().err
+    assert f"results folder {loop} does not exist" in run_cli(capsys, "report", str(loop))
+
+
+@pytest.mark.parametrize(
+    "flag, said",
+    [
+        ("--init-std", "before any update: the initial prompts (init_std) or the images give non-finite logits"),
+        ("--lr", "the run diverged; lower the learning rate or set grad_clip"),
+    ],
+)
+def test_a_diverging_train_run_is_one_line_with_the_right_hint(tmp_path, capsys, flag, said):
+    argv = ["train", *TINY, "--domains", "Art", "--shots", "4", "--batch-size", "8", "--epochs", "2", "--no-progress"]
+    assert main([*argv, flag, "1e30", "--out", str(tmp_path / "run")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("mmap-ray train: error: training loss is nan") and said in err and "Traceback" not in err
+
+
+# ---- case 2: a study trial's checkpoint that does not load -------------------------------------------------
+
+
+def test_an_unreadable_trial_checkpoint_is_never_loaded_and_is_set_aside(tmp_path):
+    """The results callback read the failed trial's newest checkpoint again and raised (no row, a TuneError);
+    now it reads no history from it (the trial's row has status ERROR and the trial's error names the file),
+    and a resume moves it aside, so the trial continues from the checkpoint before it."""
+    import pickle
+
+    from mmap_ray import checkpoint
+    from mmap_ray.distributed import RUN_NAME
+    from mmap_ray.study.callback import history
+
+    run = tmp_path / "train" / "c-s0" / RUN_NAME
+    good = {"trainable": {}, "optimizer": {}, "scheduler": {}, "history": [{"epoch": 1}], "train_config": {}}
+    checkpoint.save(good, run / "checkpoint_2026-01-01_00-00-00.000000" / "state.pt")
+    bad = run / "checkpoint_2026-01-01_00-00-01.000000" / "state.pt"
+    bad.parent.mkdir(parents=True)
+    marker = tmp_path / "code-ran"
+    bad.write_bytes(pickle.dumps(Path.touch, protocol=2) + pickle.dumps((marker,)))  # not a run checkpoint
+    assert history(str(tmp_path), "c-s0") == []  # before: ValueError out of the Tune callback
+    moved = checkpoint.set_aside_unreadable(run)
+    assert [m.name for m, _ in moved] == ["unreadable-checkpoint_2026-01-01_00-00-01.000000"]
+    assert f"checkpoint {bad} holds a pickled Python object" in moved[0][1] and "refused" in moved[0][1]
+    assert history(str(tmp_path), "c-s0") == [{"epoch": 1}] and not marker.exists()
+    assert checkpoint.set_aside_unreadable(run) == []  # the good one stays
