@@ -80,6 +80,19 @@ def _stale(holder: dict) -> bool:
     return holder.get("host") == socket.gethostname() and isinstance(pid, int) and not _alive(pid)
 
 
+def running(folder: Location) -> str | None:
+    """Who holds the study's lock ('pid 12 on host 'h', since ...'), or None when nobody does (no lock, or a
+    lock whose process on this host is gone)."""
+    path = folder / LOCK_NAME
+    try:
+        if not path.exists():
+            return None
+    except OSError:
+        return None
+    holder = _holder(path)
+    return None if _stale(holder) else _describe(holder)
+
+
 def _describe(holder: dict) -> str:
     if not holder:
         return "an unreadable lock file"

@@ -203,8 +203,13 @@ def _version(arrow: pa.Table) -> int | None:
 def _read(where: Location) -> tuple[pd.DataFrame, int] | None:
     """One file as a current-schema DataFrame and the version it was written with; None (with a warning)
     for a file that is not ours."""
-    arrow = pq.read_table(where.path, filesystem=where.filesystem())
-    version = _version(arrow)
+    try:
+        arrow = pq.read_table(where.path, filesystem=where.filesystem())
+        version = _version(arrow)
+    except (pa.ArrowException, OSError, ValueError) as e:  # empty, cut short, or metadata that is not ours
+        raise ValueError(
+            f"results file {where} cannot be read ({e}); move it away: --resume runs its trial again"
+        ) from None
     if version is None and where.parent.name.startswith("scheme="):
         version = 1  # the v1 layout, written before the metadata key existed
     if version is None:

@@ -229,6 +229,8 @@ def _check_task_name(name: str, folder: Path | Location) -> None:
             f"domain folder {folder}: the task name {name!r} contains {bad}, which partitions "
             f"('A+B|C') and domain lists ('A,B') use; rename the folder"
         )
+    if not name.isprintable():  # a newline or control character would break every table and log line
+        raise ValueError(f"domain folder {folder}: the task name {name!r} has control characters; rename the folder")
 
 
 def _scan_folders(root: Path, tasks: list[tuple[str, str]]) -> tuple[list[str], dict[str, list[Item]]]:
@@ -352,6 +354,10 @@ def _same_classes(classes_by_task: dict[str, set[str]], what: str) -> list[str]:
         raise ValueError(
             f"{what} differ across domains: {said}. Every domain must hold the same classes "
             f"(select matching domains with `domains`)"
+        )
+    if len(union) < 2:  # every prediction is right: an accuracy of 100% that measures nothing
+        raise ValueError(
+            f"{what} are only {sorted(union)}: a task needs at least 2 classes for its accuracy to mean anything"
         )
     return sorted(union)
 

@@ -10,7 +10,8 @@ from collections.abc import Callable, Sequence
 
 import pandas as pd
 
-from .document import build_report
+from .document import write_report
+from .load import load_study
 
 
 def add_report_args(p: argparse.ArgumentParser) -> None:
@@ -29,7 +30,10 @@ def add_report_args(p: argparse.ArgumentParser) -> None:
 
 def run_report(args: argparse.Namespace) -> int:
     """Write the report that `args` describe and print where it went; ValueError for a bad input."""
-    paths = build_report(args.results, args.out, args.baselines)
+    study = load_study(args.results, args.baselines)
+    if study.running:
+        print(f"report: note: the study is still running ({study.running}); reporting the trials done so far")
+    paths = write_report(study, args.out)
     print(f"report (Markdown): {paths.markdown}")
     print(f"report (HTML, self-contained): {paths.html}")
     print(f"figures: {len(paths.figures)} in {paths.markdown.parent / 'figures'}")

@@ -15,6 +15,7 @@ import html
 import json
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -105,7 +106,9 @@ def _save_figures(parts: list[Section], figures_dir: Path) -> list[Path]:
     for s in parts:
         if s.drawn is not None:
             figures_dir.mkdir(parents=True, exist_ok=True)
-            s.drawn.savefig(figures_dir / s.figure, dpi=110, bbox_inches="tight")
+            _write_whole(
+                figures_dir / s.figure, lambda tmp, fig=s.drawn: fig.savefig(tmp, dpi=110, bbox_inches="tight")
+            )
             figures.append(figures_dir / s.figure)
     return figures
 
@@ -142,8 +145,8 @@ def write_report(study: Study, out: str | Path | None = None) -> ReportPaths:
     parts = sections(study)
     title = _title(study)
     paths = ReportPaths(folder / own[0], folder / own[1], _save_figures(parts, figures_dir))
-    paths.markdown.write_text(render_markdown(title, parts))
-    paths.html.write_text(render_html(title, parts, figures_dir))
+    _write_whole(paths.markdown, render_markdown(title, parts))
+    _write_whole(paths.html, render_html(title, parts, figures_dir))
     written = [*own, *(f"figures/{f.name}" for f in paths.figures)]
     for stale in set(previous) - set(written):
         if re.fullmatch(FIGURE_NAME, stale):  # a figure of the last report that this one no longer draws
@@ -179,8 +182,18 @@ def claim_folder(folder: Path) -> list[str]:
 
 
 def _write_manifest(folder: Path, files: list[str]) -> None:
-    """`folder/.mmap-ray-report.json`, written whole (a temporary file renamed into place)."""
-    text = json.dumps({"written_by": "mmap-ray report", "files": files}, indent=1) + "\n"
-    tmp = folder / f"{MANIFEST}.tmp{os.getpid()}"
-    tmp.write_text(text)
-    os.replace(tmp, folder / MANIFEST)
+    """`folder/.mmap-ray-report.json`, written whole."""
+    _write_whole(folder / MANIFEST, json.dumps({"written_by": "mmap-ray report", "files": files}, indent=1) + "\n")
+
+
+def _write_whole(path: Path, content: str | Callable[[Path], object]) -> None:
+    """`content` (text, or a function that writes a file) to `path` through a temporary file renamed into
+    place: a reader (or a full disk) never sees part of it. OSError naming `path` when it cannot be written;
+    the temporary file is removed."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}{path.suffix}")  # the suffix: savefig's format
+    try:
+        tmp.write_text(content) if isinstance(content, str) else content(tmp)
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise OSError(e.errno, f"cannot write {path}: {e.strerror or e}") from None

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..lock import running
 from ..parse import parse_json
 from ..results import EPOCHS, PREDICTIONS, TRIALS, load
 from ..storage import Location, location_as_given
@@ -50,6 +51,7 @@ class Study:
     notes: list[str] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)  # "scheme/seed" -> seconds its partition took
     predictions: pd.DataFrame = field(default_factory=pd.DataFrame)  # one row per (trial, test image), v4
+    running: str | None = None  # the driver holding the study's lock, while the study runs
 
 
 def _folder(path: str | Path | Location, table: str, field: str) -> Location:
@@ -117,6 +119,9 @@ def load_study(results: str | Path | Location, baselines: str | Path | Location 
     if trials.empty:
         raise ValueError(f"{root} holds no trial rows yet ({TRIALS}/*.parquet): nothing to report")
     study = Study(root, prepare(trials), epochs, {}, {}, pd.DataFrame())
+    study.running = running(root.parent)
+    if study.running:
+        study.notes.append(f"The study is still running ({study.running}): this report shows the trials done so far.")
     study.notes += [f"Not read: {message}." for message in skipped]
     repeats = int(study.trials.duplicated([CONFIG_ID, "seed"], keep=False).sum()) if "seed" in trials else 0
     if repeats:

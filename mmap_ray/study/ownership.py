@@ -59,11 +59,14 @@ def check_start(study: StudyConfig, folder: Location, resume: bool, overwrite: b
             stored = parse_json(meta.read_text(), meta)
         except ValueError:
             raise ValueError(f"--resume: {meta} is not valid JSON; it is not a study this version can resume") from None
-        if not isinstance(stored, dict) or "resources" not in stored:
+        if not isinstance(stored, dict):
+            raise ValueError(f"--resume: {meta} holds {type(stored).__name__}, not a study's settings (a JSON object)")
+        if "resources" not in stored:
             raise ValueError(
                 f"--resume: {meta} was written by an earlier mmap-ray (flat settings, before the typed RunConfig); "
                 f"its results still load in `mmap-ray report`, but it cannot be resumed: start a new study"
             )
+        stored_rows(folder)  # every stored row must read now, before the lock, Ray or a file is touched
         diff = settings_diff(stored, study)
         if diff:
             raise ValueError(

@@ -186,8 +186,8 @@ def summarise(results: str | Path, prog: str = "mmap-ray study") -> int:
         print(mean_std(leaderboard(done.trials)).to_string())
     try:
         report = write_report(done)
-    except (ValueError, OSError) as e:  # e.g. a report folder we did not write: the study's results stand
-        print(f"report: not written: {e}", file=sys.stderr)
-        return 0
+    except (ValueError, OSError) as e:  # e.g. a full disk: the results stand, `mmap-ray report` writes it later
+        print(f"report: not written: {e}; `mmap-ray report {results}` writes it", file=sys.stderr)
+        return 1
     print(f"report: {report.html} (Markdown: {report.markdown})")
     return 0

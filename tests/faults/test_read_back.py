@@ -238,3 +238,76 @@ def test_an_unreadable_trial_checkpoint_is_never_loaded_and_is_set_aside(tmp_pat
     assert f"checkpoint {bad} holds a pickled Python object" in moved[0][1] and "refused" in moved[0][1]
     assert history(str(tmp_path), "c-s0") == [{"epoch": 1}] and not marker.exists()
     assert checkpoint.set_aside_unreadable(run) == []  # the good one stays
+
+
+# ---- weak cases made clear -----------------------------------------------------------------------------------
+
+
+def _smoke_study_folder(tmp_path, name: str) -> Path:
+    """A study folder as a started smoke study leaves it: its study.json, no rows yet."""
+    from mmap_ray.fields import to_dict
+
+    study = program.build_study(program.build_parser().parse_args(["--smoke", "--storage", str(tmp_path)]))
+    folder = tmp_path / name
+    (folder / "results" / "trials").mkdir(parents=True)
+    (folder / "study.json").write_text(json.dumps(to_dict(study) | {"name": name}))
+    return folder
+
+
+def test_damaged_stored_rows_and_settings_are_named_before_anything_is_claimed(tmp_path, capsys):
+    folder = _smoke_study_folder(tmp_path, "z")
+    empty = folder / "results" / "trials" / "0123456789abcdef-s0.parquet"
+    empty.write_bytes(b"")  # a zero-byte trial file
+    resume = ["--smoke", "--storage", str(tmp_path), "--name", "z", "--resume"]
+    assert program.main(resume) == 2
+    err = capsys.readouterr().err
+    assert f"results file {empty} cannot be read" in err and "Traceback" not in err, err
+    assert not (folder / ".lock").exists() and not (folder / "tune").exists()  # found before the lock or Ray
+    empty.unlink()
+    (folder / "study.json").write_text("null")
+    assert program.main(resume) == 2
+    assert f"--resume: {folder / 'study.json'} holds NoneType, not a study's settings" in capsys.readouterr().err
+
+
+def test_a_report_on_a_running_study_says_so_and_a_full_disk_leaves_no_part(tmp_path, capsys):
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from test_report import fabricate
+
+    results = Path(fabricate(tmp_path / "s").path)
+    lock = {"host": socket.gethostname(), "pid": os.getpid(), "token": "x", "started": "now"}
+    (results.parent / ".lock").write_text(json.dumps(lock))
+    assert main(["report", str(results), "--out", str(tmp_path / "r1")]) == 0
+    out = capsys.readouterr().out
+    assert f"the study is still running (pid {os.getpid()} on host" in out
+    assert "The study is still running" in (tmp_path / "r1" / "report.md").read_text()
+
+    full = tmp_path / "r2"  # a disk that fills up: files may not grow past 20 KB (EFBIG, as ENOSPC)
+    code = (
+        "import resource, signal, sys\n"
+        "from mmap_ray.cli import main\n"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))\n"
+        f"sys.exit(main(['report', {str(results)!r}, '--out', {str(full)!r}]))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert f"cannot write {full}" in done.stderr  # the file that did not fit, by path
+    assert not [p for p in full.rglob("*") if p.name.startswith(".report") or p.name == "report.html"]
+
+
+def test_a_cache_that_is_a_file_a_one_class_domain_and_a_control_character_are_one_line(tmp_path, capsys, monkeypatch):
+    from test_data_folders import make_tree
+
+    flags = ["train", *TINY, "--dataset", "folders", "--epochs", "0", "--out", str(tmp_path / "run")]
+    one = make_tree(tmp_path / "one", domains=["A", "B"], classes=["only"], n=12)
+    assert "are only ['only']: a task needs at least 2 classes" in run_cli(capsys, *flags, "--root", str(one))
+    odd = make_tree(tmp_path / "odd", domains=["A", "B\nC"], classes=["x", "y"], n=12)
+    assert "has control characters; rename the folder" in run_cli(capsys, *flags, "--root", str(odd))
+    good = make_tree(tmp_path / "good", domains=["A", "B"], classes=["x", "y"], n=12)
+    (tmp_path / "cachefile").write_text("")
+    monkeypatch.setenv("MMAP_RAY_CACHE", str(tmp_path / "cachefile"))  # what a user sets by mistake
+    assert "MMAP_RAY_CACHE=" in run_cli(capsys, *flags, "--root", str(good))
