@@ -24,6 +24,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from . import __version__
+from .cli_compare import add_compare
+from .cli_data import add_data
 from .storage import StorageError
 
 
@@ -212,63 +214,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_compare(args: argparse.Namespace) -> int:
-    import pandas as pd
-
-    from .results import read_predictions
-    from .stats import mcnemar, paired_bootstrap
-
-    a, b = read_predictions(args.a), read_predictions(args.b)
-    key = ["task", "image"]
-    for path, df in ((args.a, a), (args.b, b)):
-        if (dup := int(df.duplicated(key).sum())) or df.empty:
-            what = f"{dup} images twice (rows repeated)" if dup else "no images"
-            raise ValueError(f"predictions file {path} holds {what}: write it again with `mmap-ray eval --predictions`")
-    if a.attrs["data"] and b.attrs["data"] and a.attrs["data"] != b.attrs["data"]:
-        raise ValueError(
-            f"{args.a} and {args.b} are predictions on different images ({_data(a)} vs {_data(b)}): evaluate both "
-            f"runs on the same dataset, split and data seed"
-        )
-    for path, df in ((args.a, a), (args.b, b)):
-        if not df.attrs["data"]:
-            print(f"note: {path} does not say which images it holds (an older file): paired by task, image and label")
-    joined = a.merge(b, on=key, how="outer", suffixes=("_a", "_b"), indicator=True)
-    unmatched = joined[joined["_merge"] != "both"]
-    if len(unmatched) or (joined["label_a"] != joined["label_b"]).any():
-        raise ValueError(
-            f"{args.a} and {args.b} are not predictions on the same images ({len(unmatched)} images in only "
-            f"one, {int((joined['label_a'] != joined['label_b']).sum())} with different labels): evaluate both "
-            f"runs on the same data, split and data seed"
-        )
-    rows = []
-    for task, g in [*joined.groupby("task", sort=False), ("mean", joined)]:
-        groups = g["task"].astype("category").cat.codes.to_numpy()
-        d = paired_bootstrap(g["correct_a"].to_numpy(), g["correct_b"].to_numpy(), groups, seed=args.seed)
-        only_a, only_b, p = mcnemar(g["correct_a"].to_numpy(), g["correct_b"].to_numpy())
-        rows.append(
-            {
-                "task": task,
-                "images": len(g),
-                "A (%)": 100 * g.groupby("task")["correct_a"].mean().mean(),
-                "B (%)": 100 * g.groupby("task")["correct_b"].mean().mean(),
-                "A - B, 95% CI (points)": str(d),
-                "verdict": d.verdict,
-                "only A right": only_a,
-                "only B right": only_b,
-                "McNemar p": p,
-            }
-        )
-    table = pd.DataFrame(rows)
-    print(f"A: {args.a}\nB: {args.b}\n(mean: over tasks; CI: paired bootstrap over images within each task)")
-    print(table.to_string(index=False, float_format=lambda v: f"{v:.3g}" if v < 1 else f"{v:.1f}"))
-    return 0
-
-
-def _data(predictions) -> str:
-    data = predictions.attrs["data"]
-    return f"{data.get('split', '?')} images {data.get('images', '?')}"
-
-
 def _run_flags_given(args: argparse.Namespace) -> list[str]:
     """The run-setting flags of `args` whose values differ from the command's defaults ('--n-tokens')."""
     from .config import RunConfig
@@ -335,38 +280,13 @@ def cmd_group(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_data_push(args: argparse.Namespace) -> int:
-    from .data.remote import push
-
-    manifest = push(args.folder, args.dest, threads=args.threads)
-    print(f"pushed {len(manifest.files)} files ({manifest.total_bytes:,} bytes) and their manifest to {args.dest}")
-    return 0
-
-
-def cmd_data_check(args: argparse.Namespace) -> int:
-    from .data.remote import read_manifest
-
-    manifest = read_manifest(args.uri)
-    folders = ", ".join(manifest.folders()) or "none"
-    print(f"{args.uri}: {len(manifest.files)} files, {manifest.total_bytes:,} bytes; top-level folders: {folders}")
-    return 0
-
-
-def cmd_data_stage(args: argparse.Namespace) -> int:
-    from .data.remote import stage
-
-    staged = stage(args.uri, threads=args.threads)
-    print(f"{staged.root}  ({staged.downloaded} files downloaded, {staged.kept} already staged)")
-    return 0
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mmap-ray", description=__doc__.split("\n\n")[0])
     parser.add_argument("--version", action="version", version=f"mmap-ray {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     # `study` has its own parser (mmap_ray.study.program, shared with studies/grouping.py): main hands it on
     sub.add_parser("study", add_help=False, help="run a grouping study on Ray (mmap-ray study --help)")
-    for add in (_add_params, _add_train, _add_group, _add_eval, _add_compare, _add_report, _add_data):
+    for add in (_add_params, _add_train, _add_group, _add_eval, add_compare, _add_report, add_data):
         add(sub)
     return parser
 
@@ -456,21 +376,6 @@ def _add_eval(sub) -> None:
     p.set_defaults(func=cmd_eval)
 
 
-def _add_compare(sub) -> None:
-    p = sub.add_parser(
-        "compare",
-        help="two runs' predictions on the same images: paired bootstrap CI and McNemar's test",
-        description="Compare the per-image predictions of two runs (`mmap-ray eval --predictions`) on the same "
-        "images: per task and for the mean over tasks, the accuracy difference A - B with a 95% paired "
-        "bootstrap interval (images resampled within each task, both outcomes kept together) and McNemar's "
-        "exact test on the images only one run gets right. An interval containing 0 is no detectable difference.",
-    )
-    p.add_argument("a", help="predictions Parquet file of run A")
-    p.add_argument("b", help="predictions Parquet file of run B")
-    p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap resampling")
-    p.set_defaults(func=cmd_compare)
-
-
 def _add_report(sub) -> None:
     from .report import add_report_args, run_report
 
@@ -483,47 +388,6 @@ def _add_report(sub) -> None:
     )
     add_report_args(p)
     p.set_defaults(func=run_report)
-
-
-def _add_data(sub) -> None:
-    from .data.remote import THREADS
-
-    p = sub.add_parser(
-        "data",
-        help="put a dataset folder in object storage, or stage one from there to this node",
-        description="A dataset folder in object storage (s3://, gs://, or an S3-protocol server with "
-        "?endpoint_override=HOST:PORT&scheme=http) serves as --root on every node: each node copies it to its "
-        "local disk cache ($MMAP_RAY_DATA_CACHE, else ~/.cache/mmap-ray/datasets) the first time a run there "
-        "loads it, checking every file against the manifest that `push` wrote.",
-    )
-    data = p.add_subparsers(dest="data_command", required=True)
-    push = data.add_parser(
-        "push",
-        help="upload a local dataset folder and its manifest (path, size and sha256 of every file)",
-        description="Upload every file below FOLDER to URI, then URI/mmap-ray-manifest.json (last, so an "
-        "interrupted push leaves no manifest and is refused, never half read).",
-    )
-    push.add_argument("folder", help="the local dataset folder, e.g. ~/data/OfficeHomeDataset")
-    push.add_argument("dest", help="where it goes, e.g. s3://my-bucket/datasets/OfficeHomeDataset")
-    stage = data.add_parser(
-        "stage",
-        help="copy a pushed dataset to this node's cache now (runs do it themselves on first use)",
-        description="Download the dataset at URI into this node's cache, checking every file against its "
-        "manifest, and print the local folder. Downloads nothing when a complete, matching copy is there.",
-    )
-    check = data.add_parser(
-        "check",
-        help="read a pushed dataset's manifest only: its files, size and top-level folders (downloads no data)",
-        description="Read URI/mmap-ray-manifest.json and summarise it; fails, in one line, if the dataset was "
-        "not pushed there (or its push did not finish).",
-    )
-    for q in (stage, check):
-        q.add_argument("uri", help="the URI the dataset was pushed to")
-    for q in (push, stage):
-        q.add_argument("--threads", type=int, default=THREADS, help="transfers at once")
-    push.set_defaults(func=cmd_data_push)
-    stage.set_defaults(func=cmd_data_stage)
-    check.set_defaults(func=cmd_data_check)
 
 
 # Bad input: a wrong value, a missing or unreadable file (any OSError: it names the path), a run folder that
