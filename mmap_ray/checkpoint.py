@@ -114,7 +114,7 @@ def save_run(out: str | Path, run_state: dict) -> None:
     rows = "".join(json.dumps(without_predictions(r)) + "\n" for r in history)
     location(Path(out) / METRICS_FILE, "out").write_text(rows)
     if history and "predictions" in history[-1]:  # the last epoch's test outcomes, one row per image
-        from .results import write_predictions
+        from .predictions import write_predictions
 
         data = {"split": "test", "images": str(history[-1].get("test_images", ""))}
         write_predictions(Path(out) / PREDICTIONS_FILE, history[-1]["predictions"], data)

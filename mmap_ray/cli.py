@@ -199,7 +199,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.predictions:
         from .data.base import split_digest
         from .engine import predictions
-        from .results import write_predictions
+        from .predictions import write_predictions
 
         cols = predictions(model, tasks, args.split)
         write_predictions(args.predictions, cols, {"split": args.split, "images": split_digest(tasks, args.split)})

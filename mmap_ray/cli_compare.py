@@ -11,7 +11,7 @@ import argparse
 
 import pandas as pd
 
-from .results import read_predictions
+from .predictions import read_predictions
 from .stats import mcnemar, paired_bootstrap
 
 
