@@ -105,7 +105,8 @@ def _print_accuracy(title: str, acc: dict[str, float]) -> None:
 def cmd_train(args: argparse.Namespace) -> int:
     from .build import build_run
     from .config import read_run_config
-    from .engine import evaluate, resolve_device, train, without_predictions, write_json
+    from .engine import resolve_device, train, without_predictions, write_json
+    from .evaluation import evaluate
     from .fields import from_dict, parsed_values, to_dict
     from .model import count_parameters
 
@@ -171,7 +172,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .build import build_run
     from .checkpoint import load, load_trainable
     from .config import read_run_config
-    from .engine import evaluate, resolve_device, write_json
+    from .engine import resolve_device, write_json
+    from .evaluation import evaluate
 
     resolve_device(args.device)  # before anything is built
     if args.run:
@@ -198,7 +200,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     model.to(resolve_device(args.device))
     if args.predictions:
         from .data.base import split_digest
-        from .engine import predictions
+        from .evaluation import predictions
         from .predictions import write_predictions
 
         cols = predictions(model, tasks, args.split)

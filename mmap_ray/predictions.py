@@ -35,7 +35,7 @@ DATA_KEY = b"mmap_ray.data"  # a predictions file's data identity: {"split": ...
 
 
 def write_predictions(path: str | Path, cols: Mapping[str, list], data: Mapping[str, str]) -> Location:
-    """Every image's outcome (`engine.predictions`) as one Parquet file, written atomically, with the
+    """Every image's outcome (`evaluation.predictions`) as one Parquet file, written atomically, with the
     identity of the images (`data`: the split and `data.base.split_digest`) in its metadata."""
     arrow = pa.table({name: cols[name] for name in PREDICTION_SCHEMA.names}, schema=PREDICTION_SCHEMA)
     buf = io.BytesIO()

@@ -23,7 +23,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 
 from .data.base import TaskData
-from .engine import accuracy, evaluate_counts
+from .evaluation import accuracy, evaluate_counts
 from .grouping import Partition
 from .model import PromptedCLIP
 from .prompts import MmAPConfig
@@ -34,7 +34,7 @@ PROXIES = ("zeroshot", "features")
 def zero_shot_accuracy(
     backbone, tasks: Sequence[TaskData], split: str = "test", batch_size: int = 256
 ) -> dict[str, float]:
-    """Zero-shot accuracy of each task on `split` and their mean, as fractions (`engine.accuracy`'s keys):
+    """Zero-shot accuracy of each task on `split` and their mean, as fractions (`evaluation.accuracy`'s keys):
     the backbone with each task's plain class prompts and no MmAP (as `PromptedCLIP.zero_shot` builds it)."""
     classes = {t.name: t.class_names for t in tasks}
     model = PromptedCLIP(backbone, classes, MmAPConfig(layers=()), Partition.single(list(classes)))

@@ -33,7 +33,8 @@ import benchmark  # noqa: E402
 from mmap_ray.build import build_run  # noqa: E402
 from mmap_ray.config import DataConfig, ModelConfig, RunConfig  # noqa: E402
 from mmap_ray.distributed import WorkerSpec, ddp_backend, fit_distributed  # noqa: E402
-from mmap_ray.engine import TrainConfig, autocast, train  # noqa: E402
+from mmap_ray.engine import TrainConfig, train  # noqa: E402
+from mmap_ray.evaluation import autocast  # noqa: E402
 from mmap_ray.fields import replace  # noqa: E402
 from mmap_ray.prompts import MmAPConfig  # noqa: E402
 

@@ -167,3 +167,15 @@ def s3():
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--chaos-seeds", default="0", help="schedule seeds of the chaos study (tests/faults/test_chaos.py), e.g. 0,1,2"
+    )
+
+
+def pytest_generate_tests(metafunc):
+    if "chaos_seed" in metafunc.fixturenames:
+        seeds = [int(s) for s in metafunc.config.getoption("--chaos-seeds").split(",") if s.strip()]
+        metafunc.parametrize("chaos_seed", seeds)

@@ -9,7 +9,8 @@ import torch
 from mmap_ray import checkpoint
 from mmap_ray.data.base import split_digest
 from mmap_ray.data.toy import ToyConfig, load_toy_tasks
-from mmap_ray.engine import Context, TrainConfig, checkpoint_due, evaluate, fit, predictions, train
+from mmap_ray.engine import Context, TrainConfig, checkpoint_due, fit, train
+from mmap_ray.evaluation import evaluate, predictions
 from mmap_ray.model import PromptedCLIP
 from mmap_ray.prompts import MmAPConfig
 

@@ -16,7 +16,7 @@ from conftest import REPO
 
 from mmap_ray.backbone import TINY_MODEL
 from mmap_ray.distributed import WorkerSpec, ddp_backend
-from mmap_ray.engine import autocast
+from mmap_ray.evaluation import autocast
 from mmap_ray.fields import replace
 
 sys.path.insert(0, str(REPO / "studies"))

@@ -8,7 +8,7 @@ from mmap_ray.affinity import AffinityConfig, task_affinity
 from mmap_ray.build import load_run_backbone, load_run_tasks
 from mmap_ray.config import DataConfig, ModelConfig
 from mmap_ray.data.toy import CONVENTION_GROUPS, PAIRS, ToyConfig, load_toy_tasks
-from mmap_ray.engine import evaluate
+from mmap_ray.evaluation import evaluate
 from mmap_ray.grouping import best_partition
 from mmap_ray.model import PromptedCLIP
 from mmap_ray.prompts import MmAPConfig
