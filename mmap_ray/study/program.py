@@ -129,7 +129,9 @@ def main(argv: list[str] | None = None, prog: str = "mmap-ray study") -> int:
         if args.print:
             print(study_toml(study), end="")
             return 0
-        results = run_study(study, resume=args.resume, overwrite=args.overwrite, break_lock=args.break_lock)
+        results = run_study(
+            study, resume=args.resume, overwrite=args.overwrite, break_lock=args.break_lock, exit_on_sigterm=True
+        )
     except ValueError as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 2

@@ -175,8 +175,12 @@ def _on_sigterm(signum, frame) -> None:
 
 
 @contextlib.contextmanager
-def stop_on_sigterm(study: StudyConfig, lock: StudyLock) -> Iterator[None]:
-    """While the study holds its lock, SIGTERM ends it as `_on_sigterm` says; the earlier handler after."""
+def stop_on_sigterm(study: StudyConfig, lock: StudyLock, active: bool = True) -> Iterator[None]:
+    """While the study holds its lock, SIGTERM ends it as `_on_sigterm` says (if `active`); the earlier
+    handler after."""
+    if not active:
+        yield
+        return
     _TERMINATE.append((study, lock))
     saved = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
@@ -187,11 +191,18 @@ def stop_on_sigterm(study: StudyConfig, lock: StudyLock) -> Iterator[None]:
 
 
 def run_study(
-    study: StudyConfig, resume: bool = False, overwrite: bool = False, break_lock: bool = False, log=print
+    study: StudyConfig,
+    resume: bool = False,
+    overwrite: bool = False,
+    break_lock: bool = False,
+    log=print,
+    exit_on_sigterm: bool = False,
 ) -> str:
     """Run (or resume) the study; returns its results folder (a local path or a URI).
 
-    Raises `Interrupted` when the study ended before every trial had a result.
+    Raises `Interrupted` when the study ended before every trial had a result. With `exit_on_sigterm` (the
+    command-line driver), SIGTERM ends the process at once in one line (`_on_sigterm`); a library caller
+    keeps its own SIGTERM handling.
     """
     from ..distributed import check_resources, ensure_ray, warn_unshared_storage
 
@@ -204,13 +215,14 @@ def run_study(
         acquire(folder, break_lock).release()  # the old study must not be in use while it is moved
         moved = move_aside(folder, "old-" + time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()))
         log(f"moved the earlier study {study.name!r} aside to {moved}")
-    with acquire(folder, break_lock) as lock, stop_on_sigterm(study, lock):
+    with acquire(folder, break_lock) as lock, stop_on_sigterm(study, lock, exit_on_sigterm):
         log(f"study {study.name!r}: {folder}")
         for line in tracking_lines(study.tracking, study.name, folder):
             log(line)
         keep_secrets_out_of_trials()
         ensure_ray()
-        signal.signal(signal.SIGTERM, _on_sigterm)  # ray.init installed its own (sys.exit, then an abort)
+        if exit_on_sigterm:
+            signal.signal(signal.SIGTERM, _on_sigterm)  # ray.init installed its own (sys.exit, then an abort)
         check_resources(study.resources, extra_cpus=driver_cpu(study.resources))  # fail now, not hang later
         warn_unshared_storage(folder, log)
         if not resume:
