@@ -171,11 +171,14 @@ def s3():
 
 def pytest_addoption(parser):
     parser.addoption(
-        "--chaos-seeds", default="0", help="schedule seeds of the chaos study (tests/faults/test_chaos.py), e.g. 0,1,2"
+        "--chaos-seeds",
+        default="",
+        help="run the chaos study (tests/faults/test_chaos.py) with these schedule seeds, e.g. 0,1,2 (default: skip)",
     )
 
 
 def pytest_generate_tests(metafunc):
     if "chaos_seed" in metafunc.fixturenames:
         seeds = [int(s) for s in metafunc.config.getoption("--chaos-seeds").split(",") if s.strip()]
-        metafunc.parametrize("chaos_seed", seeds)
+        skip = pytest.mark.skip(reason="the chaos study runs with --chaos-seeds (not yet part of make test)")
+        metafunc.parametrize("chaos_seed", seeds or [pytest.param(0, marks=skip)])
