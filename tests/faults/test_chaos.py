@@ -74,7 +74,8 @@ class Storm:
         self.runs = 0
 
     def start(self) -> None:
-        argv = [*NO_DAC, *_argv(self.storage, "chaos"), *(["--resume"] if self.runs else [])]
+        started = (self.study / "study.json").exists()  # a driver killed before it wrote study.json: start anew
+        argv = [*NO_DAC, *_argv(self.storage, "chaos"), *(["--resume"] if started else [])]
         self.log = self.storage.parent / f"driver-{self.runs}.err"
         self.proc = subprocess.Popen(
             argv,
