@@ -233,8 +233,9 @@ def _read(where: Location) -> tuple[pd.DataFrame, int] | None:
 def _study_name(results: Location, frames: list[pd.DataFrame]) -> str | None:
     """The study these results belong to: the name in the study folder's study.json, else the one most of
     the files name."""
+    meta = results.parent / "study.json"
     try:
-        name = parse_json((results.parent / "study.json").read_text(), "study.json").get("name")
+        name = parse_json(meta.read_text(), meta).get("name")
     except (OSError, ValueError, AttributeError):
         name = None
     if isinstance(name, str) and name:

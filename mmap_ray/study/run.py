@@ -11,13 +11,14 @@ read back: resuming never unpickles anything from the study folder.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import os
 import signal
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pandas as pd
 
@@ -157,13 +158,9 @@ def keep_secrets_out_of_trials() -> None:
     class_cache.ENV_VARS_TO_PROPAGATE.difference_update(SECRET_ENV)
 
 
-_TERMINATE: list[tuple[StudyConfig, StudyLock]] = []  # the running study, for the SIGTERM handler
-
-
-def _on_sigterm(signum, frame) -> None:
+def _on_sigterm(study: StudyConfig, lock: StudyLock, signum: int, frame) -> None:
     """SIGTERM (what `ray job stop` sends, with SIGKILL 3 s later): one line, the lock released, exit 143 at
     once. Nothing is lost: rows are written whole, and a trial's run continues from its last checkpoint."""
-    study, lock = _TERMINATE[-1]
     print(
         f"study {study.name!r} stopped by SIGTERM: finished trials keep their rows, running ones continue from "
         f"their last checkpoint; continue with --resume (study folder: {study.study_dir})",
@@ -175,19 +172,18 @@ def _on_sigterm(signum, frame) -> None:
 
 
 @contextlib.contextmanager
-def stop_on_sigterm(study: StudyConfig, lock: StudyLock, active: bool = True) -> Iterator[None]:
-    """While the study holds its lock, SIGTERM ends it as `_on_sigterm` says (if `active`); the earlier
-    handler after."""
+def stop_on_sigterm(study: StudyConfig, lock: StudyLock, active: bool = True) -> Iterator[Callable | None]:
+    """While the study holds its lock, SIGTERM ends it as `_on_sigterm` says (if `active`); yields the
+    handler (to install again after anything that replaces it), None when inactive; the earlier one after."""
     if not active:
-        yield
+        yield None
         return
-    _TERMINATE.append((study, lock))
-    saved = signal.signal(signal.SIGTERM, _on_sigterm)
+    handler = functools.partial(_on_sigterm, study, lock)
+    saved = signal.signal(signal.SIGTERM, handler)
     try:
-        yield
+        yield handler
     finally:
         signal.signal(signal.SIGTERM, saved)
-        _TERMINATE.pop()
 
 
 def run_study(
@@ -215,14 +211,14 @@ def run_study(
         acquire(folder, break_lock).release()  # the old study must not be in use while it is moved
         moved = move_aside(folder, "old-" + time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()))
         log(f"moved the earlier study {study.name!r} aside to {moved}")
-    with acquire(folder, break_lock) as lock, stop_on_sigterm(study, lock, exit_on_sigterm):
+    with acquire(folder, break_lock) as lock, stop_on_sigterm(study, lock, exit_on_sigterm) as on_sigterm:
         log(f"study {study.name!r}: {folder}")
         for line in tracking_lines(study.tracking, study.name, folder):
             log(line)
         keep_secrets_out_of_trials()
         ensure_ray()
-        if exit_on_sigterm:
-            signal.signal(signal.SIGTERM, _on_sigterm)  # ray.init installed its own (sys.exit, then an abort)
+        if on_sigterm is not None:
+            signal.signal(signal.SIGTERM, on_sigterm)  # ray.init installed its own (sys.exit, then an abort)
         check_resources(study.resources, extra_cpus=driver_cpu(study.resources))  # fail now, not hang later
         warn_unshared_storage(folder, log)
         if not resume:
@@ -239,14 +235,23 @@ def run_study(
     return (folder / "results").uri
 
 
+def finished_rows(folder: Location) -> pd.DataFrame:
+    """The study's rows of trials that finished (status TERMINATED): what a resume does not run again."""
+    rows = stored_rows(folder)
+    return rows[rows["status"] == "TERMINATED"] if len(rows) else rows
+
+
+def finished_keys(finished: pd.DataFrame) -> set[str]:
+    """The `<config_id>-s<seed>` names of finished rows (their files' and train folders' names)."""
+    return {row_key(c, s) for c, s in zip(finished.get("config_id", []), finished.get("seed", []))}
+
+
 def set_aside_unreadable_checkpoints(folder: Location, log) -> None:
     """On --resume: the unfinished trials' newest checkpoints that do not load (the reason their trial
     failed) move aside, so each trial continues from its newest good checkpoint or from scratch."""
-    rows = stored_rows(folder)
-    done = rows[rows["status"] == "TERMINATED"] if len(rows) else rows
-    finished = {row_key(c, s) for c, s in zip(done.get("config_id", []), done.get("seed", []))}
+    done = finished_keys(finished_rows(folder))
     for run in (folder / "train").dirs() if (folder / "train").is_dir() else []:
-        if run.name in finished:
+        if run.name in done:
             continue
         for moved, why in checkpoint.set_aside_unreadable(run / RUN_NAME):
             log(f"note: {why}; moved it aside to {moved}, the trial continues from an earlier checkpoint or afresh")
@@ -278,11 +283,10 @@ def _run_trials(study: StudyConfig, base: dict, tasks: list[str], resume: bool, 
     from ray.tune.error import TuneError
 
     folder = location(study.study_dir)
-    rows = stored_rows(folder)
-    finished = rows[rows["status"] == "TERMINATED"] if len(rows) else rows
+    finished = finished_rows(folder)
     if study.mode == "compare":
         planned = grid_trials(study, base)
-        have = {row_key(c, s) for c, s in zip(finished.get("config_id", []), finished.get("seed", []))}
+        have = finished_keys(finished)
         todo = [t for t in planned if t["key"] not in have]
         total, n, args = len(planned), len(todo), _compare_args(study, todo)
     else:

