@@ -34,6 +34,7 @@ import mmap_ray.affinity
 import mmap_ray.build
 import mmap_ray.distributed
 import mmap_ray.engine
+import mmap_ray.evaluation
 import mmap_ray.toyclip
 from mmap_ray.backbone import TINY_MODEL, BackboneConfig, load_backbone
 from mmap_ray.cli import build_parser, main
@@ -148,8 +149,8 @@ def sandbox(tmp_path, monkeypatch):
     monkeypatch.setattr(mmap_ray.build, "load_run_tasks", _tasks_or_reach(mmap_ray.build.load_run_tasks))
     for module, name in [
         (mmap_ray.engine, "train"),
-        (mmap_ray.engine, "evaluate"),
-        (mmap_ray.engine, "predictions"),
+        (mmap_ray.evaluation, "evaluate"),
+        (mmap_ray.evaluation, "predictions"),
         (mmap_ray.affinity, "task_affinity"),
         (mmap_ray.distributed, "fit_distributed"),
         (mmap_ray.distributed, "ensure_ray"),
