@@ -153,7 +153,11 @@ def test_sigterm_then_ctrl_c_stop_the_study_and_resume_completes_it(tmp_path):
     # the unfinished trial's newest checkpoint becomes a pickle that would create a file: --resume must move
     # it aside (naming it), never load it, and continue that trial from an earlier checkpoint or afresh
     marker = tmp_path / "code-ran"
-    [planted] = _unfinished_checkpoints(tmp_path / "int")
+    [newest] = _unfinished_checkpoints(tmp_path / "int")
+    # a folder named later than any the trial could still write (its process dies with its raylet, a moment
+    # after the driver): the planted file is the newest checkpoint whatever the dying process does
+    planted = newest.parent.with_name("checkpoint_9999-12-31_23-59-59.999999") / "state.pt"
+    planted.parent.mkdir()
     planted.write_bytes(pickle.dumps(_Planted(marker)))
     proc = subprocess.Popen(
         [*argv, "--resume"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
