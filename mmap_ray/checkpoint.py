@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from .evaluation import in_percent
 from .fields import to_dict
 from .safeload import load_tensor_bytes, load_tensor_file
 from .storage import Location, location, move_folder
@@ -108,10 +109,10 @@ def without_predictions(row: dict) -> dict:
 
 def save_run(out: str | Path, run_state: dict) -> None:
     """An in-process run folder's checkpoint.pt and metrics.jsonl (the whole history, so a resumed run
-    never duplicates a row)."""
+    never duplicates a row; accuracies in percent there, as in every file a user reads)."""
     save(run_state, Path(out) / RUN_FILE)
     history = run_state["history"]
-    rows = "".join(json.dumps(without_predictions(r)) + "\n" for r in history)
+    rows = "".join(json.dumps(in_percent(without_predictions(r))) + "\n" for r in history)
     location(Path(out) / METRICS_FILE, "out").write_text(rows)
     if history and "predictions" in history[-1]:  # the last epoch's test outcomes, one row per image
         from .predictions import write_predictions

@@ -99,14 +99,14 @@ def cmd_params(args: argparse.Namespace) -> int:
 
 
 def _print_accuracy(title: str, acc: dict[str, float]) -> None:
-    print(title + "  " + "  ".join(f"{k} {100 * v:.1f}" for k, v in acc.items()))
+    print(title + "  " + "  ".join(f"{k} {v:.1f}" for k, v in acc.items()))
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     from .build import build_run
     from .config import read_run_config
     from .engine import resolve_device, train, without_predictions, write_json
-    from .evaluation import evaluate
+    from .evaluation import evaluate, in_percent
     from .fields import from_dict, parsed_values, to_dict
     from .model import count_parameters
 
@@ -149,10 +149,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     test = {k.removeprefix("test/"): v for k, v in (history[-1] if history else {}).items() if k.startswith("test/")}
     if not test:  # no epoch ran (epochs 0): evaluate the model as it is
         test = evaluate(model, tasks, "test", cfg.train.eval_batch_size)
+    test = {k: 100 * v for k, v in test.items()}  # percent, as in metrics.jsonl and every table
     _, total = count_parameters(model)
     summary = {
         "epochs": len(history),
-        "final": without_predictions(history[-1]) if history else {},
+        "final": in_percent(without_predictions(history[-1])) if history else {},
         "test": test,
         "trainable_params": trainable,
         "total_params": total,
@@ -210,6 +211,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print(f"predictions ({len(cols['task']):,} images): {args.predictions}")
     else:
         acc = evaluate(model, tasks, args.split)
+    acc = {k: 100 * v for k, v in acc.items()}  # percent, as in summary.json and every table
     _print_accuracy(f"{args.split} accuracy (%):", acc)
     if args.out:
         write_json(Path(args.out), acc)
@@ -315,7 +317,8 @@ def _add_train(sub) -> None:
         help="train MmAP (or a baseline) on a benchmark; writes metrics, checkpoints and a summary",
         description="Train prompts on a multi-task benchmark. With no options: MmAP (kron) on the toy "
         "benchmark with the tiny CLIP pretrained on it (built and cached on first use, ~2 min). Per-epoch "
-        "metrics go to OUT/metrics.jsonl, the final summary to OUT/summary.json; re-running the same "
+        "metrics go to OUT/metrics.jsonl, the final summary to OUT/summary.json (accuracies in percent, as "
+        "printed and as in a study's tables); re-running the same "
         "command resumes from OUT/checkpoint.pt.",
     )
     add_run_args(p, ("data", "backbone", "prompts", "train", "partition"))

@@ -97,6 +97,15 @@ def accuracy(names: Sequence[str], counts: torch.Tensor) -> dict[str, float]:
     return acc
 
 
+ACCURACY_KEYS = ("val/", "test/", "zeroshot/")  # a history row's accuracies start so (fractions)
+
+
+def in_percent(row: dict) -> dict:
+    """A history row with its accuracies in percent, the unit of every file and table a user reads
+    (training computes fractions); its other keys (loss, lr, epoch) as they are."""
+    return {k: 100 * v if k.startswith(ACCURACY_KEYS) and v is not None else v for k, v in row.items()}
+
+
 def evaluate(
     model: PromptedCLIP, tasks: Sequence[TaskData], split: str = "test", batch_size: int = 256
 ) -> dict[str, float]:

@@ -72,20 +72,24 @@ def measure(out: Path, seeds: list[int], epochs: int) -> list[dict]:
                 acc = summary["test"] | {"trainable": summary["trainable_params"], "total": summary["total_params"]}
             if code:
                 raise RuntimeError(f"{name} (seed {seed}) failed with exit status {code}")
-            rows.append({"method": name, "seed": seed, "epochs": 0 if extra is None else epochs, **acc})
+            rows.append(
+                {"method": name, "seed": seed, "epochs": 0 if extra is None else epochs, "unit": "percent", **acc}
+            )
     return rows
 
 
 def parquet_row(row: dict) -> dict:
-    """A rows.json row (accuracies as fractions, as `mmap-ray train` summaries hold them) in the study's
-    column names and unit (test_<task>, test_mean in percent, trainable_params)."""
-    skip = {"method", "seed", "epochs", "mean", "trainable", "total"}
+    """A rows.json row (accuracies in percent, as `mmap-ray train` summaries hold them; fractions in rows
+    written before they did, which carry no "unit") in the study's column names (test_<task>, test_mean,
+    trainable_params)."""
+    skip = {"method", "seed", "epochs", "mean", "trainable", "total", "unit"}
+    scale = 1 if row.get("unit") == "percent" else 100
     return {
         "method": row["method"],
         "seed": row["seed"],
         "epochs": row.get("epochs"),
-        **{f"test_{k}": 100 * v for k, v in row.items() if k not in skip},
-        "test_mean": 100 * row["mean"],
+        **{f"test_{k}": scale * v for k, v in row.items() if k not in skip},
+        "test_mean": scale * row["mean"],
         "trainable_params": row.get("trainable", 0),
         "total_params": row.get("total"),
         "schema_version": SCHEMA_VERSION,

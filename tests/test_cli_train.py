@@ -16,7 +16,11 @@ def test_train_writes_run_and_eval_reproduces_it(tmp_path, capsys):
     row = json.loads((out / "metrics.jsonl").read_text())  # the loop's row: the same on the Ray path
     assert summary["test"] == {k.removeprefix("test/"): v for k, v in row.items() if k.startswith("test/")}
     assert row["trainable_params"] == summary["trainable_params"] and row["total_params"] == summary["total_params"]
-    assert "run folder:" in capsys.readouterr().out
+    said = capsys.readouterr().out
+    assert "run folder:" in said
+    # one unit: the files hold the percent the console prints (and every table stores)
+    assert f"mean {summary['test']['mean']:.1f}" in said and summary["final"]["val/mean"] == row["val/mean"]
+    assert all(1 < v <= 100 for k, v in row.items() if k.startswith(("val/", "test/"))), row
     assert main(["eval", "--run", str(out), "--out", str(tmp_path / "acc.json")]) == 0
     assert json.loads((tmp_path / "acc.json").read_text()) == summary["test"]
     # same command again: resumes (nothing left to train) and gives the same result
@@ -43,7 +47,7 @@ def test_train_prints_one_line_per_epoch_with_loss_and_validation_accuracy(tmp_p
     out = capsys.readouterr().out
     lines = [x for x in out.splitlines() if x.startswith("epoch ")]
     assert len(lines) == 2 and lines[0].startswith("epoch 1/2: train loss ")
-    assert f"val {100 * rows[1]['val/mean']:.1f}%, test {100 * rows[1]['test/mean']:.1f}%" in lines[1]
+    assert f"val {rows[1]['val/mean']:.1f}%, test {rows[1]['test/mean']:.1f}%" in lines[1]  # metrics.jsonl: percent
 
 
 def test_ctrl_c_during_train_exits_130_in_one_line_and_the_same_command_resumes(tmp_path):

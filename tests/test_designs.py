@@ -179,4 +179,4 @@ def test_each_design_trains_and_evaluates_through_the_cli(design, tmp_path, caps
     capsys.readouterr()
     assert main(["eval", "--run", str(out), "--split", "test", "--out", str(tmp_path / "eval.json")]) == 0
     again = json.loads((tmp_path / "eval.json").read_text())
-    assert again == pytest.approx(summary["test"], abs=1e-9)  # the saved trainable tensors are all it needs
+    assert again == pytest.approx(summary["test"], abs=1e-7)  # the saved trainable tensors are all it needs

@@ -14,5 +14,5 @@ def test_first_layer_prompts_beat_zero_shot_on_the_toy_benchmark(tmp_path):
     argv = ["train", "--layers", "0", "--epochs", "3", "--out", str(tmp_path / "run"), "--no-progress"]
     assert main(argv) == 0
     trained = json.loads((tmp_path / "run" / "summary.json").read_text())["test"]["mean"]
-    print(f"zero-shot {zero_shot:.3f}, layer-0 prompts after 3 epochs {trained:.3f}")
-    assert trained > zero_shot + 0.01
+    print(f"zero-shot {zero_shot:.1f}%, layer-0 prompts after 3 epochs {trained:.1f}%")
+    assert trained > zero_shot + 1  # points

@@ -135,7 +135,7 @@ def test_zero_shot_above_chance_and_mmap_beats_it(tmp_path):
     """The issue's acceptance on the embedded default (builds the cached tiny CLIP on first use)."""
     assert main(["eval", "--out", str(tmp_path / "zs.json")]) == 0
     zs = json.loads((tmp_path / "zs.json").read_text())
-    assert zs["mean"] >= 2 / 12  # at least twice chance (12 classes)
+    assert zs["mean"] >= 200 / 12  # percent, at least twice chance (12 classes)
     assert zs["RealWorld"] > zs["Clipart"] and zs["RealWorld"] > zs["Art"]  # weaker off the photo domain
     again = tmp_path / "zs2.json"
     assert main(["eval", "--out", str(again)]) == 0 and json.loads(again.read_text()) == zs
@@ -143,4 +143,4 @@ def test_zero_shot_above_chance_and_mmap_beats_it(tmp_path):
     run = tmp_path / "mmap"
     assert main(["train", "--partition", "Art+Clipart|Product+RealWorld", "--out", str(run), "--no-progress"]) == 0
     test = json.loads((run / "summary.json").read_text())["test"]
-    assert test["mean"] >= zs["mean"] + 0.10
+    assert test["mean"] >= zs["mean"] + 10  # points
