@@ -10,15 +10,12 @@ read back: resuming never unpickles anything from the study folder.
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import json
 import math
 import os
 import signal
 import sys
 import time
-from collections.abc import Callable, Iterator
 
 import pandas as pd
 
@@ -26,7 +23,7 @@ from .. import checkpoint
 from ..config import RunConfig
 from ..distributed import RUN_NAME, WorkerSpec
 from ..fields import from_dict, to_dict
-from ..lock import StudyLock, acquire
+from ..lock import acquire
 from ..results import row_key
 from ..storage import Location, StorageError, check_reachable, location, move_aside
 from .callback import parquet_writer
@@ -35,6 +32,7 @@ from .in_trial import fit_in_trial, trial_resources
 from .ownership import check_start, stored_rows
 from .partitions import check_tasks, plan_partitions, record_partition
 from .race import RACE, RaceFailed, race_partition
+from .sigterm import stop_on_sigterm
 from .tracking import check_tracking, tracking_callbacks, tracking_lines
 from .trials import grid_trials, searcher, trial_of
 
@@ -158,34 +156,6 @@ def keep_secrets_out_of_trials() -> None:
     class_cache.ENV_VARS_TO_PROPAGATE.difference_update(SECRET_ENV)
 
 
-def _on_sigterm(study: StudyConfig, lock: StudyLock, signum: int, frame) -> None:
-    """SIGTERM (what `ray job stop` sends, with SIGKILL 3 s later): one line, the lock released, exit 143 at
-    once. Nothing is lost: rows are written whole, and a trial's run continues from its last checkpoint."""
-    print(
-        f"study {study.name!r} stopped by SIGTERM: finished trials keep their rows, running ones continue from "
-        f"their last checkpoint; continue with --resume (study folder: {study.study_dir})",
-        file=sys.stderr,
-        flush=True,
-    )
-    lock.release()
-    os._exit(128 + signum)  # not sys.exit: unwinding Tune and Ray takes longer than the 3 s a job stop allows
-
-
-@contextlib.contextmanager
-def stop_on_sigterm(study: StudyConfig, lock: StudyLock, active: bool = True) -> Iterator[Callable | None]:
-    """While the study holds its lock, SIGTERM ends it as `_on_sigterm` says (if `active`); yields the
-    handler (to install again after anything that replaces it), None when inactive; the earlier one after."""
-    if not active:
-        yield None
-        return
-    handler = functools.partial(_on_sigterm, study, lock)
-    saved = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield handler
-    finally:
-        signal.signal(signal.SIGTERM, saved)
-
-
 def run_study(
     study: StudyConfig,
     resume: bool = False,
@@ -197,7 +167,7 @@ def run_study(
     """Run (or resume) the study; returns its results folder (a local path or a URI).
 
     Raises `Interrupted` when the study ended before every trial had a result. With `exit_on_sigterm` (the
-    command-line driver), SIGTERM ends the process at once in one line (`_on_sigterm`); a library caller
+    command-line driver), SIGTERM ends the process at once in one line (`study/sigterm.py`); a library caller
     keeps its own SIGTERM handling.
     """
     from ..distributed import check_resources, ensure_ray, warn_unshared_storage
