@@ -113,9 +113,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = run_config(args)
     resolve_device(cfg.train.device)  # a GPU asked for and absent: refused before anything is written
     spec = None
-    if args.workers < 0:
-        raise ValueError(f"--workers {args.workers} is not valid; give 0 (train in this process) or >= 1 Ray workers")
-    if args.workers > 0:
+    if args.workers < 1:  # as in a study: 1 trains in this process, more are Ray Train DDP workers
+        raise ValueError(
+            f"--workers {args.workers} is not valid; give 1 (train in this process, the default) or more (Ray "
+            f"Train DDP workers)"
+        )
+    if args.workers > 1:
         from .distributed import WorkerSpec
 
         spec = from_dict(WorkerSpec, parsed_values(WorkerSpec, args))
@@ -322,8 +325,8 @@ def _add_train(sub) -> None:
         "command resumes from OUT/checkpoint.pt.",
     )
     add_run_args(p, ("data", "backbone", "prompts", "train", "partition"))
-    g = p.add_argument_group("distributed (Ray Train; --workers 0 trains in this process)")
-    add_arguments(g, WorkerSpec, defaults={"workers": 0})
+    g = p.add_argument_group("distributed (Ray Train with --workers 2 or more; 1, the default, trains in this process)")
+    add_arguments(g, WorkerSpec)
     g.add_argument("--out", default=None, help="run folder (default: runs/DATASET-PROJECTION-seedSEED)")
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_train)

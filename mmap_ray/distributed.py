@@ -42,7 +42,7 @@ RUN_NAME = "ray-train"  # Ray's folder inside the run folder: fixed, so re-runni
 class WorkerSpec:
     """How many Ray Train workers a run uses and what each one reserves."""
 
-    workers: int = option(1, "Ray Train DDP workers per run")
+    workers: int = option(1, "workers per run: 1 trains in the run's own process, more are Ray Train DDP workers")
     cpus_per_worker: float = option(1.0, "CPUs each worker reserves; fractions allowed")
     gpus_per_worker: float = option(0.0, "GPUs each worker reserves (NCCL from 1; gloo for fractions such as 0.5)")
     max_failures: int = option(2, "worker-group restarts from the last checkpoint")
@@ -55,7 +55,8 @@ class WorkerSpec:
         check_types(self)
         if self.workers < 1:
             raise ValueError(
-                f"WorkerSpec.workers={self.workers} must be >= 1 for Ray Train (0 means in-process training)"
+                f"WorkerSpec.workers={self.workers} must be >= 1 (1: the run trains in its own process; more: Ray "
+                f"Train DDP workers)"
             )
         if self.cpus_per_worker <= 0:
             raise ValueError(

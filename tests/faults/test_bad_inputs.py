@@ -394,7 +394,8 @@ def test_partition_file_that_group_did_not_write(tree, tmp_path, capsys, content
         ("--lr", "nan", "TrainConfig.lr=nan must be > 0 and finite"),
         ("--weight-decay", "-0.1", "TrainConfig.weight_decay=-0.1 must be >= 0 and finite"),
         ("--loader-workers", "-2", "TrainConfig.loader_workers=-2 must be >= 0"),
-        ("--workers", "-1", "--workers -1 is not valid; give 0 (train in this process) or >= 1 Ray workers"),
+        ("--workers", "-1", "--workers -1 is not valid; give 1 (train in this process, the default) or more"),
+        ("--workers", "0", "--workers 0 is not valid; give 1 (train in this process, the default) or more"),
         ("--n-tokens", "0", "MmAPConfig.n_tokens=0 must be an integer >= 1"),
         (
             "--n-tokens",
