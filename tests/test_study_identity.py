@@ -19,23 +19,29 @@ from mmap_ray.config import DataConfig, RunConfig
 from mmap_ray.distributed import WorkerSpec
 from mmap_ray.engine import TrainConfig
 from mmap_ray.fields import to_dict
-from mmap_ray.grouping import format_groups
 from mmap_ray.lock import LockHeld, acquire
 from mmap_ray.results import EPOCH_SCHEMA, EPOCHS, SCHEMA_VERSION, TRIALS, load, row_key, trial_schema, write_table
 from mmap_ray.storage import job_working_copy, location, resolve_storage
-from mmap_ray.study import StudyConfig, check_start, grid_trials, searcher
+from mmap_ray.study import (
+    AXES,
+    Plan,
+    StudyConfig,
+    Trial,
+    check_start,
+    grid_trials,
+    make_trial,
+    search_space,
+    searcher,
+    trial_of,
+)
 
 TASKS = ["Art", "Clipart", "Product", "RealWorld"]
 PLANTED, OTHER = "Art+Clipart|Product+RealWorld", "Art|Clipart+Product+RealWorld"
 
 
-def _base(tiny, partitions: dict[str, str], study: StudyConfig) -> dict:
-    return {"study": study, "partitions": partitions, "info": tiny.info}
-
-
-def _trials(tiny, partitions: dict[str, str], **settings) -> list[dict]:
+def _trials(tiny, partitions: dict[str, str], **settings) -> list[Trial]:
     study = StudyConfig(**settings)
-    return grid_trials(study, _base(tiny, partitions, study))
+    return grid_trials(study, Plan(study, partitions, tiny.info))
 
 
 def test_grid_covers_every_axis_once_and_seed_is_not_identity(tiny):
@@ -45,13 +51,13 @@ def test_grid_covers_every_axis_once_and_seed_is_not_identity(tiny):
         for s, p in (("single", "|".join(["+".join(TASKS)])), ("independent", "|".join(TASKS)))
     }
     trials = _trials(tiny, parts, schemes=("single", "independent"), seeds=(0, 1), prompt_lengths=(2, 4), depths=(1, 3))
-    assert len(trials) == 2 * 2 * 2 * 2 and len({t["key"] for t in trials}) == 16
-    ids = {(t["scheme"], t["run"]["prompts"]["n_tokens"], t["depth"]): set() for t in trials}
+    assert len(trials) == 2 * 2 * 2 * 2 and len({t.key for t in trials}) == 16
+    ids = {(t.scheme, t.run.prompts.n_tokens, t.depth): set() for t in trials}
     for t in trials:
-        ids[(t["scheme"], t["run"]["prompts"]["n_tokens"], t["depth"])].add(t["config_id"])
+        ids[(t.scheme, t.run.prompts.n_tokens, t.depth)].add(t.config_id)
     assert all(len(v) == 1 for v in ids.values())  # seeds 0 and 1 of one configuration share its config_id
     assert len({next(iter(v)) for v in ids.values()}) == 8  # and different configurations never do
-    assert {t["depth"] for t in trials} == {1, 3} and all(t["layers"] == list(range(t["depth"])) for t in trials)
+    assert {t.depth for t in trials} == {1, 3} and all(t.layers == tuple(range(t.depth)) for t in trials)
 
 
 def test_each_seed_draws_its_own_data_under_one_config_id(tiny):
@@ -60,31 +66,29 @@ def test_each_seed_draws_its_own_data_under_one_config_id(tiny):
     parts = {f"single/{seed}": "+".join(TASKS) for seed in (0, 1, 2)}
     base = RunConfig(data=DataConfig(data_seed=10))
     varied = _trials(tiny, parts, schemes=("single",), seeds=(0, 1, 2), run=base)
-    assert [t["run"]["data"]["data_seed"] for t in varied] == [10, 11, 12]
-    assert len({t["config_id"] for t in varied}) == 1 and len({t["key"] for t in varied}) == 3
+    assert [t.run.data.data_seed for t in varied] == [10, 11, 12]
+    assert len({t.config_id for t in varied}) == 1 and len({t.key for t in varied}) == 3
     fixed = _trials(tiny, parts, schemes=("single",), seeds=(0, 1, 2), run=base, data_per_seed=False)
-    assert [t["run"]["data"]["data_seed"] for t in fixed] == [10, 10, 10]
-    assert len({t["config_id"] for t in fixed}) == 1 and fixed[0]["config_id"] != varied[0]["config_id"]
+    assert [t.run.data.data_seed for t in fixed] == [10, 10, 10]
+    assert len({t.config_id for t in fixed}) == 1 and fixed[0].config_id != varied[0].config_id
 
 
 def test_explicit_partitions_are_two_configurations_and_equal_choices_are_one(tiny):
     parts = {f"{PLANTED}/0": PLANTED, f"{OTHER}/0": OTHER, "gradient/0": PLANTED, "lookahead/0": PLANTED}
     trials = _trials(tiny, parts, schemes=(PLANTED, OTHER, "gradient", "lookahead"), seeds=(0,))
     assert len(trials) == 2  # gradient and lookahead chose the planted partition: the same run, trained once
-    by_partition = {format_groups(t["run"]["partition"]): t for t in trials}
-    assert (
-        set(by_partition) == {PLANTED, OTHER} and by_partition[PLANTED]["config_id"] != by_partition[OTHER]["config_id"]
-    )
-    assert by_partition[PLANTED]["scheme"] == f"{PLANTED}, gradient, lookahead"
+    by_partition = {t.partition: t for t in trials}
+    assert set(by_partition) == {PLANTED, OTHER} and by_partition[PLANTED].config_id != by_partition[OTHER].config_id
+    assert by_partition[PLANTED].scheme == f"{PLANTED}, gradient, lookahead"
 
 
 def test_config_id_resolves_default_layers(tiny):
     parts = {"single/0": "+".join(TASKS)}
     default = _trials(tiny, parts, schemes=("single",), seeds=(0,))[0]
     explicit = _trials(tiny, parts, schemes=("single",), seeds=(0,), depths=(tiny.info.text_layers - 1,))[0]
-    assert default["config_id"] == explicit["config_id"]  # "default" and "0-2" are the same layers on this backbone
+    assert default.config_id == explicit.config_id  # "default" and "0-2" are the same layers on this backbone
     longer = _trials(tiny, parts, schemes=("single",), seeds=(0,), run=RunConfig(train=TrainConfig(epochs=3)))[0]
-    assert longer["config_id"] != default["config_id"]
+    assert longer.config_id != default.config_id
 
 
 @pytest.mark.parametrize(
@@ -321,12 +325,39 @@ def test_variants_are_an_axis_and_designs_without_prompts_are_trained_once(tiny)
     trials = _trials(tiny, parts, schemes=("single",), seeds=(0,), prompt_lengths=(2, 4), variants=variants)
     by_variant = {}
     for t in trials:
-        by_variant.setdefault(t["variant"], []).append(t)
+        by_variant.setdefault(t.variant, []).append(t)
     assert {v: len(ts) for v, ts in by_variant.items()} == {variants[0]: 2, variants[1]: 1, variants[2]: 1}
-    kron = by_variant[variants[0]][0]["run"]["prompts"]
-    assert kron["kron_order"] == "AS" and kron["projection"] == "kron"
-    assert by_variant[variants[2]][0]["run"]["prompts"]["adapter_reduction"] == 2
-    assert by_variant[variants[1]][0]["scheme"] == "single"  # merged across prompt lengths, named once
+    kron = by_variant[variants[0]][0].run.prompts
+    assert kron.kron_order == "AS" and kron.projection == "kron"
+    assert by_variant[variants[2]][0].run.prompts.adapter_reduction == 2
+    assert by_variant[variants[1]][0].scheme == "single"  # merged across prompt lengths, named once
+
+
+def test_compare_mode_crosses_every_axis_and_a_trial_crosses_tune_as_plain_data(tiny):
+    """Projections and combine modes given to a compare study are axes like prompt lengths (not only the
+    first value); a trial survives Tune's boundary (JSON) typed and whole; a search trial made from sampled
+    choices is the grid's trial with the same choices."""
+    parts = {"single/0": "+".join(TASKS)}
+    trials = _trials(
+        tiny, parts, schemes=("single",), seeds=(0,), projections=("kron", "coop"), combines=("add", "concat")
+    )
+    assert sorted((t.run.prompts.projection.value, t.run.prompts.combine.value) for t in trials) == [
+        ("coop", "add"),
+        ("coop", "concat"),
+        ("kron", "add"),
+        ("kron", "concat"),
+    ]
+    assert len({t.config_id for t in trials}) == 4
+    for t in trials:
+        assert Trial.from_tune(json.loads(json.dumps(t.to_tune()))) == t
+    study = StudyConfig(mode="search", schemes=("single",), seeds=(0,), projections=("kron", "coop"))
+    plan = Plan(study, parts, tiny.info)
+    sampled = trial_of({"scheme": "single", "n_tokens": 4, "projection": "coop", "lr": 2e-3}, plan)
+    assert sampled == make_trial(plan, "single", 0, n_tokens=4, projection="coop", lr=2e-3)
+    assert (sampled.run.prompts.n_tokens, sampled.run.prompts.projection, sampled.run.train.lr) == (4, "coop", 2e-3)
+    assert set(search_space(study)) - {"scheme"} <= set(AXES)  # the search samples the axes by their names
+    with pytest.raises(ValueError, match=r"\['n_token'\] are not study axes"):
+        make_trial(plan, "single", 0, n_token=4)
 
 
 @pytest.mark.parametrize(
@@ -348,9 +379,9 @@ def test_identity_ignores_settings_a_design_does_not_read(tiny):
     parts = {"single/0": "+".join(TASKS)}
     one = _trials(tiny, parts, schemes=("single",), seeds=(0,), variants=("projection=linear; kron_order=AS",))
     two = _trials(tiny, parts, schemes=("single",), seeds=(0,), variants=("projection=linear; phm_rank=2",))
-    assert one[0]["config_id"] == two[0]["config_id"]  # linear reads neither
+    assert one[0].config_id == two[0].config_id  # linear reads neither
     kron = _trials(tiny, parts, schemes=("single",), seeds=(0,), variants=("projection=kron; kron_order=AS",))
-    assert kron[0]["config_id"] != _trials(tiny, parts, schemes=("single",), seeds=(0,))[0]["config_id"]
+    assert kron[0].config_id != _trials(tiny, parts, schemes=("single",), seeds=(0,))[0].config_id
 
 
 def test_rows_of_schema_v2_load_with_an_empty_variant(tmp_path):

@@ -22,9 +22,9 @@ unpickled from the study folder: Tune's own state files are written but never re
 are read with `weights_only=True`, and a resumed search tells Optuna the finished trials from their rows.
 One driver at a time: a lock file in the study folder (`mmap_ray.lock`).
 
-Modules: `config` (StudyConfig, study files), `trials` (identity, the grid, the search space),
-`partitions` (planned once per study), `ownership` (start / rerun / resume rules), `run` (the Tuner and
-the trial driver), `callback` (the Parquet rows, written by the Tune driver).
+Modules: `config` (StudyConfig, study files), `trials` (the typed Trial and Plan, the axes, identity, the
+grid, the search space), `partitions` (planned once per study), `ownership` (start / rerun / resume
+rules), `run` (the Tuner and the trial driver), `callback` (the Parquet rows, written by the Tune driver).
 """
 
 from ..grouping import SCHEMES
@@ -32,16 +32,19 @@ from .config import METRIC, MODES, OBJECTIVES, RESUME_MAY_CHANGE, StudyConfig, r
 from .ownership import check_start, settings_diff, stored_rows
 from .partitions import plan_partitions
 from .run import Interrupted, max_concurrent, run_study, trial_driver
-from .trials import canonical, grid_trials, make_trial, search_space, searcher, trial_of
+from .trials import AXES, Plan, Trial, canonical, grid_trials, make_trial, search_space, searcher, trial_of
 
 __all__ = [
+    "AXES",
     "METRIC",
     "MODES",
     "OBJECTIVES",
     "RESUME_MAY_CHANGE",
     "SCHEMES",
     "Interrupted",
+    "Plan",
     "StudyConfig",
+    "Trial",
     "canonical",
     "check_start",
     "grid_trials",

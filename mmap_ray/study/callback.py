@@ -24,7 +24,7 @@ from ..results import (
 from ..storage import StorageError, location
 from .config import StudyConfig
 from .rows import prediction_rows, trial_rows
-from .trials import trial_of
+from .trials import Plan, trial_of
 
 
 def history(study_dir: str, key: str) -> list[dict]:
@@ -52,7 +52,7 @@ def error_message(trial) -> str:
     return " <- ".join(causes)[-2000:] or text[-2000:] or "unknown error (see the trial's error file)"
 
 
-def parquet_writer(study: StudyConfig, base: dict, tasks: list[str], failures: list[StorageError], interrupt):
+def parquet_writer(study: StudyConfig, plan: Plan, tasks: list[str], failures: list[StorageError], interrupt):
     """A Tune callback writing each ended trial's rows; storage errors are also kept in `failures`.
 
     Once the study is interrupted (`interrupt.requested`), a trial stopped part-way or failing is not a
@@ -62,10 +62,10 @@ def parquet_writer(study: StudyConfig, base: dict, tasks: list[str], failures: l
 
     class ParquetWriter(Callback):
         def _write(self, trial, status: str, error: str = "") -> None:
-            planned = trial_of(trial.config, base)
+            planned = trial_of(trial.config, plan)
             wall = float((trial.last_result or {}).get("time_total_s", 0.0))
-            done = history(study.study_dir, planned["key"])
-            if interrupt.requested and (status == "ERROR" or len(done) < planned["run"]["train"]["epochs"]):
+            done = history(study.study_dir, planned.key)
+            if interrupt.requested and (status == "ERROR" or len(done) < planned.run.train.epochs):
                 return
             res = study.resources
             row, epochs = trial_rows(

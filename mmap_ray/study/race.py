@@ -15,13 +15,14 @@ the oracle's training seconds, so the report's "choosing / oracle" compares like
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 
 from ..grouping import set_partitions
 from ..storage import Location
 from .config import METRIC, StudyConfig
-from .trials import make_trial
+from .trials import Plan, make_trial
 
 RACE = "race"
 
@@ -39,7 +40,7 @@ def race_grace(epochs: int, candidates: int) -> int:
 
 def race_partition(
     study: StudyConfig,
-    base: dict,
+    plan: Plan,
     tasks: list[str],
     seed: int,
     folder: Location,
@@ -57,12 +58,8 @@ def race_partition(
     from ray.tune.schedulers import ASHAScheduler
 
     candidates = [str(p) for p in set_partitions(tasks, study.k)]
-    race_base = {**base, "partitions": {**base["partitions"], **{f"{p}/{seed}": p for p in candidates}}}
-    prompts, lr = study.run.prompts, study.run.train.lr
-    trials = [
-        make_trial(race_base, p, seed, prompts.n_tokens, None, prompts.projection.value, prompts.combine.value, lr)
-        for p in candidates
-    ]
+    race_plan = dataclasses.replace(plan, partitions={**plan.partitions, **{f"{p}/{seed}": p for p in candidates}})
+    trials = [make_trial(race_plan, p, seed).to_tune() for p in candidates]  # the study's run, each partition
     epochs = study.run.train.epochs
     grace = race_grace(epochs, len(candidates))
     log(f"race (seed {seed}): {len(candidates)} partitions, halved by ASHA from epoch {grace} to {epochs}")
@@ -71,7 +68,7 @@ def race_partition(
         metric=METRIC, mode="max", time_attr="training_iteration", max_t=epochs, grace_period=grace, reduction_factor=2
     )
     tuner = tune.Tuner(
-        tune.with_resources(tune.with_parameters(trial_driver, base=race_base), resources),
+        tune.with_resources(tune.with_parameters(trial_driver, plan=race_plan), resources),
         param_space={"trial": tune.grid_search(trials)},
         tune_config=tune.TuneConfig(
             scheduler=scheduler, num_samples=1, max_concurrent_trials=concurrency, reuse_actors=True

@@ -19,25 +19,23 @@ import ray
 import torch
 
 from .. import __version__
-from ..config import RunConfig
-from ..fields import from_dict
-from ..grouping import format_groups
 from ..results import SCHEMA_VERSION
+from .trials import Trial
 
 
-def config_columns(trial: dict) -> dict:
-    """The configuration columns of a planned trial (`mmap_ray.study.trials.make_trial`): what the trial
-    table, the trackers' params and the console name a trial by, in one place."""
-    run = from_dict(RunConfig, trial["run"])
+def config_columns(trial: Trial) -> dict:
+    """The configuration columns of a planned trial: what the trial table, the trackers' params and the
+    console name a trial by, in one place."""
+    run = trial.run
     return {
-        "config_id": trial["config_id"],
-        "seed": trial["seed"],
-        "scheme": trial["scheme"],
-        "variant": trial.get("variant", ""),
-        "partition": format_groups(run.partition) if run.partition else None,
+        "config_id": trial.config_id,
+        "seed": trial.seed,
+        "scheme": trial.scheme,
+        "variant": trial.variant,
+        "partition": trial.partition,
         "n_tokens": run.prompts.n_tokens,
-        "depth": trial["depth"],
-        "layers": trial["layers"],
+        "depth": trial.depth,
+        "layers": list(trial.layers),
         "projection": run.prompts.projection.value,
         "combine": run.prompts.combine.value,
         "lr": run.train.lr,
@@ -54,7 +52,7 @@ def trial_rows(
     study: str,
     k: int,
     tasks: list[str],
-    trial: dict,
+    trial: Trial,
     history: list[dict],
     *,
     trial_id: str,
@@ -67,14 +65,14 @@ def trial_rows(
 ) -> tuple[dict, list[dict]]:
     """A trial's row (`trial_schema(tasks)`) and its per-epoch, per-task rows (`EPOCH_SCHEMA`).
 
-    Built from the trial as planned (`mmap_ray.study.trials.make_trial`: its RunConfig, identity,
-    resolved layers) and the metrics history its training wrote, whatever ran it. Cost: `workers` x
-    `device_per_worker` (GPUs, or CPUs on a CPU run) for `wall_s`.
+    Built from the trial as planned (its RunConfig, identity, resolved layers) and the metrics history its
+    training wrote, whatever ran it. Cost: `workers` x `device_per_worker` (GPUs, or CPUs on a CPU run) for
+    `wall_s`.
     """
     config = config_columns(trial)
     last = history[-1] if history else {}
     best = {n: max((h[f"val/{n}"] for h in history), default=None) for n in ["mean", *tasks]}
-    ident = {"study": study, "config_id": trial["config_id"], "seed": trial["seed"], "trial_id": trial_id}
+    ident = {"study": study, "config_id": trial.config_id, "seed": trial.seed, "trial_id": trial_id}
     row = {
         **ident,
         "status": status,
@@ -97,7 +95,7 @@ def trial_rows(
         **{f"test_{n}": percent(last.get(f"test/{n}")) for n in tasks},
         **{f"zeroshot_{n}": percent(last.get(f"zeroshot/{n}")) for n in tasks},
         **provenance(),
-        "config": trial["config"],
+        "config": trial.config,
     }
     return row, epoch_rows(ident, tasks, history)
 

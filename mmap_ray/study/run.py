@@ -22,7 +22,7 @@ import pandas as pd
 from .. import checkpoint
 from ..config import RunConfig
 from ..distributed import RUN_NAME, WorkerSpec
-from ..fields import from_dict, to_dict
+from ..fields import to_dict
 from ..lock import acquire
 from ..results import row_key
 from ..storage import Location, StorageError, check_reachable, location, move_aside
@@ -34,7 +34,7 @@ from .partitions import check_tasks, plan_partitions, record_partition
 from .race import RACE, RaceFailed, race_partition
 from .sigterm import stop_on_sigterm
 from .tracking import check_tracking, tracking_callbacks, tracking_lines
-from .trials import grid_trials, searcher, trial_of
+from .trials import Plan, Trial, grid_trials, searcher, trial_of
 
 TRIAL_DRIVER_CPU = 0.01  # a Ray Train trial's own reservation; its Train workers reserve theirs
 SECRET_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SECURITY_TOKEN", "AWS_SESSION_TOKEN")
@@ -94,12 +94,11 @@ class Interrupt:
         return StopOnInterrupt()
 
 
-def trial_driver(config: dict, base: dict) -> None:
+def trial_driver(config: dict, plan: Plan) -> None:
     """One Tune trial: with one worker, the run trains in this process (`in_trial`); with more, it is a
     Ray Train run whose per-epoch reports reach Tune through TuneReportCallback."""
-    study: StudyConfig = base["study"]
-    trial = trial_of(config, base)
-    fit_trial(from_dict(RunConfig, trial["run"]), location(study.study_dir) / "train" / trial["key"], study.resources)
+    trial = trial_of(config, plan)
+    fit_trial(trial.run, location(plan.study.study_dir) / "train" / trial.key, plan.study.resources)
 
 
 def fit_trial(run: RunConfig, folder: Location, spec: WorkerSpec) -> None:
@@ -194,11 +193,11 @@ def run_study(
         if not resume:
             (folder / "study.json").write_text(json.dumps(to_dict(study), indent=2) + "\n")
         partitions, info, tasks = plan_partitions(study, folder)
-        base = {"study": study, "partitions": partitions, "info": info}
+        plan = Plan(study, partitions, info)
         if resume:
             set_aside_unreadable_checkpoints(folder, log)
-        _race(study, base, tasks, folder, log)
-        total, interrupted = _run_trials(study, base, tasks, resume, log)
+        _race(plan, tasks, folder, log)
+        total, interrupted = _run_trials(plan, tasks, resume, log)
         done = len(stored_rows(folder))
         if interrupted or done < total:
             raise Interrupted(done, total)
@@ -227,37 +226,39 @@ def set_aside_unreadable_checkpoints(folder: Location, log) -> None:
             log(f"note: {why}; moved it aside to {moved}, the trial continues from an earlier checkpoint or afresh")
 
 
-def _race(study: StudyConfig, base: dict, tasks: list[str], folder: Location, log) -> None:
+def _race(plan: Plan, tasks: list[str], folder: Location, log) -> None:
     """Decide the `race` scheme's partition of every seed that has none yet (study/race.py), under the same
     Ctrl-C handling as the trials: an interrupted race records nothing, and --resume races again."""
+    study = plan.study
     for seed in study.seeds if RACE in study.schemes else ():
-        if f"{RACE}/{seed}" in base["partitions"]:
+        if f"{RACE}/{seed}" in plan.partitions:
             continue
         resources = trial_resources(study.resources, driver_cpu(study.resources))
         with Interrupt() as interrupt:
             args = (trial_driver, resources, max_concurrent(study), status_table(study), interrupt.stopper(), log)
             try:
-                won, seconds = race_partition(study, base, tasks, seed, folder, *args)
+                won, seconds = race_partition(study, plan, tasks, seed, folder, *args)
             except RaceFailed:
                 if not interrupt.requested:
                     raise
         if interrupt.requested:
             raise KeyboardInterrupt
-        base["partitions"][f"{RACE}/{seed}"] = won
+        plan.partitions[f"{RACE}/{seed}"] = won
         record_partition(folder, f"{RACE}/{seed}", won, seconds)
 
 
-def _run_trials(study: StudyConfig, base: dict, tasks: list[str], resume: bool, log) -> tuple[int, bool]:
+def _run_trials(plan: Plan, tasks: list[str], resume: bool, log) -> tuple[int, bool]:
     """Fit a fresh Tuner over the trials without a finished row; returns (trials owed, interrupted?)."""
     from ray import tune
     from ray.tune.error import TuneError
 
+    study = plan.study
     folder = location(study.study_dir)
     finished = finished_rows(folder)
     if study.mode == "compare":
-        planned = grid_trials(study, base)
+        planned = grid_trials(study, plan)
         have = finished_keys(finished)
-        todo = [t for t in planned if t["key"] not in have]
+        todo = [t for t in planned if t.key not in have]
         total, n, args = len(planned), len(todo), _compare_args(study, todo)
     else:
         total, n = study.num_samples, study.num_samples - len(finished)
@@ -268,7 +269,7 @@ def _run_trials(study: StudyConfig, base: dict, tasks: list[str], resume: bool, 
         return total, False
     failures: list[StorageError] = []
     resources = trial_resources(study.resources, driver_cpu(study.resources))
-    trainable = tune.with_resources(tune.with_parameters(trial_driver, base=base), resources)
+    trainable = tune.with_resources(tune.with_parameters(trial_driver, plan=plan), resources)
     # in process, Tune retries a failed trial (from its newest checkpoint); Ray Train retries its own workers
     retries = study.resources.max_failures if study.resources.workers == 1 else 0
     with Interrupt() as interrupt:
@@ -279,8 +280,8 @@ def _run_trials(study: StudyConfig, base: dict, tasks: list[str], resume: bool, 
                 name=time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()),
                 **(folder / "tune").ray_storage(),
                 callbacks=[
-                    parquet_writer(study, base, tasks, failures, interrupt),
-                    *tracking_callbacks(study.tracking, study.name, folder, base),
+                    parquet_writer(study, plan, tasks, failures, interrupt),
+                    *tracking_callbacks(study.tracking, study.name, folder, plan),
                 ],
                 stop=interrupt.stopper(),
                 progress_reporter=status_table(study),
@@ -297,12 +298,12 @@ def _run_trials(study: StudyConfig, base: dict, tasks: list[str], resume: bool, 
     return total, interrupt.requested
 
 
-def _compare_args(study: StudyConfig, todo: list[dict]) -> dict:
+def _compare_args(study: StudyConfig, todo: list[Trial]) -> dict:
     from ray import tune
 
     concurrency = max_concurrent(study)
     return {
-        "param_space": {"trial": tune.grid_search(todo)},
+        "param_space": {"trial": tune.grid_search([t.to_tune() for t in todo])},  # plain data across Tune
         # reuse_actors: a trial's process (torch imported, the toy CLIP read) serves the next trial
         "tune_config": tune.TuneConfig(num_samples=1, max_concurrent_trials=concurrency, reuse_actors=True),
     }

@@ -34,7 +34,7 @@ from ray.tune import Callback
 from ..storage import Location
 from .config import TRACKERS
 from .rows import config_columns, percent
-from .trials import trial_of
+from .trials import Plan, Trial, trial_of
 
 KEY_TAG = "mmap_ray.key"  # an MLflow run's tag: the trial's `<config_id>-s<seed>`
 
@@ -83,15 +83,15 @@ def tracking_lines(trackers: tuple[str, ...], name: str, folder: Location) -> li
     return lines
 
 
-def run_name(planned: dict) -> str:
+def run_name(planned: Trial) -> str:
     """A tracked run's name: what distinguishes the trial for a reader, with its config_id for uniqueness."""
-    partition = planned["partition"]  # formatted when the trial was planned
-    scheme = "" if planned["scheme"] == partition else f"{planned['scheme']} "
-    variant = f" ({planned['variant']})" if planned.get("variant") else ""
-    return f"{scheme}{partition}{variant} s{planned['seed']} [{planned['config_id'][:8]}]"
+    partition = planned.partition
+    scheme = "" if planned.scheme == partition else f"{planned.scheme} "
+    variant = f" ({planned.variant})" if planned.variant else ""
+    return f"{scheme}{partition}{variant} s{planned.seed} [{planned.config_id[:8]}]"
 
 
-def trial_params(planned: dict) -> dict[str, str]:
+def trial_params(planned: Trial) -> dict[str, str]:
     """A trial's params, flat, under the trial table's column names (lists as "0,1,2")."""
     flat = {}
     for key, value in config_columns(planned).items():
@@ -114,28 +114,28 @@ def tracked_metrics(result: dict) -> dict[str, float]:
 class MLflowTracker(Callback):
     """One MLflow run per (config_id, seed) in the study's experiment, written with MLflow's client."""
 
-    def __init__(self, uri: str, experiment: str, base: dict):
+    def __init__(self, uri: str, experiment: str, plan: Plan):
         from mlflow import MlflowClient
 
         self.client = MlflowClient(tracking_uri=uri)  # opens (and, the first time, migrates) the store now
         found = self.client.get_experiment_by_name(experiment)
         self.experiment_id = found.experiment_id if found else self.client.create_experiment(experiment)
-        self.base = base
+        self.plan = plan
         self.runs: dict[str, str] = {}  # Tune trial id -> MLflow run id
 
     def _run(self, trial) -> str:
         if trial.trial_id not in self.runs:
             from mlflow.entities import Param
 
-            planned = trial_of(trial.config, self.base)
-            where = f"tags.`{KEY_TAG}` = '{planned['key']}'"
+            planned = trial_of(trial.config, self.plan)
+            where = f"tags.`{KEY_TAG}` = '{planned.key}'"
             found = self.client.search_runs([self.experiment_id], filter_string=where, max_results=1)
             if found:  # a resumed or retried trial continues its run
                 run_id = found[0].info.run_id
                 self.client.update_run(run_id, status="RUNNING")
             else:
                 run = self.client.create_run(
-                    self.experiment_id, run_name=run_name(planned), tags={KEY_TAG: planned["key"]}
+                    self.experiment_id, run_name=run_name(planned), tags={KEY_TAG: planned.key}
                 )
                 run_id = run.info.run_id
                 params = [Param(k, v) for k, v in trial_params(planned).items()]
@@ -164,15 +164,15 @@ class MLflowTracker(Callback):
 class TensorBoardTracker(Callback):
     """One TensorBoard run (event folder named `run_name`) per trial, its params as a text summary."""
 
-    def __init__(self, logdir: Path, base: dict):
-        self.logdir, self.base = logdir, base
+    def __init__(self, logdir: Path, plan: Plan):
+        self.logdir, self.plan = logdir, plan
         self.writers: dict[str, object] = {}  # Tune trial id -> SummaryWriter
 
     def _writer(self, trial):
         if trial.trial_id not in self.writers:
             from tensorboardX import SummaryWriter
 
-            planned = trial_of(trial.config, self.base)
+            planned = trial_of(trial.config, self.plan)
             writer = SummaryWriter(str(self.logdir / run_name(planned).replace("/", "_")))
             writer.add_text("params", json.dumps(trial_params(planned), indent=1))
             self.writers[trial.trial_id] = writer
@@ -199,14 +199,14 @@ class TensorBoardTracker(Callback):
         self._close(trial)
 
 
-def tracking_callbacks(trackers: tuple[str, ...], name: str, folder: Location, base: dict) -> list:
-    """Ray Tune callbacks for `trackers`, for the study `name` kept in `folder` (`base`: its planned trials)."""
+def tracking_callbacks(trackers: tuple[str, ...], name: str, folder: Location, plan: Plan) -> list:
+    """Ray Tune callbacks for `trackers`, for the study `name` kept in `folder` (`plan`: what its trials share)."""
     callbacks = []
     for tracker in trackers:
         if tracker == "tensorboard":
-            callbacks.append(TensorBoardTracker(tensorboard_dir(folder), base))
+            callbacks.append(TensorBoardTracker(tensorboard_dir(folder), plan))
         elif tracker == "mlflow":
-            callbacks.append(MLflowTracker(mlflow_store(folder), name, base))
+            callbacks.append(MLflowTracker(mlflow_store(folder), name, plan))
         elif tracker == "wandb":
             from ray.air.integrations.wandb import WandbLoggerCallback  # optional: only when asked for
 
