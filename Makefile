@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # torch comes from this pin unless the user's environment already has a torch.
 TORCH_PIN := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: install run test test-fast clean
+.PHONY: install run test test-fast chaos clean
 
 # A torch already in $(PYTHON) is reused (the venv then sees system site-packages); otherwise the pin.
 $(VENV)/.installed: pyproject.toml
@@ -24,6 +24,10 @@ test: install
 
 test-fast: install
 	$(PY) -m pytest -q -m "not slow"
+
+# The chaos study (tests/faults/test_chaos.py): about 4 minutes per schedule seed, so not part of `test`.
+chaos: install
+	$(PY) -m pytest -q tests/faults/test_chaos.py --chaos-seeds 0,1,2
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -3,6 +3,7 @@
 import os
 import re
 import subprocess
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -84,17 +85,32 @@ def test_ray_job_submit_smoke_study_with_token_auth(tmp_path):
         assert rel.returncode != 0 and "failed" in said.lower(), said[-3000:]
         assert "StudyConfig.storage (--storage)='jobrel' is a relative path" in said and "Traceback" not in said
         assert "pass an absolute path" in said and "results:" not in said
-        # an absolute --storage, and none (the default, $MMAP_RAY_STORAGE of the head, else ~/mmap-ray/studies):
-        # each lands every row, with accuracies, where the job's output says
+        # `ray job stop` on a running study (SIGTERM, SIGKILL 3 s later): the job is STOPPED, its log ends in one
+        # line, the lock is released, and the same study submitted again with --resume completes below
         storage = tmp_path / "studies"
-        for name, where in (("smoke", ["--storage", str(storage)]), ("dflt", [])):
+        absolute = ["--name", "smoke", "--storage", str(storage)]
+        submitted = _ray("job", "submit", "--no-wait", "--submission-id", "stopme", *job, *study, *absolute)
+        assert submitted.returncode == 0, submitted.stderr
+        deadline = time.monotonic() + 300
+        while not (storage / "smoke" / "study.json").is_file():  # the driver holds the lock and is planning
+            assert time.monotonic() < deadline, _ray("job", "logs", *job[:2], "stopme").stdout[-3000:]
+            time.sleep(0.2)
+        stopped = _ray("job", "stop", *job[:2], "stopme")
+        assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+        assert "STOPPED" in _ray("job", "status", *job[:2], "stopme").stdout
+        log = _ray("job", "logs", *job[:2], "stopme").stdout
+        assert "study 'smoke' stopped by SIGTERM" in log and "continue with --resume" in log, log[-3000:]
+        assert "Traceback" not in log and not (storage / "smoke" / ".lock").exists()
+        # an absolute --storage (resumed), and none (the default, $MMAP_RAY_STORAGE of the head, else
+        # ~/mmap-ray/studies): each lands every row, with accuracies, where the job's output says
+        for name, where in (("smoke", ["--storage", str(storage), "--resume"]), ("dflt", [])):
             submit = _ray("job", "submit", *job, *study, "--name", name, *where, timeout=900)
             said = submit.stdout + submit.stderr
             assert submit.returncode == 0, said[-3000:]
             assert "succeeded" in said.lower()
             results = Path(re.search(r"^results: (\S+)", said, re.M).group(1))
             if where:
-                assert results == storage / name / "results"
+                assert results == storage / name / "results" and "resuming: 0 of 2 trials have results" in said
             else:
                 assert results == Path(os.environ["MMAP_RAY_STORAGE"]) / name / "results"
             df = _check_smoke_results(results, {"single", "gradient"})

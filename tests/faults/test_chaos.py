@@ -10,8 +10,8 @@ test predictions as the same study run undisturbed, no traceback on any driver's
 outside the two study folders.
 
 The driver runs without CAP_DAC_OVERRIDE (`setpriv`), so a read-only folder stops root's writes too.
-Seeds: `--chaos-seeds 0,1,2` (each takes a few minutes). Without the option the test is skipped: it has not
-yet been run to completion, so it is not part of `make test`. A failure prints its seed to replay.
+Seeds: `--chaos-seeds 0,1,2` (`make chaos`; about 4 minutes each). Without the option the test is skipped,
+to keep `make test` short. A failure prints its seed to replay.
 """
 
 import os
