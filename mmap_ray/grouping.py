@@ -274,6 +274,11 @@ def choose_partition(scheme: str, affinity: torch.Tensor, tasks: Sequence[str], 
     return tag_partition(affinity, tasks, k) if scheme == "tag" else best_partition(affinity, tasks, k)
 
 
+def scheme_score(scheme: str, affinity: torch.Tensor, p: Partition) -> float:
+    """The score `choose_partition` maximises for `scheme`: `tag_score` for tag, `partition_score` else."""
+    return tag_score(affinity, p) if scheme == "tag" else partition_score(affinity, p)
+
+
 FIXED_SCHEMES = ("single", "independent", "random")
 AFFINITY_SCHEMES = ("tag", "gradient", "lookahead", "zeroshot", "features")  # the last two: training-free proxies
 

@@ -125,6 +125,24 @@ def images_for(backbone: Backbone, batch: int, seed: int = 0) -> torch.Tensor:
     return torch.randn(batch, 3, *size, generator=g)
 
 
+@pytest.fixture(scope="session")
+def smoke_study(tmp_path_factory) -> tuple[Path, str]:
+    """`python studies/grouping.py --smoke --tracking tensorboard mlflow`, run once per test session as a
+    user runs it: (its results folder, its stdout). The report, notebook and tracking tests read it."""
+    import subprocess
+
+    storage = tmp_path_factory.mktemp("studies")
+    out = subprocess.run(
+        [*STUDY, "--smoke", "--storage", str(storage), "--tracking", "tensorboard", "mlflow"],
+        env=study_env(RAY_AUTH_MODE="disabled"),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    return storage / "smoke" / "results", out.stdout + out.stderr
+
+
 @pytest.fixture(scope="module")
 def ray_local():
     """A real local Ray instance with 2 CPUs for the module's tests."""

@@ -10,7 +10,6 @@ import os
 import re
 import runpy
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -22,6 +21,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import torch
 
 from mmap_ray.cli import main as mmap_ray
 from mmap_ray.report import (
@@ -468,26 +468,10 @@ def test_analysis_script_writes_the_report(tmp_path, monkeypatch, capsys):
 # ---- a real smoke study -------------------------------------------------------------------------------
 
 
-def _env(**extra) -> dict:
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", **extra}
-    env.pop("RAY_ADDRESS", None)
-    return env
-
-
 @pytest.fixture(scope="module")
-def smoke(tmp_path_factory) -> tuple[Path, str]:
-    """`python studies/grouping.py --smoke`: the study's own run, which ends by writing the report."""
-    storage = tmp_path_factory.mktemp("studies")
-    out = subprocess.run(
-        [sys.executable, str(REPO / "studies" / "grouping.py"), "--smoke", "--storage", str(storage)],
-        env=_env(RAY_AUTH_MODE="disabled"),
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    return storage / "smoke" / "results", out.stdout
+def smoke(smoke_study) -> tuple[Path, str]:
+    """`python studies/grouping.py --smoke` (conftest's one per session), which ends by writing the report."""
+    return smoke_study
 
 
 @pytest.mark.slow
@@ -675,6 +659,48 @@ def test_oracle_ranks_partitions_and_scores_each_method_against_it(tmp_path):
     # what a reader sees: human column names, not the frame's internal ones
     assert "choosing (s per seed)" in section and "oracle training (s per seed)" in section
     assert "cost_s" not in section and "oracle_s" not in section
+
+
+def test_rank_correlation_of_a_methods_partition_scores_with_the_oracle(tmp_path):
+    """Spearman's rho between each method's scores of the oracle's partitions (from its stored affinity
+    matrices, scored as its choice is) and their mean accuracy: +1 when the accuracies follow the scores,
+    -1 for the reversed matrix, and for TAG's score, what a reference Spearman (ranks, then Pearson) gives."""
+    from mmap_ray.grouping import partition_score, set_partitions, tag_score
+    from mmap_ray.report.oracle import method_scores
+
+    parts = list(set_partitions(TASKS, 2))  # 7
+    g = np.random.default_rng(0)
+    matrix = g.normal(size=(4, 4))
+    score = [partition_score(torch.tensor(matrix), p) for p in parts]
+    rows = [
+        _trial(f"p{i}s{seed}", str(p), seed, 0.5 + 0.01 * score[i] + 0.0001 * seed, partition=str(p))
+        for i, p in enumerate(parts)
+        for seed in (0, 1)
+    ]
+    write_rows(tmp_path / "results", rows, epochs=False)
+    best = str(parts[int(np.argmax(score))])
+    side = {f"{m}/{s}": best for m in ("gradient", "lookahead", "tag") for s in (0, 1)}
+    entry = {"tasks": list(TASKS), "matrix": matrix.tolist()}
+    reverse = {"tasks": list(TASKS), "matrix": (-matrix).tolist()}
+    affinity = {f"gradient/{s}": entry for s in (0, 1)} | {f"lookahead/{s}": reverse for s in (0, 1)}
+    affinity |= {"tag/0": entry}
+    (tmp_path / "partitions.json").write_text(json.dumps({"partitions": side, "affinity": affinity}))
+    study = load_study(tmp_path / "results")
+    scores = method_scores(study.trials, study.partitions, affinity=study.affinity).set_index("method")
+    rho = scores["rank correlation (Spearman)"]
+    assert rho["gradient"] == pytest.approx(1.0) and rho["lookahead"] == pytest.approx(-1.0)
+
+    def ranks(x):  # no ties here
+        r = np.empty(len(x))
+        r[np.argsort(x)] = np.arange(len(x))
+        return r
+
+    tag = [tag_score(torch.tensor(matrix), p) for p in parts]
+    assert rho["tag"] == pytest.approx(np.corrcoef(ranks(np.array(tag)), ranks(np.array(score)))[0, 1])
+    without = method_scores(study.trials, study.partitions).set_index("method")  # no matrices given: NaN
+    assert np.isnan(without.loc["tag", "rank correlation (Spearman)"])
+    section = write_report(study, tmp_path / "report").markdown
+    assert "rank correlation (Spearman)" in Path(section).read_text()
 
 
 def test_the_html_report_reads_on_a_laptop_screen(tmp_path):

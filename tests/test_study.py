@@ -97,7 +97,7 @@ def test_ray_job_submit_smoke_study_with_token_auth(tmp_path):
             time.sleep(0.2)
         stopped = _ray("job", "stop", *job[:2], "stopme")
         assert stopped.returncode == 0, stopped.stdout + stopped.stderr
-        assert "STOPPED" in _ray("job", "status", *job[:2], "stopme").stdout
+        assert "Job 'stopme' was stopped" in _ray("job", "status", *job[:2], "stopme").stdout
         log = _ray("job", "logs", *job[:2], "stopme").stdout
         assert "study 'smoke' stopped by SIGTERM" in log and "continue with --resume" in log, log[-3000:]
         assert "Traceback" not in log and not (storage / "smoke" / ".lock").exists()

@@ -3,11 +3,7 @@ search and TensorBoard's own event reader."""
 
 from __future__ import annotations
 
-import subprocess
-
 import pytest
-from conftest import STUDY
-from conftest import study_env as _env
 
 from mmap_ray.results import load
 from mmap_ray.storage import location
@@ -16,30 +12,28 @@ from mmap_ray.study.tracking import check_tracking
 
 
 @pytest.mark.slow
-def test_study_tracks_every_trial_as_the_studys_question_in_mlflow_and_tensorboard(tmp_path):
+def test_study_tracks_every_trial_as_the_studys_question_in_mlflow_and_tensorboard(smoke_study):
     """A user's path: a smoke study with --tracking mlflow tensorboard, then MLflow's own search by the
     names of the Parquet columns, and TensorBoard's own reader: one run per trial, every epoch's scalars."""
     import mlflow
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    argv = [*STUDY, "--smoke", "--storage", str(tmp_path), "--name", "tracked", "--tracking", "tensorboard", "mlflow"]
-    out = subprocess.run(argv, env=_env(RAY_AUTH_MODE="disabled"), capture_output=True, text=True, timeout=900)
-    assert out.returncode == 0, out.stderr[-3000:]
-    study = tmp_path / "tracked"
+    results, said_all = smoke_study  # conftest's smoke study, run with --tracking tensorboard mlflow
+    study = results.parent
     uri = f"sqlite:///{study / 'mlflow.db'}"
     for said in (
-        f"tracking: mlflow experiment 'tracked' at {uri}",
+        f"tracking: mlflow experiment 'smoke' at {uri}",
         f"tracking: tensorboard runs in {study / 'tensorboard'}",
     ):
-        assert out.stdout.count(said) == 2  # where tracking goes, at the start and at the end
-    assert "performance bottleneck" not in out.stdout + out.stderr  # tracking does not hold up Tune
+        assert said_all.count(said) == 2  # where tracking goes, at the start and at the end
+    assert "performance bottleneck" not in said_all  # tracking does not hold up Tune
     rows = load(study / "results").set_index("scheme", drop=False)
     epochs = load(study / "results", "epochs")
     # the epoch's mean over tasks, in percent as in the table (a column of each task's row)
     curve = epochs.groupby(["config_id", "epoch"], observed=True)["val_mean"].first().groupby(level=0).apply(list)
 
     mlflow.set_tracking_uri(uri)
-    runs = mlflow.search_runs(experiment_names=["tracked"], filter_string="params.scheme = 'single'")
+    runs = mlflow.search_runs(experiment_names=["smoke"], filter_string="params.scheme = 'single'")
     assert len(runs) == 1
     single = rows.loc["single"]
     run = runs.iloc[0]
@@ -51,7 +45,7 @@ def test_study_tracks_every_trial_as_the_studys_question_in_mlflow_and_tensorboa
     history = client.get_metric_history(run["run_id"], "val/mean")
     assert [m.step for m in history] == [1, 2]
     assert [m.value for m in history] == pytest.approx(curve[single["config_id"]], abs=1e-6)
-    every = mlflow.search_runs(experiment_names=["tracked"])
+    every = mlflow.search_runs(experiment_names=["smoke"])
     assert len(every) == 2 and (every["status"] == "FINISHED").all()
     logged = {c.removeprefix("metrics.") for c in every.columns if c.startswith("metrics.")}
     assert {"val/mean", "val/Art", "train/loss", "lr", "test/mean"} <= logged

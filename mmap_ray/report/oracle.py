@@ -13,7 +13,9 @@ as the oracle's and is trained once). From such a study:
   the same regret **cross-fitted** (the best partition chosen on one half of the seeds and the regret
   scored on the other half, then the halves swapped: no winner's curse), the regret as a share of the
   oracle's spread (best minus worst partition), how often it chose a top-2 partition, how often the same
-  one, and what its choice cost against the oracle's training (seconds, and as a fraction).
+  one, what its choice cost against the oracle's training (seconds, and as a fraction), and, for a method
+  that scores partitions from an affinity matrix, the rank correlation of its scores with the oracle's
+  accuracies (`rank_correlation`): whether it orders the partitions as training does, beyond its pick.
 
 The in-sample regret takes the oracle's best on the same seeds it scores, so it favours whichever
 partition was lucky on those seeds; the cross-fitted one does not, and is the one to quote.
@@ -23,8 +25,9 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import torch
 
-from ..grouping import AFFINITY_SCHEMES, FIXED_SCHEMES, Partition, parse_groups
+from ..grouping import AFFINITY_SCHEMES, FIXED_SCHEMES, Partition, parse_groups, scheme_score
 from ..stats import holm, seed_interval
 from .load import CONFIG_ID, completed
 from .paired import compare_trials
@@ -53,6 +56,7 @@ def method_scores(
     seconds: dict[str, float] | None = None,
     metric: str = "test_mean",
     predictions: pd.DataFrame | None = None,
+    affinity: dict[str, dict] | None = None,
 ) -> pd.DataFrame:
     """One row per grouping method in `partitions` ("scheme/seed" -> the partition it chose).
 
@@ -61,7 +65,9 @@ def method_scores(
     when `predictions` holds the trials' test images), the cross-fitted regret (`cross_fitted_regret`) and
     its share of the oracle's spread, the top-2 rate, agreement (share of seeds on the method's most
     frequent choice), cost_s (mean seconds of the method's affinity step), oracle_s (the oracle's
-    training seconds per seed) and their ratio.
+    training seconds per seed) and their ratio; with `affinity` (partitions.json's matrices, "scheme/seed"
+    -> {tasks, matrix}), Spearman's rank correlation of the method's partition scores with the oracle's
+    mean accuracies, mean over seeds (`rank_correlation`).
     """
     ranking = oracle_ranking(trials, metric)
     if ranking is None:
@@ -105,9 +111,33 @@ def method_scores(
                 "cost_s": cost_s,
                 "oracle_s": float(oracle_s),
                 "cost / oracle": cost_s / oracle_s if oracle_s and oracle_s == oracle_s else float("nan"),
+                "rank correlation (Spearman)": rank_correlation(method, affinity or {}, ranking),
             }
         )
     return pd.DataFrame(rows)
+
+
+def rank_correlation(method: str, affinity: dict[str, dict], ranking: pd.DataFrame) -> float:
+    """Spearman's correlation between the scores `method` gives the oracle's partitions from its affinity
+    matrix of each seed (`grouping.scheme_score`, what its choice maximises) and the partitions' mean
+    accuracy over the oracle's seeds, averaged over the seeds with a matrix; NaN without one. Partitions a
+    score cannot rank (no within-group pair: -inf) are left out."""
+    rhos = []
+    for key, entry in affinity.items():
+        if key.rsplit("/", 1)[0] != method:
+            continue
+        tasks, matrix = tuple(entry["tasks"]), torch.tensor(entry["matrix"])  # (T, T)
+        scores = pd.Series(
+            [scheme_score(method, matrix, Partition(tasks, parse_groups(str(p)))) for p in ranking["partition"]]
+        )
+        finite = np.isfinite(scores.to_numpy())
+        if finite.sum() >= 3:  # fewer points have no meaningful rank correlation
+            # Spearman's rho: Pearson's r of the ranks (ties share their mean rank), without scipy
+            acc = ranking["mean"].reset_index(drop=True)[finite]
+            rho = scores[finite].rank().corr(acc.rank())
+            if rho == rho:
+                rhos.append(rho)
+    return float(np.mean(rhos)) if rhos else float("nan")
 
 
 def cross_fitted_regret(acc: dict[tuple[str, int], float], chosen: dict[int, str]) -> float:

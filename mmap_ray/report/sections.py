@@ -227,7 +227,9 @@ def oracle_section(study: Study) -> Section:
             f"{spread['gap_in_stds']:.1f} times the larger of their seed standard deviations."
         )
     if study.partitions:
-        scores = method_scores(study.trials, study.partitions, study.seconds, predictions=study.predictions)
+        scores = method_scores(
+            study.trials, study.partitions, study.seconds, predictions=study.predictions, affinity=study.affinity
+        )
         s.tables.append(scores.rename(columns=COST_COLUMNS))
     return s
 
