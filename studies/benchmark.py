@@ -380,9 +380,14 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     md = Path(args.markdown) if args.markdown else (out / "BENCHMARKS.md" if args.quick else REPO / "BENCHMARKS.md")
     load_before, t0 = os.getloadavg(), time.perf_counter()
-    if args.device == "cpu":
-        torch.set_flush_denormal(True)  # random weights must not cost denormal arithmetic (no change seen here)
-    rows = run_all(args, out)
+    # random weights must not cost denormal arithmetic (no change seen here); the flag is the process's FPU
+    # state, so it is cleared again (Python's default) for whatever runs next in this process
+    flush = args.device == "cpu"
+    torch.set_flush_denormal(flush)
+    try:
+        rows = run_all(args, out)
+    finally:
+        torch.set_flush_denormal(False)
     info = {
         **machine(),
         "load_before": load_average(load_before),

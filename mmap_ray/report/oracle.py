@@ -69,6 +69,8 @@ def method_scores(
     -> {tasks, matrix}), Spearman's rank correlation of the method's partition scores with the oracle's
     mean accuracies, mean over seeds (`rank_correlation`).
     """
+    # ~65 lines: the first pass gathers each method's figures, the second adds the Holm adjustment over the
+    # family of methods and writes the row: the table's columns are read in one place
     ranking = oracle_ranking(trials, metric)
     if ranking is None:
         raise ValueError("these results are not an oracle study: they need every partition of one configuration")

@@ -94,6 +94,7 @@ class StudyConfig:
     resources: WorkerSpec = field(default_factory=WorkerSpec)
 
     def __post_init__(self) -> None:
+        # ~70 lines: one check per field, in field order, so that every refusal of a study's settings is here
         check_types(self)
         object.__setattr__(self, "schemes", tuple(_check_scheme(s) for s in self.schemes))
         object.__setattr__(self, "projections", tuple(Projection(p) for p in self.projections))

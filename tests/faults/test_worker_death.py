@@ -20,6 +20,7 @@ from mmap_ray.fields import replace
 pytestmark = [pytest.mark.slow, pytest.mark.faults]
 
 CFG = TrainConfig(epochs=3, batch_size=16, lr=5e-3, warmup_steps=2)
+DDP = replace(CFG, epochs=2)  # a rank dies at the start of the second epoch and the run resumes from the first
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +41,7 @@ def ray_local(fault_plan, ray_local):
 
 @pytest.fixture(scope="module")
 def clean(ray_local, tmp_path_factory):
-    return fit_distributed(replace(RUN, train=CFG), tmp_path_factory.mktemp("clean"), WorkerSpec(workers=2))
+    return fit_distributed(replace(RUN, train=DDP), tmp_path_factory.mktemp("clean"), WorkerSpec(workers=2))
 
 
 @pytest.mark.parametrize("rank", [0, 1])
@@ -49,11 +50,11 @@ def test_worker_killed_mid_run_recovers_with_same_results(clean, rank, tmp_path,
     die = {"rank": rank, "epoch": 1, "marker": str(tmp_path / ".test-failed-once")}
     fault_plan.write_text(json.dumps({"die": die}))
     try:
-        hurt = fit_distributed(replace(RUN, train=CFG), tmp_path, WorkerSpec(workers=2, max_failures=1))
+        hurt = fit_distributed(replace(RUN, train=DDP), tmp_path, WorkerSpec(workers=2, max_failures=1))
     finally:
         fault_plan.unlink()
     assert (tmp_path / ".test-failed-once").is_file()  # the failure really happened
-    assert [r["epoch"] for r in hurt["history"]] == [1, 2, 3]
+    assert [r["epoch"] for r in hurt["history"]] == [1, 2]
     for a, b in zip(clean["history"], hurt["history"], strict=True):
         assert a.keys() == b.keys()
         for k in a:
