@@ -83,6 +83,7 @@ def load_run_tasks(cfg: DataConfig, backbone: Backbone, splits_dir: Path | None 
         shots=cfg.shots,
         seed=cfg.data_seed,
         skip_bad_images=cfg.skip_bad_images,
+        max_image_pixels=cfg.max_image_pixels,
         splits_dir=str(splits_dir) if splits_dir else None,
     )
     return load_folder_tasks(folders, backbone.preprocess_train, backbone.preprocess_val)

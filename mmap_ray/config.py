@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .backbone import NO_WEIGHTS, TINY_MODEL
+from .data.images import MAX_IMAGE_PIXELS
 from .engine import TrainConfig
 from .fields import check_types, from_dict, option
 from .grouping import format_groups, parse_groups
@@ -75,9 +76,16 @@ class DataConfig:
     shots: int | None = option(None, "k-shot: at most k training images per class (default: all)")
     data_seed: int = option(0, "seed of the toy render and of the train/val/test split")
     skip_bad_images: bool = option(False, "drop unreadable images instead of failing")
+    max_image_pixels: int = option(
+        MAX_IMAGE_PIXELS,
+        "refuse, naming it, an image larger than this (width x height) before decoding it; whatever "
+        "skip_bad_images says (dropping it would change the data without the trial's identity saying so)",
+    )
 
     def __post_init__(self) -> None:
         check_types(self)
+        if self.max_image_pixels < 1:
+            raise ValueError(f"DataConfig.max_image_pixels={self.max_image_pixels!r} must be an integer >= 1")
         if self.shots is not None and self.shots < 1:
             raise ValueError(f"DataConfig.shots={self.shots!r} must be None (all images) or an integer >= 1")
         if self.domains is not None and not self.domains:

@@ -24,7 +24,7 @@ from pathlib import Path
 from ..parse import parse_json
 from ..storage import Location, is_uri, location
 from .base import SPLITS, ImageListDataset, TaskData
-from .images import SHOW, check_inside, drop_unreadable
+from .images import MAX_IMAGE_PIXELS, SHOW, check_inside, drop_unreadable
 from .lists import list_rel, read_official_lists, same_classes
 
 LAYOUTS = ("office-home", "minidomainnet", "domainnet", "folders")
@@ -56,6 +56,7 @@ class FolderDataConfig:
     shots: int | None = None  # keep at most this many train images per class (val/test untouched)
     seed: int = 0  # drives the split and the k-shot subsample
     skip_bad_images: bool = False  # drop unreadable images with a warning instead of failing
+    max_image_pixels: int = MAX_IMAGE_PIXELS  # refuse a larger image (width x height) before decoding it
     splits_dir: str | None = None  # write/reuse {splits_dir}/{task}.json here
 
     def __post_init__(self) -> None:
@@ -121,7 +122,7 @@ def load_folder_tasks(
     for task, _ in tasks:
         listed = [it for s in SPLITS for it in reused[task][s]] if reused[task] else pools[task] + (tests[task] or [])
         candidates.update(rel for rel, _ in listed)
-    bad = drop_unreadable(root, sorted(candidates), cfg.skip_bad_images)
+    bad = drop_unreadable(root, sorted(candidates), cfg.skip_bad_images, cfg.max_image_pixels)
 
     out = []
     for task, _ in tasks:

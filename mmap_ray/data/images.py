@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from PIL import Image
 
 SHOW = 5  # how many offending paths an error message names
+MAX_IMAGE_PIXELS = 64_000_000  # the default cap on width x height: 192 MB decoded as RGB
 DRAFT = (64, 64)  # JPEGs decode at reduced scale: every byte of the stream is still read, 10-60x faster
 
 # (size, mtime, ctime in ns): a file changed since its check differs; ctime also catches a replacement whose
@@ -34,16 +35,29 @@ DRAFT = (64, 64)  # JPEGs decode at reduced scale: every byte of the stream is s
 Stamp = tuple[int, int, int]
 
 
-def drop_unreadable(root: Path, rels: list[str], skip: bool) -> set[str]:
-    """Decode every image with PIL; fail naming the bad ones, or (with `skip`) warn and return them."""
+def drop_unreadable(root: Path, rels: list[str], skip: bool, max_pixels: int = MAX_IMAGE_PIXELS) -> set[str]:
+    """Decode every image with PIL; fail naming the bad ones, or (with `skip`) warn and return them.
+
+    An image of more than `max_pixels` (width x height, read from its header before decoding) fails the
+    load whatever `skip` says: the cap guards memory, and dropping such images would change the data a
+    trial trains on without its identity saying so."""
     stamps = {rel: _stamp(root / rel) for rel in rels}
-    known = _read_checked(root)
+    known = _read_checked(root, max_pixels)
     todo = [rel for rel in rels if known.get(rel) != stamps[rel]]
     with ThreadPoolExecutor(max_workers=min(32, (os.cpu_count() or 1) + 4)) as pool:  # PIL decodes without the GIL
-        bad = [(rel, why) for rel, why in zip(todo, pool.map(lambda rel: decode_problem(root / rel), todo)) if why]
+        found = zip(todo, pool.map(lambda rel: decode_problem(root / rel, max_pixels), todo))
+        bad = [(rel, why) for rel, why in found if why]
     if len(bad) < len(todo):
         failed = {rel for rel, _ in bad}
-        _write_checked(root, {**known, **{rel: stamps[rel] for rel in todo if rel not in failed}})
+        _write_checked(root, {**known, **{rel: stamps[rel] for rel in todo if rel not in failed}}, max_pixels)
+    big = [(rel, why) for rel, why in bad if why.startswith(TOO_LARGE)]
+    if big:
+        shown = "\n  ".join(f"{root / rel}: {why}" for rel, why in big[:SHOW])
+        raise ValueError(
+            f"{len(big)} of {len(rels)} image files under {root} are larger than max_image_pixels={max_pixels:,} "
+            f"(width x height), e.g.:\n  {shown}\nDownscale them, or raise max_image_pixels "
+            f"(--max-image-pixels) if memory allows: an image takes 3 bytes per pixel decoded"
+        )
     if bad and not skip:
         shown = "\n  ".join(f"{root / rel}: {why}" for rel, why in bad[:SHOW])
         raise ValueError(
@@ -78,19 +92,30 @@ def rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")
 
 
-def decode_problem(path: Path) -> str | None:
-    """Why PIL cannot decode the image at `path` ("OSError: image file is truncated"), or None if it can."""
+TOO_LARGE = "too large: "  # how decode_problem's answer for an image over the pixel cap begins
+
+
+def decode_problem(path: Path, max_pixels: int = MAX_IMAGE_PIXELS) -> str | None:
+    """Why PIL cannot decode the image at `path` ("OSError: image file is truncated"), or None if it can.
+    An image over `max_pixels` is not decoded: its answer starts with TOO_LARGE."""
     from PIL import Image
 
     try:
-        with Image.open(path) as im:
-            im.verify()  # PNG: every chunk's checksum
+        with warnings.catch_warnings():  # PIL's own warning above 89 megapixels: the cap below says it by name
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                width, height = im.size
+                if width * height > max_pixels:
+                    return f"{TOO_LARGE}{width}x{height} = {width * height:,} pixels"
+                im.verify()  # PNG: every chunk's checksum
         with Image.open(path) as im:  # a stream cut short or corrupt only shows when decoded
             if im.format == "JPEG":
                 im.draft("RGB", DRAFT)
             im.load()
             if not im.mode.startswith(("RGB", "L", "P", "CMYK", "YCbCr", "LA", "1")):
                 rgb(im)  # an integer or float image whose range cannot be scaled is refused here, by name
+    except Image.DecompressionBombError as e:  # over PIL's hard limit (2 x 89 megapixels), raised by open
+        return f"{TOO_LARGE}{e}"
     except Exception as e:  # noqa: BLE001 - PIL raises many types (OSError, SyntaxError, ...) for a bad file
         return f"{type(e).__name__}: {e}"
     return None
@@ -106,18 +131,19 @@ def _checked_file(root: Path) -> Path:
     return cache_dir() / "image-checks" / f"{hashlib.sha256(real.encode()).hexdigest()[:24]}.json"
 
 
-def _read_checked(root: Path) -> dict[str, Stamp]:
-    """The images under `root` that decoded before, with their stamps then; {} if none or unreadable."""
+def _read_checked(root: Path, max_pixels: int) -> dict[str, Stamp]:
+    """The images under `root` that decoded before under the same pixel cap, with their stamps then; {} if
+    none or unreadable."""
     try:
         data = parse_json(_checked_file(root).read_text(), _checked_file(root))
-        if data.get("root") != str(_real(root)):
+        if data.get("root") != str(_real(root)) or data.get("max_pixels") != max_pixels:
             return {}
         return {rel: tuple(int(v) for v in st) for rel, st in data["decoded"].items()}
     except (OSError, RuntimeError, ValueError, TypeError, KeyError, AttributeError):
         return {}  # no cache (or no home folder), or one we cannot read: decode again
 
 
-def _write_checked(root: Path, decoded: dict[str, Stamp]) -> None:
+def _write_checked(root: Path, decoded: dict[str, Stamp], max_pixels: int) -> None:
     """Remember what decoded (atomically; a cache that cannot be written only costs a decode next time)."""
     try:
         path = _checked_file(root)
@@ -126,7 +152,7 @@ def _write_checked(root: Path, decoded: dict[str, Stamp]) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(json.dumps({"root": str(_real(root)), "decoded": decoded}))
+        tmp.write_text(json.dumps({"root": str(_real(root)), "max_pixels": max_pixels, "decoded": decoded}))
         os.replace(tmp, path)
     except OSError:
         tmp.unlink(missing_ok=True)

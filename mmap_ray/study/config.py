@@ -34,10 +34,18 @@ HOW_IT_RUNS = tuple(
     f"train.{k}" for k in ("loader_workers", "eval_batch_size", "checkpoint_every", "device", "precision", "pin_memory")
 )
 # Run settings that do not change a trial's result (not part of its identity)
-NOT_IN_RESULT = ("train.seed", *HOW_IT_RUNS)
+# (the image cap only decides whether the data loads at all: an image over it is never dropped, see images.py)
+NOT_IN_RESULT = ("train.seed", "data.max_image_pixels", *HOW_IT_RUNS)
 # Study settings that may change on --resume: where and how fast trials run, not what they compute
 TRACKERS = {"tensorboard": "tensorboardX", "mlflow": "mlflow", "wandb": "wandb"}  # tracker -> module it needs
-RESUME_MAY_CHANGE = ("storage", "max_concurrent_trials", "resources", "tracking", *(f"run.{k}" for k in HOW_IT_RUNS))
+RESUME_MAY_CHANGE = (
+    "storage",
+    "max_concurrent_trials",
+    "resources",
+    "tracking",
+    "run.data.max_image_pixels",
+    *(f"run.{k}" for k in HOW_IT_RUNS),
+)
 
 
 # run settings every trial of a study shares: the tasks and the backbone its partitions are planned on

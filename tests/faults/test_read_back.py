@@ -136,6 +136,34 @@ def test_16_bit_images_are_scaled_not_saturated_and_unscalable_ones_are_named(tm
         drop_unreadable(tmp_path, ["deep.png", "wide.tif"], skip=False)
 
 
+def test_an_image_over_the_pixel_cap_is_refused_by_name_before_it_is_decoded(tmp_path, monkeypatch, capsys):
+    """A 90-megapixel image (PIL's own warning starts at 89) is refused in one error that names it and its
+    size, even with skip_bad_images (dropping it would change the data without the trial's identity saying
+    so); the checked-images cache remembers under which cap an image passed."""
+    import re
+    import warnings
+
+    from mmap_ray.cli import main
+    from mmap_ray.data.images import drop_unreadable
+
+    monkeypatch.setenv("MMAP_RAY_CACHE", str(tmp_path / "cache"))
+    Image.new("L", (10_000, 9_000)).save(tmp_path / "huge.png")  # compresses to a few hundred KB
+    Image.new("RGB", (32, 32)).save(tmp_path / "small.png")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # PIL's DecompressionBombWarning would fail the test here
+        with pytest.raises(ValueError) as e:
+            drop_unreadable(tmp_path, ["huge.png", "small.png"], skip=True)
+    said = str(e.value)
+    assert re.search(r"1 of 2 image files under \S+ are larger than max_image_pixels=64,000,000", said), said
+    assert f"{tmp_path / 'huge.png'}: too large: 10000x9000 = 90,000,000 pixels" in said
+    assert "--max-image-pixels" in said
+    assert drop_unreadable(tmp_path, ["small.png"], skip=False, max_pixels=1024) == set()  # 32 x 32 = 1024
+    with pytest.raises(ValueError, match="small.png: too large: 32x32 = 1,024 pixels"):  # not the cached pass
+        drop_unreadable(tmp_path, ["small.png"], skip=False, max_pixels=1000)
+    assert main(["train", "--max-image-pixels", "0"]) == 2
+    assert "DataConfig.max_image_pixels=0 must be an integer >= 1" in capsys.readouterr().err
+
+
 # ---- case 6: a results folder counts only the files that are what their names say -----------------------
 
 
