@@ -382,8 +382,7 @@ def main(argv: list[str] | None = None) -> int:
     load_before, t0 = os.getloadavg(), time.perf_counter()
     # random weights must not cost denormal arithmetic (no change seen here); the flag is the process's FPU
     # state, so it is cleared again (Python's default) for whatever runs next in this process
-    flush = args.device == "cpu"
-    torch.set_flush_denormal(flush)
+    torch.set_flush_denormal(args.device == "cpu")
     try:
         rows = run_all(args, out)
     finally:

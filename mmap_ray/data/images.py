@@ -44,8 +44,13 @@ def drop_unreadable(root: Path, rels: list[str], skip: bool, max_pixels: int = M
     stamps = {rel: _stamp(root / rel) for rel in rels}
     known = _read_checked(root, max_pixels)
     todo = [rel for rel in rels if known.get(rel) != stamps[rel]]
-    with ThreadPoolExecutor(max_workers=min(32, (os.cpu_count() or 1) + 4)) as pool:  # PIL decodes without the GIL
-        found = zip(todo, pool.map(lambda rel: decode_problem(root / rel, max_pixels), todo))
+    from PIL import Image
+
+    # PIL's own warning above 89 megapixels is not shown: the cap says it by name. Filtered once, here, for
+    # the pool's threads (warnings.catch_warnings swaps the process's filters: not safe inside each thread)
+    with warnings.catch_warnings(), ThreadPoolExecutor(max_workers=min(32, (os.cpu_count() or 1) + 4)) as pool:
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        found = zip(todo, pool.map(lambda rel: decode_problem(root / rel, max_pixels), todo))  # PIL: no GIL
         bad = [(rel, why) for rel, why in found if why]
     if len(bad) < len(todo):
         failed = {rel for rel, _ in bad}
@@ -101,13 +106,11 @@ def decode_problem(path: Path, max_pixels: int = MAX_IMAGE_PIXELS) -> str | None
     from PIL import Image
 
     try:
-        with warnings.catch_warnings():  # PIL's own warning above 89 megapixels: the cap below says it by name
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
-                width, height = im.size
-                if width * height > max_pixels:
-                    return f"{TOO_LARGE}{width}x{height} = {width * height:,} pixels"
-                im.verify()  # PNG: every chunk's checksum
+        with Image.open(path) as im:
+            width, height = im.size
+            if width * height > max_pixels:
+                return f"{TOO_LARGE}{width}x{height} = {width * height:,} pixels"
+            im.verify()  # PNG: every chunk's checksum
         with Image.open(path) as im:  # a stream cut short or corrupt only shows when decoded
             if im.format == "JPEG":
                 im.draft("RGB", DRAFT)
