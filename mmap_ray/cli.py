@@ -20,12 +20,10 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 
 from . import __version__
-from .cli_compare import add_compare
-from .cli_data import add_data
 from .storage import StorageError
 
 
@@ -229,7 +227,7 @@ def _run_flags_given(args: argparse.Namespace) -> list[str]:
     from .fields import leaf_paths
     from .study.config import HOW_IT_RUNS
 
-    fresh = vars(build_parser().parse_args([args.command]))
+    fresh = vars(build_parser({args.command}).parse_args([args.command]))
     how = {p.rsplit(".", 1)[-1] for p in HOW_IT_RUNS}  # where and how fast it runs: honoured with --run too
     names = [k for k in leaf_paths(RunConfig) if k in fresh and k not in how]
     return [f"--{k.replace('_', '-')}" for k in names if getattr(args, k) != fresh[k]]
@@ -289,21 +287,54 @@ def cmd_group(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+# Every subcommand and its line in `mmap-ray --help`. A parser is built in full only for the subcommand that
+# runs: each one's flags come from its configs, whose imports (torch, open_clip, Ray) take seconds, which
+# `mmap-ray --help`, `--version` and `report` should not pay for.
+COMMANDS = {
+    "study": "run a grouping study on Ray (mmap-ray study --help)",
+    "params": "trainable / total parameter counts for a backbone, task list, partition and MmAP config",
+    "train": "train MmAP (or a baseline) on a benchmark; writes metrics, checkpoints and a summary",
+    "group": "task affinity and the chosen partition (tag, the gradient / lookahead probes, or a fixed scheme)",
+    "eval": "accuracy of a trained run, or zero-shot accuracy of a backbone",
+    "compare": "two runs' predictions on the same images: paired bootstrap CI and McNemar's test",
+    "report": "a study's Markdown and self-contained HTML report with figures, from its Parquet results",
+    "data": "put a dataset folder in object storage, or stage one from there to this node",
+}
+
+
+def _adder(command: str):
+    """The function that adds `command`'s full parser to the subparsers (called with them and its help)."""
+    if command == "compare":
+        from .cli_compare import add_compare
+
+        return add_compare
+    if command == "data":
+        from .cli_data import add_data
+
+        return add_data
+    adders = {"params": _add_params, "train": _add_train, "group": _add_group, "eval": _add_eval}
+    return adders.get(command, _add_report)
+
+
+def build_parser(commands: Collection[str] | None = None) -> argparse.ArgumentParser:
+    """The `mmap-ray` parser; the subcommands in `commands` (default: all) get their flags, the others only
+    their name and help line."""
     parser = argparse.ArgumentParser(prog="mmap-ray", description=__doc__.split("\n\n")[0])
     parser.add_argument("--version", action="version", version=f"mmap-ray {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    # `study` has its own parser (mmap_ray.study.program, shared with studies/grouping.py): main hands it on
-    sub.add_parser("study", add_help=False, help="run a grouping study on Ray (mmap-ray study --help)")
-    for add in (_add_params, _add_train, _add_group, _add_eval, add_compare, _add_report, add_data):
-        add(sub)
+    for command, help in COMMANDS.items():
+        # `study` has its own parser (mmap_ray.study.program, shared with studies/grouping.py): main hands it on
+        if command != "study" and (commands is None or command in commands):
+            _adder(command)(sub, help)
+        else:
+            sub.add_parser(command, add_help=command != "study", help=help)
     return parser
 
 
-def _add_params(sub) -> None:
+def _add_params(sub, help: str) -> None:
     p = sub.add_parser(
         "params",
-        help="trainable / total parameter counts for a backbone, task list, partition and MmAP config",
+        help=help,
         description="Print the trainable and total parameter counts and the trainable percentage. "
         "Builds the backbone with the given weights (random by default: counts do not depend on them).",
     )
@@ -313,13 +344,13 @@ def _add_params(sub) -> None:
     p.set_defaults(func=cmd_params)
 
 
-def _add_train(sub) -> None:
+def _add_train(sub, help: str) -> None:
     from .distributed import WorkerSpec
     from .fields import add_arguments
 
     p = sub.add_parser(
         "train",
-        help="train MmAP (or a baseline) on a benchmark; writes metrics, checkpoints and a summary",
+        help=help,
         description="Train prompts on a multi-task benchmark. With no options: MmAP (kron) on the toy "
         "benchmark with the tiny CLIP pretrained on it (built and cached on first use, ~2 min). Per-epoch "
         "metrics go to OUT/metrics.jsonl, the final summary to OUT/summary.json (accuracies in percent, as "
@@ -334,13 +365,13 @@ def _add_train(sub) -> None:
     p.set_defaults(func=cmd_train)
 
 
-def _add_group(sub) -> None:
+def _add_group(sub, help: str) -> None:
     from .affinity import AffinityConfig
     from .fields import add_arguments
 
     p = sub.add_parser(
         "group",
-        help="task affinity and the chosen partition (tag, the gradient / lookahead probes, or a fixed scheme)",
+        help=help,
         description="Train one MmAP shared by all tasks and measure task affinity: tag (TAG: the look-ahead "
         "Z[i->j] every --tag-every steps of a joint run with the training flags' schedule, then TAG's grouping "
         "score), or a short probe (gradient: cosine of per-task gradients; lookahead: Z[i->j] through AdamW's "
@@ -365,10 +396,10 @@ def _add_device(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", choices=DEVICES, help="auto (CUDA when present), cpu or cuda")
 
 
-def _add_eval(sub) -> None:
+def _add_eval(sub, help: str) -> None:
     p = sub.add_parser(
         "eval",
-        help="accuracy of a trained run, or zero-shot accuracy of a backbone",
+        help=help,
         description="With --run: rebuild the run's model, load its checkpoint and evaluate. Without: "
         "zero-shot CLIP (no prompts unless MmAP options are given) on the chosen benchmark.",
     )
@@ -386,12 +417,12 @@ def _add_eval(sub) -> None:
     p.set_defaults(func=cmd_eval)
 
 
-def _add_report(sub) -> None:
+def _add_report(sub, help: str) -> None:
     from .report import add_report_args, run_report
 
     p = sub.add_parser(
         "report",
-        help="a study's Markdown and self-contained HTML report with figures, from its Parquet results",
+        help=help,
         description="Read a study's results (trials, epochs, partitions.json) and write report.md, report.html "
         "and figures/*.png: the leaderboard (mean ± std over seeds), the paper's comparisons, accuracy vs "
         "trainable parameters with the Pareto front, task affinity, learning curves and ablations.",
@@ -411,7 +442,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .study.program import main as study  # imported here: Ray and the report stack, for a study only
 
         return study(argv[1:])
-    args = build_parser().parse_args(argv)
+    args = build_parser(argv[:1]).parse_args(argv)
     try:
         return args.func(args)
     except INPUT_ERRORS as e:

@@ -15,10 +15,10 @@ from .predictions import read_predictions
 from .stats import mcnemar, paired_bootstrap
 
 
-def add_compare(sub) -> None:
+def add_compare(sub, help: str) -> None:
     p = sub.add_parser(
         "compare",
-        help="two runs' predictions on the same images: paired bootstrap CI and McNemar's test",
+        help=help,
         description="Compare the per-image predictions of two runs (`mmap-ray eval --predictions`) on the same "
         "images: per task and for the mean over tasks, the accuracy difference A - B with a 95% paired "
         "bootstrap interval (images resampled within each task, both outcomes kept together) and McNemar's "

@@ -26,10 +26,10 @@ def cmd_data_stage(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_data(sub) -> None:
+def add_data(sub, help: str) -> None:
     p = sub.add_parser(
         "data",
-        help="put a dataset folder in object storage, or stage one from there to this node",
+        help=help,
         description="A dataset folder in object storage (s3://, gs://, or an S3-protocol server with "
         "?endpoint_override=HOST:PORT&scheme=http) serves as --root on every node: each node copies it to its "
         "local disk cache ($MMAP_RAY_DATA_CACHE, else ~/.cache/mmap-ray/datasets) the first time a run there "

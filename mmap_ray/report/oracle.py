@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-import torch
 
 from ..grouping import AFFINITY_SCHEMES, FIXED_SCHEMES, Partition, parse_groups, scheme_score
 from ..stats import holm, seed_interval
@@ -124,6 +123,8 @@ def rank_correlation(method: str, affinity: dict[str, dict], ranking: pd.DataFra
     matrix of each seed (`grouping.scheme_score`, what its choice maximises) and the partitions' mean
     accuracy over the oracle's seeds, averaged over the seeds with a matrix; NaN without one. Partitions a
     score cannot rank (no within-group pair: -inf) are left out."""
+    import torch  # here: the rest of the report reads Parquet, and torch costs a second at start-up
+
     rhos = []
     for key, entry in affinity.items():
         if key.rsplit("/", 1)[0] != method:
