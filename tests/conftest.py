@@ -14,6 +14,7 @@ import torch
 
 from mmap_ray.backbone import TINY_MODEL, Backbone, BackboneConfig, load_backbone
 from mmap_ray.config import DataConfig, ModelConfig, RunConfig
+from mmap_ray.engine import TrainConfig
 from mmap_ray.prompts import MmAPConfig
 
 TASKS = {
@@ -33,6 +34,8 @@ TWO_TASK_RUN = RunConfig(
     prompts=MmAPConfig(n_tokens=2),
     partition=(("Art",), ("Product",)),
 )
+# 2 epochs at the global batch 16: 2 Ray Train workers x 8, or one process x 16 (`two_worker_run`)
+DDP_TRAIN = TrainConfig(epochs=2, batch_size=16, lr=5e-3, warmup_steps=2)
 STUDY = [sys.executable, str(REPO / "studies" / "grouping.py")]  # the main study, as a user runs it
 
 
@@ -143,14 +146,57 @@ def smoke_study(tmp_path_factory) -> tuple[Path, str]:
     return storage / "smoke" / "results", out.stdout + out.stderr
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    """A real local Ray instance with 2 CPUs for the module's tests."""
+@pytest.fixture(scope="session")
+def ray_session(tmp_path_factory) -> Path:
+    """One real local Ray instance with 2 CPUs for every test that runs Ray in this process (Ray Train runs,
+    in-process studies); the tests that use it run last (`pytest_collection_modifyitems`), so it is up only
+    while they run. Its workers load the test fault plugin (tests/plugins), which does nothing until a test
+    writes the plan file returned here (`fault_plan`)."""
+    import ray
+    from plugins.mmap_ray_faults import PLAN_ENV, with_plugins
+
+    plan = tmp_path_factory.mktemp("faults") / "plan.json"
+    with pytest.MonkeyPatch.context() as mp:  # the environment Ray's workers inherit; this process's is restored
+        for k, v in with_plugins({"PYTHONPATH": os.environ.get("PYTHONPATH", ""), PLAN_ENV: str(plan)}).items():
+            mp.setenv(k, v)
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield plan
+    ray.shutdown()
+
+
+@pytest.fixture
+def ray_local(ray_session):
+    """The session's local Ray instance (2 CPUs)."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield ray
-    ray.shutdown()
+    return ray
+
+
+@pytest.fixture
+def fault_plan(ray_session) -> Path:
+    """The fault plan file the session Ray's workers read (tests/plugins/mmap_ray_faults.py): absent, no fault.
+    A test that writes it removes it again before it ends."""
+    return ray_session
+
+
+@pytest.fixture(scope="session")
+def two_worker_run(ray_session, tmp_path_factory) -> tuple[list[dict], dict, dict, Path]:
+    """`TWO_TASK_RUN` for 2 epochs with the global batch 16, trained once in this process and once as 2 Ray Train
+    workers x 8 (in the returned folder): (in-process history, in-process trainable tensors, the workers' final
+    state, folder). The DDP equivalence and worker-death tests compare against it."""
+    sys.path.insert(0, str(REPO / "studies"))
+    from gpu_checks import train_both_ways  # the GPU acceptance check runs the same comparison
+
+    from mmap_ray.distributed import WorkerSpec
+    from mmap_ray.fields import replace
+
+    folder = tmp_path_factory.mktemp("ddp")
+    return *train_both_ways(replace(TWO_TASK_RUN, train=DDP_TRAIN), folder, WorkerSpec(workers=2)), folder
+
+
+def pytest_collection_modifyitems(config, items):
+    """The tests on the session's local Ray run last, together: it starts for the first and stays up to the end."""
+    items.sort(key=lambda item: "ray_session" in item.fixturenames)  # stable: each group keeps its order
 
 
 @pytest.fixture(scope="module")

@@ -2,43 +2,31 @@
 loop, resume, resource checks (faults: tests/faults)."""
 
 import json
-import sys
 import time
 
 import pytest
 import torch
-from conftest import REPO
+from conftest import DDP_TRAIN as DDP_CFG
 from conftest import TWO_TASK_RUN as RUN
 
 from mmap_ray.distributed import RUN_NAME, WorkerSpec, fit_distributed
 from mmap_ray.engine import TrainConfig
 from mmap_ray.fields import replace
 
-sys.path.insert(0, str(REPO / "studies"))
-from gpu_checks import train_both_ways  # noqa: E402  (the GPU acceptance check runs the same comparison)
-
 pytestmark = pytest.mark.slow
-DDP_CFG = TrainConfig(epochs=2, batch_size=16, lr=5e-3, warmup_steps=2)  # global batch 16 = 2 workers x 8
 
 
-@pytest.fixture(scope="module")
-def both_paths(ray_local, tmp_path_factory):
-    """The same run in this process with the global batch 16, and as 2 Ray Train workers x 8."""
-    folder = tmp_path_factory.mktemp("ddp")
-    return *train_both_ways(replace(RUN, train=DDP_CFG), folder, WorkerSpec(workers=2)), folder
-
-
-def test_two_workers_equal_one_process_with_double_batch(both_paths):
-    _, ref, state, _ = both_paths
+def test_two_workers_equal_one_process_with_double_batch(two_worker_run):
+    _, ref, state, _ = two_worker_run
     assert set(state["trainable"]) == set(ref)
     for n, t in state["trainable"].items():
         torch.testing.assert_close(t, ref[n], rtol=0, atol=1e-5, msg=n)
 
 
-def test_both_paths_write_the_same_history_rows(both_paths):
+def test_both_paths_write_the_same_history_rows(two_worker_run):
     """One loop, one row format: the in-process rows and the Ray rows have the same keys in the same
     order (test accuracy in the last row) and the same values, up to float summation order."""
-    local, _, state, _ = both_paths
+    local, _, state, _ = two_worker_run
     ray_rows = state["history"]
     assert [list(r) for r in local] == [list(r) for r in ray_rows]
     assert {k for k in local[-1] if k.startswith("test/")} == {"test/Art", "test/Product", "test/mean"}
@@ -50,8 +38,8 @@ def test_both_paths_write_the_same_history_rows(both_paths):
                 assert a[k] == pytest.approx(b[k], rel=1e-5, abs=1e-6), k
 
 
-def test_rerunning_a_finished_run_resumes_instead_of_retraining(both_paths):
-    *_, first, folder = both_paths  # the finished two-worker run above, run again with the same settings
+def test_rerunning_a_finished_run_resumes_instead_of_retraining(two_worker_run):
+    *_, first, folder = two_worker_run  # the finished two-worker run above, run again with the same settings
     cfg = DDP_CFG
     ckpts = sorted(p.name for p in (folder / RUN_NAME).glob("checkpoint_*"))
     again = fit_distributed(replace(RUN, train=cfg), folder, WorkerSpec(workers=2))

@@ -2,15 +2,12 @@
 accuracy; the winner's trial is the study's, resumed from the race's finished checkpoint."""
 
 import json
-import subprocess
 
 import pytest
-from conftest import STUDY
-from conftest import study_env as _env
 
 from mmap_ray.grouping import fixed_partition, set_partitions
 from mmap_ray.results import load
-from mmap_ray.study import StudyConfig
+from mmap_ray.study import StudyConfig, program
 from mmap_ray.study.partitions import check_tasks
 from mmap_ray.study.race import race_grace
 
@@ -31,17 +28,17 @@ def test_race_is_refused_where_it_cannot_run(tmp_path):
 
 
 @pytest.mark.slow
-def test_race_runs_in_a_smoke_study(tmp_path):
-    argv = [*STUDY, "--smoke", "--schemes", "race", "--k", "2", "--epochs", "4", "--storage", str(tmp_path)]
-    out = subprocess.run(
-        [*argv, "--name", "race"], env=_env(RAY_AUTH_MODE="disabled"), capture_output=True, text=True, timeout=900
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert "race (seed 0): 7 partitions, halved by ASHA from epoch 1 to 4" in out.stdout
+def test_race_runs_in_a_smoke_study(tmp_path, ray_local, capsys):
+    argv = ["--smoke", "--schemes", "race", "--k", "2", "--epochs", "4", "--storage", str(tmp_path)]
+    code = program.main([*argv, "--name", "race"])
+    out = capsys.readouterr()
+    assert code == 0, out.err[-3000:]
+    assert "race (seed 0): 7 partitions, halved by ASHA from epoch 1 to 4" in out.out
     saved = json.loads((tmp_path / "race" / "partitions.json").read_text())
     won = saved["partitions"]["race/0"]
     assert won in {str(p) for p in set_partitions(TASKS, 2)} and saved["seconds"]["race/0"] > 0
-    assert f"race (seed 0): {won} won" in out.stdout
+    assert f"race (seed 0): {won} won" in out.out
+    assert "| Trial name" in out.out.split(f"{won} won")[1]  # the study's own trials have their table too
     rows = load(tmp_path / "race" / "results")
     assert len(rows) == 1 and rows["scheme"].iloc[0] == "race" and rows["partition"].iloc[0] == won
     assert rows["epochs_run"].iloc[0] == 4 and rows["test_mean"].notna().all()

@@ -13,7 +13,7 @@ from conftest import study_env as _env
 
 from mmap_ray.fields import from_dict
 from mmap_ray.results import load
-from mmap_ray.study import StudyConfig
+from mmap_ray.study import StudyConfig, program
 
 
 def _ray(*args, env=None, timeout=120):
@@ -168,16 +168,12 @@ def test_study_on_an_s3_server_end_to_end(s3, tmp_path):
         (["--smoke", "--gpus-per-worker", "4"], "but the Ray cluster has"),
     ],
 )
-def test_bad_study_settings_fail_before_any_trial(argv, needle, tmp_path):
-    out = subprocess.run(
-        [*STUDY, *argv, "--storage", str(tmp_path)],
-        env=_env(RAY_AUTH_MODE="disabled"),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert out.returncode == 2, out.stderr[-2000:]
-    assert needle in out.stderr
+def test_bad_study_settings_fail_before_any_trial(argv, needle, tmp_path, ray_local, capsys):
+    """In this process, on the session's Ray (2 CPUs, no GPU); as a subprocess, the launcher's refusals are
+    in tests/test_entry_points.py and a refused `ray job submit` in the job test above."""
+    code = program.main([*argv, "--storage", str(tmp_path)], prog="grouping.py")
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("grouping.py: error: ") and needle in err, err[-2000:]
     assert not list(tmp_path.glob("*/tune"))  # no trial was started
 
 
@@ -196,9 +192,8 @@ def test_study_config_errors():
 
 
 @pytest.mark.slow
-def test_search_mode_pareto_with_optuna_and_asha(tmp_path):
+def test_search_mode_pareto_with_optuna_and_asha(tmp_path, ray_local, capsys):
     argv = [
-        *STUDY,
         "--smoke",
         "--mode",
         "search",
@@ -211,11 +206,12 @@ def test_search_mode_pareto_with_optuna_and_asha(tmp_path):
         "--storage",
         str(tmp_path),
     ]
-    out = subprocess.run(argv, env=_env(RAY_AUTH_MODE="disabled"), capture_output=True, text=True, timeout=900)
-    assert out.returncode == 0, out.stderr[-3000:]
+    code = program.main(argv)
+    out = capsys.readouterr()
+    assert code == 0, out.err[-3000:]
     df = load(tmp_path / "pareto" / "results")
     assert len(df) == 3 and df["trial_id"].is_unique
     assert set(df["scheme"].astype(str)) <= {"single", "gradient"} and df["lr"].between(5e-4, 5e-3).all()
     assert df["trainable_params"].notna().all()  # the second objective was reported
-    header = next(line for line in out.stdout.splitlines() if line.startswith("| Trial name"))
+    header = next(line for line in out.out.splitlines() if line.startswith("| Trial name"))
     assert {"scheme", "n_tokens", "lr"} <= {c.strip() for c in header.split("|")}

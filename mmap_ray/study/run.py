@@ -128,7 +128,15 @@ def status_table(study: StudyConfig):
     else:
         params = {k: k for k in ("scheme", "n_tokens", "depth", "projection", "lr")}
     metrics = {"epoch": "epoch", "train_loss": "loss", "val/mean": "val acc"}
-    return CLIReporter(parameter_columns=params, metric_columns=metrics, max_column_length=40, max_report_frequency=30)
+    # print_intermediate_tables explicitly: Tune's default reads its global verbosity, which the first Tuner in a
+    # process lowers, so a study's later Tuners (the trials after a race, a second study) printed no table
+    return CLIReporter(
+        parameter_columns=params,
+        metric_columns=metrics,
+        max_column_length=40,
+        max_report_frequency=30,
+        print_intermediate_tables=True,
+    )
 
 
 def max_concurrent(study: StudyConfig) -> int:

@@ -1,17 +1,16 @@
 """Fault injection: a Ray Train worker (rank 0 or rank 1) dies mid-run; the run resumes from its checkpoint.
 
 The final history and prompts must equal an undisturbed run with the same seed. The fault comes from
-the test (tests/plugins/mmap_ray_faults.py): the local Ray starts with that plugin on its workers' path
-and a fault plan file, which each test arms before its run and disarms after.
+the test (tests/plugins/mmap_ray_faults.py): the session's local Ray starts with that plugin on its workers'
+path and a fault plan file (`fault_plan`), which each test arms before its run and disarms after.
 """
 
 import json
-import os
 
 import pytest
 import torch
+from conftest import DDP_TRAIN as DDP  # a rank dies at the start of the second epoch, resumes from the first
 from conftest import TWO_TASK_RUN as RUN
-from plugins.mmap_ray_faults import PLAN_ENV, with_plugins
 
 from mmap_ray.distributed import WorkerSpec, fit_distributed
 from mmap_ray.engine import TrainConfig
@@ -20,28 +19,12 @@ from mmap_ray.fields import replace
 pytestmark = [pytest.mark.slow, pytest.mark.faults]
 
 CFG = TrainConfig(epochs=3, batch_size=16, lr=5e-3, warmup_steps=2)
-DDP = replace(CFG, epochs=2)  # a rank dies at the start of the second epoch and the run resumes from the first
 
 
-@pytest.fixture(scope="module")
-def fault_plan(tmp_path_factory):
-    """The plan file the workers read (absent: no fault), in the environment the local Ray will inherit."""
-    plan = tmp_path_factory.mktemp("faults") / "plan.json"
-    with pytest.MonkeyPatch.context() as mp:
-        for k, v in with_plugins({"PYTHONPATH": os.environ.get("PYTHONPATH", ""), PLAN_ENV: str(plan)}).items():
-            mp.setenv(k, v)
-        yield plan
-
-
-@pytest.fixture(scope="module")
-def ray_local(fault_plan, ray_local):
-    """conftest's local Ray, started after `fault_plan` set the environment its workers inherit."""
-    return ray_local
-
-
-@pytest.fixture(scope="module")
-def clean(ray_local, tmp_path_factory):
-    return fit_distributed(replace(RUN, train=DDP), tmp_path_factory.mktemp("clean"), WorkerSpec(workers=2))
+@pytest.fixture
+def clean(two_worker_run) -> dict:
+    """The undisturbed two-worker run (conftest's `two_worker_run`, shared with tests/test_distributed.py)."""
+    return two_worker_run[2]
 
 
 @pytest.mark.parametrize("rank", [0, 1])
