@@ -22,6 +22,12 @@ def _ray(*args, env=None, timeout=120):
     )
 
 
+def _outcome(address: list[str], job_id: str) -> str:
+    """A submitted job's whole log, once it has ended, and its final status line."""
+    logs = _ray("job", "logs", "--follow", *address, job_id, timeout=900)
+    return logs.stdout + logs.stderr + _ray("job", "status", *address, job_id).stdout
+
+
 def _check_smoke_results(results: Path, schemes: set[str]) -> pd.DataFrame:
     df = load(results)
     assert len(df) == len(schemes) and set(df["scheme"]) == schemes
@@ -80,11 +86,21 @@ def test_ray_job_submit_smoke_study_with_token_auth(tmp_path):
         job = ["--address", f"http://127.0.0.1:{dash}", "--working-dir", str(REPO), "--"]
         study = ["python", "studies/grouping.py", "--smoke"]
         # a relative --storage would land in Ray's temporary copy of the working dir: refused, the job fails
-        rel = _ray("job", "submit", *job, *study, "--name", "relbar", "--storage", "jobrel", timeout=300)
-        said = rel.stdout + rel.stderr
-        assert rel.returncode != 0 and "failed" in said.lower(), said[-3000:]
-        assert "StudyConfig.storage (--storage)='jobrel' is a relative path" in said and "Traceback" not in said
-        assert "pass an absolute path" in said and "results:" not in said
+        # (it runs beside the next job; its outcome is read at the end)
+        rel = _ray(
+            "job",
+            "submit",
+            "--no-wait",
+            "--submission-id",
+            "relbar",
+            *job,
+            *study,
+            "--name",
+            "relbar",
+            "--storage",
+            "jobrel",
+        )
+        assert rel.returncode == 0, rel.stderr
         # `ray job stop` on a running study (SIGTERM, SIGKILL 3 s later): the job is STOPPED, its log ends in one
         # line, the lock is released, and the same study submitted again with --resume completes below
         storage = tmp_path / "studies"
@@ -102,14 +118,15 @@ def test_ray_job_submit_smoke_study_with_token_auth(tmp_path):
         assert "study 'smoke' stopped by SIGTERM" in log and "continue with --resume" in log, log[-3000:]
         assert "Traceback" not in log and not (storage / "smoke" / ".lock").exists()
         # an absolute --storage (resumed), and none (the default, $MMAP_RAY_STORAGE of the head, else
-        # ~/mmap-ray/studies): each lands every row, with accuracies, where the job's output says
-        for name, where in (("smoke", ["--storage", str(storage), "--resume"]), ("dflt", [])):
-            submit = _ray("job", "submit", *job, *study, "--name", name, *where, timeout=900)
-            said = submit.stdout + submit.stderr
-            assert submit.returncode == 0, said[-3000:]
-            assert "succeeded" in said.lower()
+        # ~/mmap-ray/studies), side by side: each lands every row, with accuracies, where the job's log says
+        dflt = _ray("job", "submit", "--no-wait", "--submission-id", "dflt", *job, *study, "--name", "dflt")
+        assert dflt.returncode == 0, dflt.stderr
+        resumed = _ray("job", "submit", *job, *study, *absolute, "--resume", timeout=900)
+        assert resumed.returncode == 0, (resumed.stdout + resumed.stderr)[-3000:]
+        for name, said in (("smoke", resumed.stdout + resumed.stderr), ("dflt", _outcome(job[:2], "dflt"))):
+            assert "succeeded" in said.lower(), said[-3000:]
             results = Path(re.search(r"^results: (\S+)", said, re.M).group(1))
-            if where:
+            if name == "smoke":
                 assert results == storage / name / "results" and "resuming: 0 of 2 trials have results" in said
             else:
                 assert results == Path(os.environ["MMAP_RAY_STORAGE"]) / name / "results"
@@ -117,6 +134,10 @@ def test_ray_job_submit_smoke_study_with_token_auth(tmp_path):
             assert df["test_mean"].notna().all() and (df["epochs_run"] == 2).all()
             # the job's copy of the working dir has no .git: the rows name the code by its sources' digest
             assert df["git_commit"].str.fullmatch(r"sources-[0-9a-f]{16}").all(), df["git_commit"].tolist()
+        said = _outcome(job[:2], "relbar")
+        assert "failed" in said.lower(), said[-3000:]
+        assert "StudyConfig.storage (--storage)='jobrel' is a relative path" in said and "Traceback" not in said
+        assert "pass an absolute path" in said and "results:" not in said
         no_token = _ray("job", "list", "--address", f"http://127.0.0.1:{dash}", env=_env(RAY_AUTH_MODE="disabled"))
         assert no_token.returncode != 0  # the dashboard refuses a client without the token
     finally:
