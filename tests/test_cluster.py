@@ -605,7 +605,7 @@ def test_autoscaler_adds_gpu_nodes_for_a_smoke_study_and_removes_them_when_idle(
     monkeypatch.setenv(CACHE_ENV, str(tmp_path / "node-cache"))  # the cluster's processes inherit it
     # The head mirrors the cloud configs: no GPU, one CPU for the trial drivers. Every trial's Train
     # worker needs a fake GPU, so the study can only run on nodes the autoscaler adds.
-    cluster = LocalAutoscalingCluster({"CPU": 1}, {"gpu_1x": FAKE_GPU_NODE}, idle_timeout_minutes=0.25)
+    cluster = LocalAutoscalingCluster({"CPU": 1}, {"gpu_1x": FAKE_GPU_NODE}, idle_timeout_minutes=0.1)
     with cluster:
         (head,) = cluster.nodes()  # min_workers 0: the head alone before any demand
         assert head["alive"] and not head["resources"].get("fake_gpu")
@@ -642,7 +642,7 @@ def test_autoscaler_adds_gpu_nodes_for_a_smoke_study_and_removes_them_when_idle(
         assert all(n["resources"].get("fake_gpu") == 1 for n in added if n["resources"]), added  # of the GPU type
         deadline = time.time() + 180
         while time.time() < deadline and any(n["alive"] for n in cluster.nodes() if n["id"] != head["id"]):
-            time.sleep(5)
+            time.sleep(1)
         nodes = cluster.nodes()
         assert [n["id"] for n in nodes if n["alive"]] == [head["id"]], nodes  # only the head is left
         log = cluster.monitor_log.read_text()

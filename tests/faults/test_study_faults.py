@@ -52,28 +52,16 @@ def _ray_sessions() -> set[str]:
     return set(glob.glob("/tmp/ray/session_2*"))
 
 
-def test_rerun_second_driver_killed_driver_and_planted_pickles_keep_one_row_per_config_and_seed(tmp_path):
-    storage = tmp_path / "studies"
-    study, results = storage / "resume", storage / "resume" / "results"
-    # 8 epochs, not the smoke's 2, and one trial at a time: the kill below lands mid-study (with 2 epochs, or
-    # with all 4 trials running at once and finishing together, every row could be there before the kill)
-    argv = [*STUDY, "--smoke", "--epochs", "8", "--storage", str(storage), "--name", "resume", "--seeds", "0", "1"]
-    argv += ["--max-concurrent-trials", "1"]
-    env = _env(RAY_AUTH_MODE="disabled", **SECRETS)
-    sessions_before = _ray_sessions()
-    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    _wait_for(lambda: (study / "study.json").exists(), "the study start")
-    second = subprocess.run([*argv, "--resume"], env=env, capture_output=True, text=True, timeout=300)
-    assert second.returncode == 2, second.stderr[-3000:]
-    assert f"in use by another driver (pid {proc.pid} on host" in second.stderr, second.stderr[-3000:]
-    _wait_for(lambda: _rows(results), "a finished trial")
-    os.killpg(proc.pid, signal.SIGKILL)  # the driver dies mid-study, leaving its lock behind
-    proc.wait()
-    stop_ray(driver_pid=proc.pid)  # only the Ray this driver started, not every Ray on the machine
-    assert 1 <= len(_rows(results)) < 4 and (study / ".lock").exists(), _rows(results)
+def _unfinished_checkpoints(study: Path) -> list[Path]:
+    """The newest checkpoint folder of each trial run under study/train that has no row yet."""
+    finished = {p.stem for p in _rows(study / "results")}
+    runs = [r for r in (study / "train").glob("*") if r.name not in finished] if (study / "train").is_dir() else []
+    return [max(found) for r in runs if (found := sorted((r / "ray-train").glob("checkpoint_*/state.pt")))]
 
-    marker = tmp_path / "code-ran"
-    evil = pickle.dumps(_Planted(marker))
+
+def _plant_pickles(study: Path, evil: bytes) -> None:
+    """A pickle that would run code, in every place of the study folder a pickle could be read from: Tune's
+    state (tuner.pkl, the searcher, the experiment-state files), and files named like ours."""
     for path in [
         "tune/tuner.pkl",
         *(str(p.relative_to(study) / "tuner.pkl") for p in (study / "tune").iterdir()),
@@ -83,13 +71,86 @@ def test_rerun_second_driver_killed_driver_and_planted_pickles_keep_one_row_per_
     ]:
         (study / path).parent.mkdir(parents=True, exist_ok=True)
         (study / path).write_bytes(evil)
-    for exp in (study / "tune").iterdir():  # Tune's own experiment-state files, pickles inside
+    for exp in (study / "tune").iterdir():
         for f in exp.glob("experiment_state*.json"):
             f.write_bytes(evil)
 
+
+def test_killed_driver_second_driver_sigterm_ctrl_c_and_planted_pickles_keep_one_row_per_config_and_seed(tmp_path):
+    """One study through every way a driver ends, each followed by --resume: killed (its lock left behind), a
+    second driver refused meanwhile, SIGTERM (what `ray job stop` sends), Ctrl-C; pickles planted in the folder
+    (Tune's state, an unfinished trial's newest checkpoint) are never loaded. Every stop is one line, the last
+    resume completes the study with each (config, seed) row exactly once, a plain rerun changes nothing, and no
+    secret from the environment lands in any file."""
+    storage = tmp_path / "studies"
+    study, results = storage / "int", storage / "int" / "results"
+    # 12 epochs and one trial at a time: trials long enough (several seconds each) that a stop after a new row
+    # finds the next one running (with all 4 at once finishing together, every row could be there first)
+    argv = [*STUDY, "--smoke", "--storage", str(storage), "--name", "int", "--seeds", "0", "1", "--epochs", "12"]
+    argv += ["--max-concurrent-trials", "1"]
+    env = _env(RAY_AUTH_MODE="disabled", **SECRETS)
+    sessions_before = _ray_sessions()
+    marker = tmp_path / "code-ran"
+    evil = pickle.dumps(_Planted(marker))
+
+    def start(*extra: str) -> subprocess.Popen:
+        pipe = subprocess.PIPE
+        return subprocess.Popen([*argv, *extra], env=env, stdout=pipe, stderr=pipe, text=True, start_new_session=True)
+
+    # 1. the driver is killed mid-study, leaving its lock behind; a second driver meanwhile is refused
+    proc = start()
+    _wait_for(lambda: (study / "study.json").exists(), "the study start")
+    second = subprocess.run([*argv, "--resume"], env=env, capture_output=True, text=True, timeout=300)
+    assert second.returncode == 2, second.stderr[-3000:]
+    assert f"in use by another driver (pid {proc.pid} on host" in second.stderr, second.stderr[-3000:]
+    _wait_for(lambda: _rows(results), "a finished trial")
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.communicate()
+    stop_ray(driver_pid=proc.pid)  # only the Ray this driver started, not every Ray on the machine
+    assert 1 <= len(_rows(results)) < 4 and (study / ".lock").exists(), _rows(results)
+    _plant_pickles(study, evil)
+
+    # 2. --resume takes the dead driver's lock over; SIGTERM then ends it in one line within `ray job stop`'s
+    # 3 s grace (exit 143), the lock released
+    first = len(_rows(results))
+    proc = start("--resume")
+    _wait_for(lambda: len(_rows(results)) > first and _unfinished_checkpoints(study), "a new row and a running trial")
+    sent = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=300)
+    took = time.monotonic() - sent
+    stop_ray(driver_pid=proc.pid)
+    assert "taking over the lock" in out + err and "that process is gone" in out + err, err[-3000:]
+    assert proc.returncode == 143 and took < 3, (proc.returncode, took, err[-3000:])
+    assert "stopped by SIGTERM" in err and "continue with --resume" in err and "Traceback" not in err, err[-3000:]
+    assert not (study / ".lock").exists()  # released: the next resume needs no takeover
+
+    # 3. the unfinished trial's newest checkpoint becomes the pickle: --resume moves it aside (naming it), never
+    # loads it, and continues that trial from an earlier checkpoint or afresh; Ctrl-C then stops it (exit 130)
+    [newest] = _unfinished_checkpoints(study)
+    # a folder named later than any the trial could still write (its process dies with its raylet, a moment
+    # after the driver): the planted file is the newest checkpoint whatever the dying process does
+    planted = newest.parent.with_name("checkpoint_9999-12-31_23-59-59.999999") / "state.pt"
+    planted.parent.mkdir()
+    planted.write_bytes(evil)
+    second_stop = len(_rows(results))
+    proc = start("--resume")
+    _wait_for(lambda: len(_rows(results)) > second_stop, "a trial finished after the resume")
+    proc.send_signal(signal.SIGINT)  # Ctrl-C
+    out, err = proc.communicate(timeout=300)
+    stop_ray(driver_pid=proc.pid)
+    assert proc.returncode == 130, err[-3000:]
+    aside = planted.parent.parent / f"unreadable-{planted.parent.name}"
+    assert f"{planted}" in out and f"moved it aside to {aside}" in out, out[-3000:]
+    assert (aside / "state.pt").is_file()
+    done = len(_rows(results))
+    assert f"interrupted: {done} of 4 trials have results; continue with --resume" in err
+    assert "tables and figures: mmap-ray report" not in out and "report:" not in out  # no partial leaderboard
+
+    # 4. the last --resume completes the study: every (config, seed) exactly once, nothing unpickled
     resumed = subprocess.run([*argv, "--resume"], env=env, capture_output=True, text=True, timeout=900)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "taking over the lock" in resumed.stderr and "that process is gone" in resumed.stderr
+    assert f"resuming: {done} of 4 trials have results; running {4 - done}" in resumed.stdout
     assert not marker.exists()  # nothing from the study folder was unpickled
     df = load(results)
     assert len(df) == 4 and len(_rows(results)) == 4  # 2 schemes x 2 seeds, each exactly once
@@ -102,10 +163,11 @@ def test_rerun_second_driver_killed_driver_and_planted_pickles_keep_one_row_per_
     ]
     assert not (study / ".lock").exists()  # released at the end
 
+    # 5. the same command without --resume (`make run` twice) is refused and changes nothing
     mtimes = {p: p.stat().st_mtime_ns for p in _rows(results)}
-    rerun = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)  # `make run` twice
+    rerun = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 2
-    assert "study 'resume' already exists" in rerun.stderr and "with 4 trial results" in rerun.stderr
+    assert "study 'int' already exists" in rerun.stderr and "with 4 trial results" in rerun.stderr
     assert {p: p.stat().st_mtime_ns for p in _rows(results)} == mtimes
 
     files = [p for p in results.rglob("*") if p.is_file() and p.suffix != ".pkl"]
@@ -117,70 +179,6 @@ def test_rerun_second_driver_killed_driver_and_planted_pickles_keep_one_row_per_
                 data = p.read_bytes()
                 leaked += [f"{p}: {k}" for k, v in SECRETS.items() if v.encode() in data]
     assert not leaked, leaked
-
-
-def _unfinished_checkpoints(study: Path) -> list[Path]:
-    """The newest checkpoint folder of each trial run under study/train that has no row yet."""
-    finished = {p.stem for p in _rows(study / "results")}
-    runs = [r for r in (study / "train").glob("*") if r.name not in finished] if (study / "train").is_dir() else []
-    return [max(found) for r in runs if (found := sorted((r / "ray-train").glob("checkpoint_*/state.pt")))]
-
-
-def test_sigterm_then_ctrl_c_stop_the_study_and_resume_completes_it(tmp_path):
-    """SIGTERM, then a planted pickle as an unfinished trial's newest checkpoint, then Ctrl-C: every stop is
-    one line, and the resumes end with every row, the planted file never loaded."""
-    # 12 epochs: trials long enough (several seconds each) that a signal after a new row finds one running
-    argv = [*STUDY, "--smoke", "--storage", str(tmp_path), "--name", "int", "--seeds", "0", "1", "--epochs", "12"]
-    argv += ["--max-concurrent-trials", "1"]  # one at a time: the signal after a new row finds the next running
-    env = _env(RAY_AUTH_MODE="disabled")
-    results = tmp_path / "int" / "results"
-
-    # SIGTERM, what `ray job stop` sends (its SIGKILL follows 3 s later): one line and exit 143 within them
-    proc = subprocess.Popen(
-        argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
-    )
-    _wait_for(lambda: _rows(results) and _unfinished_checkpoints(tmp_path / "int"), "a row and a running trial")
-    sent = time.monotonic()
-    proc.send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=300)
-    took = time.monotonic() - sent
-    stop_ray(driver_pid=proc.pid)
-    assert proc.returncode == 143 and took < 3, (proc.returncode, took, err[-3000:])
-    assert "stopped by SIGTERM" in err and "continue with --resume" in err and "Traceback" not in err, err[-3000:]
-    assert not (tmp_path / "int" / ".lock").exists()  # released: the resume needs no takeover
-    first = len(_rows(results))
-
-    # the unfinished trial's newest checkpoint becomes a pickle that would create a file: --resume must move
-    # it aside (naming it), never load it, and continue that trial from an earlier checkpoint or afresh
-    marker = tmp_path / "code-ran"
-    [newest] = _unfinished_checkpoints(tmp_path / "int")
-    # a folder named later than any the trial could still write (its process dies with its raylet, a moment
-    # after the driver): the planted file is the newest checkpoint whatever the dying process does
-    planted = newest.parent.with_name("checkpoint_9999-12-31_23-59-59.999999") / "state.pt"
-    planted.parent.mkdir()
-    planted.write_bytes(pickle.dumps(_Planted(marker)))
-    proc = subprocess.Popen(
-        [*argv, "--resume"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
-    )
-    _wait_for(lambda: len(_rows(results)) > first, "a trial finished after the resume")
-    proc.send_signal(signal.SIGINT)  # Ctrl-C
-    out, err = proc.communicate(timeout=300)
-    stop_ray(driver_pid=proc.pid)  # only the Ray this driver started, not every Ray on the machine
-    assert proc.returncode == 130, err[-3000:]
-    aside = planted.parent.parent / f"unreadable-{planted.parent.name}"
-    assert f"{planted}" in out and f"moved it aside to {aside}" in out, out[-3000:]
-    assert (aside / "state.pt").is_file() and not marker.exists()
-    done = len(_rows(results))
-    assert f"interrupted: {done} of 4 trials have results; continue with --resume" in err
-    assert (
-        "tables and figures: mmap-ray report" not in out and "report:" not in out
-    )  # no leaderboard of a partial study
-    resumed = subprocess.run([*argv, "--resume"], env=env, capture_output=True, text=True, timeout=900)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert f"resuming: {done} of 4 trials have results; running {4 - done}" in resumed.stdout
-    df = load(results)
-    assert len(df) == 4 and not df.duplicated(["config_id", "seed"]).any() and (df["status"] == "TERMINATED").all()
-    assert not marker.exists()
 
 
 def test_diverging_trial_is_recorded_as_errored_and_every_client_reads_the_folder(tmp_path, capsys):
