@@ -2,6 +2,7 @@
 planted pickles, secrets in the environment, a trial that diverges (NaN loss)."""
 
 import glob
+import json
 import os
 import pickle
 import shutil
@@ -14,7 +15,6 @@ import pandas as pd
 import pytest
 from conftest import STUDY, stop_ray
 from conftest import study_env as _env
-from plugins.mmap_ray_faults import NAN_ENV, with_plugins
 
 from mmap_ray.results import load
 from mmap_ray.study import program as grouping
@@ -181,16 +181,20 @@ def test_killed_driver_second_driver_sigterm_ctrl_c_and_planted_pickles_keep_one
     assert not leaked, leaked
 
 
-def test_diverging_trial_is_recorded_as_errored_and_every_client_reads_the_folder(tmp_path, capsys):
-    """Seed 1 produces NaN logits from its second epoch: that trial errors with the reason, seed 0 finishes."""
+def test_diverging_trial_is_recorded_as_errored_and_every_client_reads_the_folder(tmp_path, capsys, fault_plan):
+    """Seed 1 produces NaN logits from its second epoch: that trial errors with the reason, seed 0 finishes.
+    (In this process, on the session's Ray, whose workers read the fault plan.)"""
     import duckdb
     import polars as pl
     import pyarrow.dataset as pads
 
-    argv = [*STUDY, "--smoke", "--storage", str(tmp_path), "--name", "nan", "--seeds", "0", "1"]
-    env = with_plugins(_env(RAY_AUTH_MODE="disabled", **{NAN_ENV: "1"}))  # the test's fault plugin, in every process
-    out = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=900)
-    assert out.returncode == 0, out.stderr[-3000:]
+    fault_plan.write_text(json.dumps({"nan_seed": 1}))
+    try:
+        code = grouping.main(["--smoke", "--storage", str(tmp_path), "--name", "nan", "--seeds", "0", "1"])
+    finally:
+        fault_plan.unlink()
+    out = capsys.readouterr()
+    assert code == 0, out.err[-3000:]
     df = load(tmp_path / "nan" / "results").set_index(["scheme", "seed"]).sort_index()
     assert len(df) == 4  # every trial has its row, errored or not
     for scheme in ("single", "gradient"):
@@ -201,7 +205,7 @@ def test_diverging_trial_is_recorded_as_errored_and_every_client_reads_the_folde
         assert pd.isna(bad["test_mean"]) and not pd.isna(bad["val_mean_final"])
     epochs = load(tmp_path / "nan" / "results", "epochs")
     assert epochs["val_acc"].notna().all() and epochs["train_loss"].map(float).notna().all()  # no NaN was reported
-    assert "2 trials errored" in out.stdout
+    assert "2 trials errored" in out.out
     folder = str(tmp_path / "nan" / "results" / "trials")  # the documented readers, on a folder with failed trials
     assert len(pd.read_parquet(folder)) == 4
     assert pads.dataset(folder, partitioning="hive").to_table().num_rows == 4

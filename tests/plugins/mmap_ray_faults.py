@@ -1,16 +1,16 @@
 """Test-only fault injection for the training loop, installed from outside the package.
 
 A test that wants a fault puts this folder first on PYTHONPATH (`with_plugins`) of the process it starts,
-or of the local Ray instance it starts (Ray workers inherit that environment), and sets one of the
-variables below. `sitecustomize.py` here then wraps `mmap_ray.engine.train_epoch`, the loop's per-epoch
-hook, as soon as `mmap_ray.engine` is imported. Without the variables nothing is installed, and
-production code never reads them.
+or of the local Ray instance it starts (Ray workers inherit that environment), and sets PLAN_ENV to the
+path of a plan file. `sitecustomize.py` here then wraps `mmap_ray.engine.train_epoch`, the loop's per-epoch
+hook, as soon as `mmap_ray.engine` is imported. Without the variable nothing is installed, and production
+code never reads it.
 
-- NAN_ENV=SEED: runs with training seed SEED produce NaN logits from their second epoch on.
-- PLAN_ENV=PATH of a JSON file {"die": {"rank": R, "epoch": E, "marker": FILE}}: rank R exits
-  (`os._exit(1)`, no clean-up) at the start of epoch E (0-based), once: it writes FILE first and never
-  dies while FILE exists. The plan is read at every epoch, so a test arms and disarms it while one Ray
-  instance runs; a missing file is no fault.
+The plan, a JSON file read at every epoch (so a test arms and disarms it while one Ray instance runs; a
+missing file is no fault), holds any of:
+- "die": {"rank": R, "epoch": E, "marker": FILE}: rank R exits (`os._exit(1)`, no clean-up) at the start of
+  epoch E (0-based), once: it writes FILE first and never dies while FILE exists.
+- "nan_seed": S: runs with training seed S produce NaN logits from their second epoch on.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ import os
 import sys
 from pathlib import Path
 
-NAN_ENV = "MMAP_RAY_TEST_NAN_SEED"
 PLAN_ENV = "MMAP_RAY_TEST_FAULT_PLAN"
 FOLDER = Path(__file__).resolve().parent
 HOOKED = "mmap_ray.engine"
@@ -34,12 +33,16 @@ def with_plugins(env: dict[str, str]) -> dict[str, str]:
 
 
 def wanted() -> bool:
-    return bool(os.environ.get(NAN_ENV) or os.environ.get(PLAN_ENV))
+    return bool(os.environ.get(PLAN_ENV))
+
+
+def _plan() -> dict:
+    plan = Path(os.environ.get(PLAN_ENV, ""))
+    return json.loads(plan.read_text()) if os.environ.get(PLAN_ENV) and plan.is_file() else {}
 
 
 def _maybe_die(rank: int, epoch: int) -> None:
-    plan = Path(os.environ.get(PLAN_ENV, ""))
-    die = json.loads(plan.read_text()).get("die") if os.environ.get(PLAN_ENV) and plan.is_file() else None
+    die = _plan().get("die")
     if not die or rank != die["rank"] or epoch != die["epoch"] or Path(die["marker"]).exists():
         return
     Path(die["marker"]).write_text("failed once\n")
@@ -52,8 +55,8 @@ def patch(engine) -> None:
 
     def train_epoch(forward, loader, opt, sched, cfg, ctx, epoch):
         _maybe_die(ctx.rank, epoch)
-        nan_seed = os.environ.get(NAN_ENV)
-        if nan_seed and cfg.seed == int(nan_seed) and epoch > 0:
+        nan_seed = _plan().get("nan_seed")
+        if nan_seed is not None and cfg.seed == nan_seed and epoch > 0:
             clean = forward
             forward = lambda images, task_ids: clean(images, task_ids) * float("nan")  # noqa: E731
         return original(forward, loader, opt, sched, cfg, ctx, epoch)
