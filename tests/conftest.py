@@ -55,6 +55,13 @@ def study_env(**extra) -> dict:
     return env
 
 
+def terminal_signals() -> None:
+    """`preexec_fn` for a command a test interrupts as Ctrl-C would: SIGINT at its default, as a terminal's
+    shell starts a foreground job. A test run started in the background without job control (`make test &`
+    in a script, nohup) ignores SIGINT, and every process it starts would inherit that."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _cmdlines() -> dict[int, str]:
     out = {}
     for proc in Path("/proc").glob("[0-9]*"):

@@ -1,5 +1,7 @@
 import json
 
+from conftest import terminal_signals
+
 from mmap_ray.cli import main
 
 FAST = ["--pretrained", "none", "--n-tokens", "2", "--epochs", "1", "--batch-size", "32", "--no-progress"]
@@ -59,7 +61,8 @@ def test_ctrl_c_during_train_exits_130_in_one_line_and_the_same_command_resumes(
     out = tmp_path / "run"
     argv = [sys.executable, "-m", "mmap_ray.cli", "train", *FAST, "--epochs", "5", "--domains", "Art,Product"]
     argv += ["--out", str(out)]
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    pipe = subprocess.PIPE
+    proc = subprocess.Popen(argv, stdout=pipe, stderr=pipe, text=True, preexec_fn=terminal_signals)
     metrics, deadline = out / "metrics.jsonl", time.time() + 300
     while time.time() < deadline and not (metrics.is_file() and metrics.read_text().strip()):
         time.sleep(0.2)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import STUDY, stop_ray
+from conftest import STUDY, stop_ray, terminal_signals
 from conftest import study_env as _env
 
 from mmap_ray.results import load
@@ -95,7 +95,15 @@ def test_killed_driver_second_driver_sigterm_ctrl_c_and_planted_pickles_keep_one
 
     def start(*extra: str) -> subprocess.Popen:
         pipe = subprocess.PIPE
-        return subprocess.Popen([*argv, *extra], env=env, stdout=pipe, stderr=pipe, text=True, start_new_session=True)
+        return subprocess.Popen(
+            [*argv, *extra],
+            env=env,
+            stdout=pipe,
+            stderr=pipe,
+            text=True,
+            start_new_session=True,
+            preexec_fn=terminal_signals,
+        )
 
     # 1. the driver is killed mid-study, leaving its lock behind; a second driver meanwhile is refused
     proc = start()
