@@ -14,7 +14,9 @@ with the variants interleaved in every repeat; the table gives min / median / ma
    with Ray Train) / in-process, with what each phase adds;
 5. one fused multi-task forward / a Python loop over tasks;
    and the gradient and look-ahead affinity steps / one default study trial (toy2, in-process);
-6. `--device cuda`: bf16 autocast, achieved TFLOP/s of the training step against the device's bf16 peak.
+6. `--device cuda`: bf16 autocast, achieved TFLOP/s of the training step against the device's bf16 peak;
+7. the step at DomainNet's shape (6 tasks x 345 classes) / at Office-Home's (4 x 65), and the text tower's
+   share of the DomainNet step (`bench_classes.py`).
 
 Correctness checks (same logits, same prompt gradients) run before the timings and land in the table.
 Rows go to Parquet (`<out>/results/benchmarks/scheme=<group>/...`) and the table to BENCHMARKS.md:
@@ -38,6 +40,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench*.py next to this script, however it is loaded
 import bench  # noqa: E402
 from bench_affinity import affinity_cost  # noqa: E402
+from bench_classes import class_scaling  # noqa: E402
 from bench_ray import ray_overhead  # noqa: E402
 from bench_table import load_average, machine, markdown, row, single, write_markdown  # noqa: E402
 
@@ -327,7 +330,7 @@ def run_all(args: argparse.Namespace, out: Path) -> list[dict]:
         # the tiny CLIP, whose DDP run confirms the byte count that ViT-B-16's row counts from its parameters.
         light = name == TINY_MODEL or device == "cuda"
         print(
-            f"[benchmark] {name} batch {batch} on {device}: step cost, no-grad, text, multi-task, memory, DDP",
+            f"[benchmark] {name} batch {batch} on {device}: step cost, no-grad, text, multi-task, classes, memory, DDP",
             flush=True,
         )
         rows += step_cost(setup, args.repeats)
@@ -337,6 +340,7 @@ def run_all(args: argparse.Namespace, out: Path) -> list[dict]:
         rows += text_context(backbone, setup, args.repeats)
         if light:
             rows += multitask(backbone, setup, args.repeats)
+        rows += class_scaling(backbone, setup, args.repeats)
         del backbone
         rows += memory(setup)
         rows += communication(setup, out, confirm=light)

@@ -98,6 +98,8 @@ def test_quick_writes_parquet_and_markdown(tmp_path):
         "all-reduced bytes per step, MmAP / full FT",
         "MmAP: DDP hook bytes / trainable-parameter bytes",
         "full FT: DDP hook bytes / trainable-parameter bytes",
+        "MmAP step, DomainNet 6x345 / Office-Home 4x65",
+        "text tower / MmAP step, DomainNet 6x345",
     }
     assert expected <= set(df["figure"])
     assert (df["model"] == TINY_MODEL).all() and (df["device"] == "cpu").all()
@@ -109,6 +111,17 @@ def test_quick_writes_parquet_and_markdown(tmp_path):
     md = (tmp_path / "BENCHMARKS.md").read_text()
     assert bench_table.BEGIN in md and bench_table.END in md and "python studies/benchmark.py --quick" in md
     assert all(f in md for f in expected)
+
+
+def test_the_shaped_models_encode_every_class_prompt_of_their_tasks(tiny):
+    """The class-scaling figure's two shapes: Office-Home's 4 x 65 and DomainNet's 6 x 345 class prompts per step."""
+    import bench_classes
+
+    for tasks, classes in bench_classes.SHAPES.values():
+        model = bench_classes.shaped_model(tiny, bench.Setup(), tasks, classes)
+        feats, where = model.text_features(torch.arange(tasks))
+        assert feats.shape[0] == tasks * classes and (where >= 0).all()
+        assert len(set(model.bank.group_of_task.tolist())) == (tasks + 1) // 2  # the tasks in pairs
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message given when CUDA is missing")
