@@ -45,8 +45,8 @@ from bench_ray import ray_overhead  # noqa: E402
 from bench_table import load_average, machine, markdown, row, single, write_markdown  # noqa: E402
 
 from mmap_ray.backbone import TINY_MODEL
+from mmap_ray.provenance import provenance
 from mmap_ray.results import write_table
-from mmap_ray.study.rows import provenance
 
 REPO = Path(__file__).resolve().parents[1]
 TABLE = "benchmarks"

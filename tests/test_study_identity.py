@@ -420,13 +420,13 @@ def test_code_version_names_the_code_wherever_the_package_is_imported_from(tmp_p
     """A checkout gives its commit; a copy without .git (a submitted job's working dir) the image's COMMIT file
     if there is one, else a digest of the package's sources, which changes with any source file."""
     import mmap_ray
-    from mmap_ray.study.rows import code_version, provenance
+    from mmap_ray.provenance import code_version, provenance
 
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
     assert code_version() == head and provenance()["mmap_ray"] == mmap_ray.__version__
     copy = tmp_path / "job" / "mmap_ray"
     shutil.copytree(REPO / "mmap_ray", copy, ignore=shutil.ignore_patterns("__pycache__", "weights"))
-    probe = f"import sys; sys.path.insert(0, {str(copy.parent)!r}); from mmap_ray.study.rows import code_version; "
+    probe = f"import sys; sys.path.insert(0, {str(copy.parent)!r}); from mmap_ray.provenance import code_version; "
     probe += f"import mmap_ray; assert mmap_ray.__file__.startswith({str(copy)!r}); print(code_version())"
 
     def ask() -> str:

@@ -5,21 +5,7 @@ test outcomes. Built here, in the study, so that `results` stays the schema, the
 
 from __future__ import annotations
 
-import functools
-import hashlib
-import platform
-import re
-import subprocess
-from pathlib import Path
-
-import open_clip
-import optuna
-import pandas as pd
-import ray
-import torch
-
-from .. import __version__
-from ..results import SCHEMA_VERSION
+from ..provenance import provenance
 from .trials import Trial
 
 
@@ -131,43 +117,3 @@ def epoch_rows(ident: dict, tasks: list[str], history: list[dict]) -> list[dict]
         for h in history
         for n in tasks
     ]
-
-
-@functools.lru_cache(maxsize=1)
-def code_version() -> str:
-    """What code wrote a row, wherever the driver runs: the git commit of the checkout `mmap_ray` is imported
-    from; else the commit an image build wrote beside it (`COMMIT`, cluster/Dockerfile); else
-    `sources-<sha256 of the package's .py files>`, always computable (e.g. in a submitted job's working-dir
-    copy, which has no .git)."""
-    package = Path(__file__).resolve().parent.parent
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=package, timeout=5
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        commit = ""
-    if re.fullmatch(r"[0-9a-f]{40}", commit):
-        return commit
-    stamp = package.parent / "COMMIT"
-    if stamp.is_file() and re.fullmatch(r"[0-9a-f]{40}", text := stamp.read_text().strip()):
-        return text
-    h = hashlib.sha256()
-    for source in sorted(package.rglob("*.py")):
-        h.update(source.relative_to(package).as_posix().encode())
-        h.update(source.read_bytes())
-    return f"sources-{h.hexdigest()[:16]}"
-
-
-def provenance() -> dict:
-    """Code version (`code_version`), package and library versions, for every row."""
-    return {
-        "schema_version": SCHEMA_VERSION,
-        "git_commit": code_version(),
-        "mmap_ray": __version__,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "open_clip": open_clip.__version__,
-        "ray": ray.__version__,
-        "optuna": optuna.__version__,
-        "pandas": pd.__version__,
-    }
