@@ -4,10 +4,12 @@ Why: two drivers on one study would run the same trials twice and race on the st
 is a small JSON file, `<study>/.lock`, naming its holder (host, pid, start time, a random token):
 
 - Local folders take it with an exclusive create (`O_CREAT | O_EXCL`): exactly one process wins.
-- Object stores (s3://, gs://) have no create-if-absent through pyarrow, so a driver checks that no lock
-  exists, writes its own, waits, and reads it back; with read-after-write consistency, of two drivers that
-  started within that wait, the later writer keeps the lock and the other one refuses. Rows stay unique
-  either way: their file names are their identity (`mmap_ray.results`).
+- S3 (and S3-protocol servers) take it with a conditional write, `PutObject` with `If-None-Match: *`
+  through boto3 (pyarrow has no create-if-absent): the store lets exactly one writer create the object.
+- gs:// still checks that no lock exists, writes its own, waits and reads it back. That is not mutual
+  exclusion (a writer delayed past another's read-back wins too); GCS's conditional write
+  (`ifGenerationMatch=0`) needs its own client, not a dependency yet. Rows stay unique either way: their
+  file names are their identity (`mmap_ray.results`).
 
 A lock whose holder ran on this host and whose process is gone is stale and is taken over with a note.
 Any other held lock is refused with a message naming the holder; `--break-lock` takes it over after a
@@ -23,12 +25,13 @@ import socket
 import sys
 import time
 from dataclasses import dataclass
+from urllib.parse import parse_qs
 
 from .parse import parse_json
-from .storage import Location
+from .storage import Location, StorageError
 
 LOCK_NAME = ".lock"
-SETTLE_S = 1.0  # object stores: how long a driver waits before reading its lock back
+SETTLE_S = 1.0  # gs://: how long a driver waits before reading its lock back
 
 
 class LockHeld(ValueError):
@@ -134,9 +137,34 @@ def acquire(folder: Location, break_lock: bool = False) -> StudyLock:
             raise _held(folder, path) from None
         with os.fdopen(fd, "w") as f:
             f.write(text)
+    elif folder.scheme == "s3":
+        if not _create_s3(path, text):
+            raise _held(folder, path)
     else:
         path.write_text(text)
         time.sleep(SETTLE_S)
         if _holder(path).get("token") != me["token"]:
             raise _held(folder, path)
     return StudyLock(path, me["token"])
+
+
+def _create_s3(path: Location, text: str) -> bool:
+    """Create the object at `path` with `text` unless one exists (If-None-Match: *); False if one does."""
+    import boto3  # here: only a lock on S3 needs it, and it costs start-up time
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    options = {k: v[-1] for k, v in parse_qs(path.query).items()}  # as pyarrow reads them
+    endpoint = options.get("endpoint_override")
+    if endpoint and "://" not in endpoint:
+        endpoint = f"{options.get('scheme', 'https')}://{endpoint}"
+    bucket, key = path.path.split("/", 1)
+    try:
+        client = boto3.client("s3", endpoint_url=endpoint, region_name=options.get("region"))
+        client.put_object(Bucket=bucket, Key=key, Body=text.encode(), IfNoneMatch="*")
+    except ClientError as e:
+        if e.response.get("Error", {}).get("Code") in ("PreconditionFailed", "ConditionalRequestConflict"):
+            return False  # another driver's lock is there (412), or its write is in flight (409)
+        raise StorageError(f"cannot write {path.uri}: {e}") from e
+    except BotoCoreError as e:  # no credentials, endpoint unreachable, ...
+        raise StorageError(f"cannot write {path.uri}: {e}") from e
+    return True

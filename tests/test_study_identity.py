@@ -253,6 +253,50 @@ def test_lock_on_object_storage(s3):
     assert not (folder / ".lock").exists()
 
 
+def test_drivers_racing_for_a_lock_on_s3_get_one_winner(s3):
+    """Eight drivers (threads, each with its own client) ask for one study's lock at the same moment on a real
+    S3-protocol server: exactly one holds it, the others are refused naming it."""
+    import threading
+
+    base, _ = s3
+    folder = location(base.format(prefix="locks/race"))
+    start, won, refused = threading.Barrier(8), [], []
+
+    def driver() -> None:
+        start.wait()
+        try:
+            won.append(acquire(folder))
+        except LockHeld as e:
+            refused.append(str(e))
+
+    threads = [threading.Thread(target=driver) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert len(won) == 1 and len(refused) == 7 and all("in use by another driver" in e for e in refused)
+    assert json.loads((folder / ".lock").read_text())["token"] == won[0].token
+    won[0].release()
+    assert not (folder / ".lock").exists()
+
+
+def test_a_lock_written_after_the_existence_check_is_not_overwritten_on_s3(s3, monkeypatch):
+    """The gap between looking for a lock and writing one: another driver's lock lands in it. The conditional
+    write refuses; a plain write, read back after a wait, overwrote it and both drivers held the study."""
+    from mmap_ray.storage import Location
+
+    base, _ = s3
+    folder = location(base.format(prefix="locks/gap"))
+    other = acquire(folder)
+    # the interleaving, made certain: this driver looked before the other one's lock existed
+    monkeypatch.setattr(Location, "exists", lambda self: False)
+    with pytest.raises(LockHeld, match="in use by another driver"):
+        acquire(folder)
+    monkeypatch.undo()
+    assert json.loads((folder / ".lock").read_text())["token"] == other.token  # the other's lock, intact
+    other.release()
+
+
 def test_a_resumed_search_tells_optuna_the_finished_trials():
     study = StudyConfig(
         mode="search",
