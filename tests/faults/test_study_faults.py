@@ -76,7 +76,9 @@ def _plant_pickles(study: Path, evil: bytes) -> None:
             f.write_bytes(evil)
 
 
-def test_killed_driver_second_driver_sigterm_ctrl_c_and_planted_pickles_keep_one_row_per_config_and_seed(tmp_path):
+def test_killed_driver_second_driver_sigterm_ctrl_c_and_planted_pickles_keep_one_row_per_config_and_seed(
+    tmp_path, capsys
+):
     """One study through every way a driver ends, each followed by --resume: killed (its lock left behind), a
     second driver refused meanwhile, SIGTERM (what `ray job stop` sends), Ctrl-C; pickles planted in the folder
     (Tune's state, an unfinished trial's newest checkpoint) are never loaded. Every stop is one line, the last
@@ -108,9 +110,9 @@ def test_killed_driver_second_driver_sigterm_ctrl_c_and_planted_pickles_keep_one
     # 1. the driver is killed mid-study, leaving its lock behind; a second driver meanwhile is refused
     proc = start()
     _wait_for(lambda: (study / "study.json").exists(), "the study start")
-    second = subprocess.run([*argv, "--resume"], env=env, capture_output=True, text=True, timeout=300)
-    assert second.returncode == 2, second.stderr[-3000:]
-    assert f"in use by another driver (pid {proc.pid} on host" in second.stderr, second.stderr[-3000:]
+    assert grouping.main([*argv[len(STUDY) :], "--resume"], prog="grouping.py") == 2  # in this process: a refusal
+    second = capsys.readouterr().err
+    assert f"in use by another driver (pid {proc.pid} on host" in second, second[-3000:]
     _wait_for(lambda: _rows(results), "a finished trial")
     os.killpg(proc.pid, signal.SIGKILL)
     proc.communicate()
@@ -173,9 +175,9 @@ def test_killed_driver_second_driver_sigterm_ctrl_c_and_planted_pickles_keep_one
 
     # 5. the same command without --resume (`make run` twice) is refused and changes nothing
     mtimes = {p: p.stat().st_mtime_ns for p in _rows(results)}
-    rerun = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
-    assert rerun.returncode == 2
-    assert "study 'int' already exists" in rerun.stderr and "with 4 trial results" in rerun.stderr
+    assert grouping.main(argv[len(STUDY) :], prog="grouping.py") == 2
+    rerun = capsys.readouterr().err
+    assert "study 'int' already exists" in rerun and "with 4 trial results" in rerun, rerun[-3000:]
     assert {p: p.stat().st_mtime_ns for p in _rows(results)} == mtimes
 
     files = [p for p in results.rglob("*") if p.is_file() and p.suffix != ".pkl"]
