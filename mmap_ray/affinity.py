@@ -32,7 +32,7 @@ and losses before any similarity is computed.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
@@ -40,52 +40,14 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from .config import AffinityConfig  # noqa: F401  (the name callers know)
 from .data.base import MultiTaskDataset, TaskData, class_balanced
 from .data.sampler import MultiTaskBatchSampler
 from .engine import TrainConfig, make_optimizer, train_step
-from .fields import check_types, option
 from .grouping import AFFINITY_SCHEMES, Partition, choose_partition, fixed_partition
 from .model import PromptedCLIP
 from .prompts import MmAPConfig
 from .proxies import PROXIES, proxy_affinity
-
-METHODS = AFFINITY_SCHEMES  # gradient, lookahead, and the training-free proxies (proxies.py)
-
-
-@dataclass(frozen=True)
-class AffinityConfig:
-    """How task affinity is measured."""
-
-    method: str = "gradient"  # set by the grouping scheme (gradient or lookahead)
-    affinity_warmup_steps: int = option(40, "steps of joint training of one shared MmAP before measuring")
-    affinity_steps: int = option(20, "joint training steps the probes' affinity is measured over")
-    affinity_every: int = option(1, "measure on every N-th of those steps")
-    affinity_batch_size: int = option(64, "batch size of the affinity's joint training")
-    affinity_lr: float = option(2e-3, "learning rate of the probes' joint training (AdamW)")
-    tag_every: int = option(10, "tag: measure the look-ahead on every N-th step of the joint run (TAG: 10)")
-    affinity_balance: bool = option(
-        False,
-        "draw each task's images class-balanced in the affinity's joint training (scarce classes repeated), "
-        "so that how often a task sees each class (its label prior) does not drive its gradient",
-    )
-    seed: int = 0  # set per grouping seed
-
-    def __post_init__(self) -> None:
-        check_types(self)
-        if self.method not in METHODS:
-            raise ValueError(f"AffinityConfig.method={self.method!r} is not valid; choose one of {METHODS}")
-        for name in ("affinity_steps", "affinity_batch_size", "affinity_every", "tag_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"AffinityConfig.{name}={getattr(self, name)} must be >= 1")
-        if self.affinity_warmup_steps < 0:
-            raise ValueError(f"AffinityConfig.affinity_warmup_steps={self.affinity_warmup_steps} must be >= 0")
-        if not 0 < self.affinity_lr < float("inf"):
-            raise ValueError(f"AffinityConfig.affinity_lr={self.affinity_lr} must be > 0 and finite")
-
-    @property
-    def measured_steps(self) -> int:
-        """How many steps the affinity is averaged over."""
-        return len(range(0, self.affinity_steps, self.affinity_every))
 
 
 def per_task_loss(logits: Tensor, labels: Tensor, task_ids: Tensor, num_tasks: int) -> Tensor:

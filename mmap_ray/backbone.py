@@ -23,10 +23,11 @@ from open_clip.tokenizer import SimpleTokenizer
 from open_clip.transformer import VisionTransformer
 from torch import nn
 
+from .config import NO_WEIGHTS, TINY_MODEL  # noqa: F401  (the names callers know)
+
 # Our own architectures (the tiny toy CLIP), registered with open_clip so they load by name.
 MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
 open_clip.add_model_config(MODEL_CONFIG_DIR)
-TINY_MODEL = "mmap-ViT-Tiny-8"
 WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors")
 
 SUPPORTED = (
@@ -34,9 +35,6 @@ SUPPORTED = (
     "pooler), the built-in causal text transformer and the CLIP BPE tokenizer, e.g. ViT-B-16, ViT-B-32, "
     "ViT-L-14, ViT-M-16, ViT-S-16"
 )
-
-
-NO_WEIGHTS = ("", "none", "None")  # what `pretrained` may say for random weights, besides None
 
 
 @dataclass(frozen=True)

@@ -46,12 +46,10 @@ def run_config(args: argparse.Namespace):
 
 
 def cmd_params(args: argparse.Namespace) -> int:
-    from .build import load_run_backbone
     from .config import ModelConfig, comma_list, partition_arg
     from .fields import from_dict, parsed_values
     from .grouping import Partition
-    from .model import bias_parameters
-    from .prompts import MmAPConfig, PromptBank
+    from .prompt_config import MmAPConfig
 
     tasks = list(comma_list(args.tasks))
     if not tasks or len(set(tasks)) < len(tasks):
@@ -59,7 +57,13 @@ def cmd_params(args: argparse.Namespace) -> int:
     groups = partition_arg(args.partition) if args.partition else None
     partition = Partition(tuple(tasks), groups) if groups else Partition.single(tasks)
     cfg = from_dict(MmAPConfig, parsed_values(MmAPConfig, args))
-    backbone = load_run_backbone(from_dict(ModelConfig, parsed_values(ModelConfig, args)))
+    model_cfg = from_dict(ModelConfig, parsed_values(ModelConfig, args))
+    # torch and open_clip load only once the settings are known to be valid (see cmd_train)
+    from .build import load_run_backbone
+    from .model import bias_parameters
+    from .prompts import PromptBank
+
+    backbone = load_run_backbone(model_cfg)
     bank = PromptBank(cfg, backbone.info, partition)
     added = sum(p.numel() for p in bank.parameters())  # prompts (and adapters): not in the backbone
     biases = sum(p.numel() for p in bias_parameters(backbone.model)) if cfg.projection == "bitfit" else 0
@@ -101,17 +105,12 @@ def _print_accuracy(title: str, acc: dict[str, float]) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    # ~65 lines: the train command's steps in the order a user sees them (settings, checks, run folder, resume,
+    # ~70 lines: the train command's steps in the order a user sees them (settings, checks, run folder, resume,
     # training, summary); each is a few lines, and splitting them would hide that order
-    from .build import build_run
-    from .config import read_run_config
-    from .engine import resolve_device, train, without_predictions, write_json
-    from .evaluation import evaluate, in_percent
+    from .config import WorkerSpec, read_run_config
     from .fields import from_dict, parsed_values, to_dict
-    from .model import count_parameters
 
     cfg = run_config(args)
-    resolve_device(cfg.train.device)  # a GPU asked for and absent: refused before anything is written
     spec = None
     if args.workers < 1:  # as in a study: 1 trains in this process, more are Ray Train DDP workers
         raise ValueError(
@@ -119,8 +118,6 @@ def cmd_train(args: argparse.Namespace) -> int:
             f"Train DDP workers)"
         )
     if args.workers > 1:
-        from .distributed import WorkerSpec
-
         spec = from_dict(WorkerSpec, parsed_values(WorkerSpec, args))
         if cfg.train.device == "cuda" and not spec.gpus_per_worker:
             raise ValueError("--device cuda with --workers needs --gpus-per-worker > 0: the workers reserve no GPU")
@@ -134,6 +131,14 @@ def cmd_train(args: argparse.Namespace) -> int:
             f"--out {out} holds a run with a different configuration ({saved}); resume it with the same "
             f"options, or give another --out"
         )
+    # torch, open_clip and the data stack load only now, once the settings are known to be valid: a refused
+    # setting answers in about a second
+    from .build import build_run
+    from .engine import resolve_device, train, without_predictions, write_json
+    from .evaluation import evaluate, in_percent
+    from .model import count_parameters
+
+    resolve_device(cfg.train.device)  # a GPU asked for and absent: refused before anything is written
     out.mkdir(parents=True, exist_ok=True)
     model, tasks = build_run(cfg, splits_dir=out / "splits")
     write_json(saved, {"run": to_dict(cfg)})
@@ -171,15 +176,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    import pandas as pd
-
-    from .build import build_run
-    from .checkpoint import load, load_trainable
     from .config import read_run_config
-    from .engine import resolve_device, write_json
-    from .evaluation import evaluate
 
-    resolve_device(args.device)  # before anything is built
+    cfg = None
     if args.run:
         run = Path(args.run)
         given = _run_flags_given(args)
@@ -190,6 +189,18 @@ def cmd_eval(args: argparse.Namespace) -> int:
             )
         if not (run / "config.json").is_file() or not (run / "checkpoint.pt").is_file():
             raise ValueError(f"--run {run} is not a finished run folder: it needs config.json and checkpoint.pt")
+    else:
+        cfg = run_config(args)
+    # torch, open_clip and the data stack load only once the settings are known to be valid (see cmd_train)
+    import pandas as pd
+
+    from .build import build_run
+    from .checkpoint import load, load_trainable
+    from .engine import resolve_device, write_json
+    from .evaluation import evaluate
+
+    resolve_device(args.device)  # before anything is built
+    if args.run:
         model, tasks = build_run(read_run_config(run / "config.json"), splits_dir=run / "splits")
         state = load(run / "checkpoint.pt")
         try:
@@ -200,7 +211,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
                 f"config.json the run was trained with"
             ) from None
     else:
-        model, tasks = build_run(run_config(args))
+        model, tasks = build_run(cfg)
     model.to(resolve_device(args.device))
     if args.predictions:
         from .data.base import split_digest
@@ -234,12 +245,7 @@ def _run_flags_given(args: argparse.Namespace) -> list[str]:
 
 
 def cmd_group(args: argparse.Namespace) -> int:
-    import pandas as pd
-    import torch
-
-    from .affinity import AffinityConfig, plan_partition
-    from .build import load_run_backbone, load_run_tasks
-    from .engine import resolve_device, write_json
+    from .config import AffinityConfig
     from .fields import from_dict, parsed_values, to_dict
     from .grouping import AFFINITY_SCHEMES, partition_score, tag_score
 
@@ -251,6 +257,14 @@ def cmd_group(args: argparse.Namespace) -> int:
     method = args.scheme if args.scheme in AFFINITY_SCHEMES else "gradient"
     acfg = from_dict(AffinityConfig, {**parsed_values(AffinityConfig, args), "method": method, "seed": args.seed})
     cfg = run_config(args)
+    # torch, open_clip and the data stack load only once the settings are known to be valid (see cmd_train)
+    import pandas as pd
+    import torch
+
+    from .affinity import plan_partition
+    from .build import load_run_backbone, load_run_tasks
+    from .engine import resolve_device, write_json
+
     device = resolve_device(args.device)  # before the backbone is built
     torch.manual_seed(args.seed)
     backbone = load_run_backbone(cfg.backbone, cfg.data.dataset)
@@ -345,7 +359,7 @@ def _add_params(sub, help: str) -> None:
 
 
 def _add_train(sub, help: str) -> None:
-    from .distributed import WorkerSpec
+    from .config import WorkerSpec
     from .fields import add_arguments
 
     p = sub.add_parser(
@@ -366,7 +380,7 @@ def _add_train(sub, help: str) -> None:
 
 
 def _add_group(sub, help: str) -> None:
-    from .affinity import AffinityConfig
+    from .config import AffinityConfig
     from .fields import add_arguments
 
     p = sub.add_parser(
@@ -391,7 +405,7 @@ def _add_group(sub, help: str) -> None:
 
 def _add_device(p: argparse.ArgumentParser) -> None:
     """--device for the commands without the training options (train has it from TrainConfig)."""
-    from .engine import DEVICES
+    from .config import DEVICES
 
     p.add_argument("--device", default="auto", choices=DEVICES, help="auto (CUDA when present), cpu or cuda")
 

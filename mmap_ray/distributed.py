@@ -24,55 +24,17 @@ from __future__ import annotations
 
 import os
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from . import checkpoint
-from .config import RunConfig
+from .config import RunConfig, WorkerSpec
 from .engine import Context, fit
-from .fields import check_types, from_dict, json_resources, option, to_dict
+from .fields import from_dict, to_dict
 from .storage import Location, location
 
 RUN_NAME = "ray-train"  # Ray's folder inside the run folder: fixed, so re-running resumes
-
-
-@dataclass(frozen=True)
-class WorkerSpec:
-    """How many Ray Train workers a run uses and what each one reserves."""
-
-    workers: int = option(1, "workers per run: 1 trains in the run's own process, more are Ray Train DDP workers")
-    cpus_per_worker: float = option(1.0, "CPUs each worker reserves; fractions allowed")
-    gpus_per_worker: float = option(0.0, "GPUs each worker reserves (NCCL from 1; gloo for fractions such as 0.5)")
-    max_failures: int = option(2, "worker-group restarts from the last checkpoint")
-    worker_resources: dict[str, float] = option(
-        {}, "custom resources each worker also reserves, as JSON, e.g. '{\"A100\": 1}'", parse=json_resources
-    )
-    autoscale: bool = option(False, "an autoscaler adds nodes: skip the 'cluster too small' check")
-
-    def __post_init__(self) -> None:
-        check_types(self)
-        if self.workers < 1:
-            raise ValueError(
-                f"WorkerSpec.workers={self.workers} must be >= 1 (1: the run trains in its own process; more: Ray "
-                f"Train DDP workers)"
-            )
-        if self.cpus_per_worker <= 0:
-            raise ValueError(
-                f"WorkerSpec.cpus_per_worker={self.cpus_per_worker} must be > 0 (fractions such as 0.5 are fine)"
-            )
-        if self.gpus_per_worker < 0:
-            raise ValueError(f"WorkerSpec.gpus_per_worker={self.gpus_per_worker} must be >= 0")
-        if self.max_failures < 0:
-            raise ValueError(f"WorkerSpec.max_failures={self.max_failures} must be >= 0")
-
-    @property
-    def resources_per_worker(self) -> dict[str, float]:
-        res = {"CPU": self.cpus_per_worker, **self.worker_resources}
-        if self.gpus_per_worker:
-            res["GPU"] = self.gpus_per_worker
-        return res
 
 
 def ddp_backend(spec: WorkerSpec) -> str:

@@ -32,15 +32,12 @@ from tqdm.auto import tqdm
 from . import checkpoint
 from .checkpoint import load as load_checkpoint  # noqa: F401  (the name callers and tests know)
 from .checkpoint import without_predictions  # noqa: F401  (the CLI's summary uses it)
+from .config import DEVICES, OPTIMIZERS, TrainConfig  # noqa: F401  (the names callers know)
 from .data.base import MultiTaskDataset, TaskData, split_digest
-from .data.sampler import MODES, MultiTaskBatchSampler
-from .evaluation import PRECISIONS, accuracy, autocast, evaluate_counts, predict
-from .fields import check_types, option, optional_float
+from .data.sampler import MultiTaskBatchSampler
+from .evaluation import accuracy, autocast, evaluate_counts, predict
 from .model import PromptedCLIP
 from .storage import location
-
-OPTIMIZERS = ("adamw", "sgd")
-DEVICES = ("auto", "cpu", "cuda")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -51,51 +48,6 @@ def resolve_device(name: str) -> torch.device:
             f"torch.cuda.is_available() is False); use 'auto' or 'cpu', or run on a GPU machine"
         )
     return torch.device("cuda" if name != "cpu" and torch.cuda.is_available() else "cpu")
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """How to train. Defaults suit prompt tuning of the tiny toy CLIP on the toy benchmark."""
-
-    epochs: int = option(10, "training epochs")
-    batch_size: int = option(64, "global batch, shared among tasks (see sampling)")
-    lr: float = option(2e-3, "peak learning rate")
-    optimizer: str = option("adamw", "optimizer of the trainable parameters", choices=OPTIMIZERS)
-    weight_decay: float = option(0.0, "weight decay")
-    warmup_steps: int = option(10, "linear warm-up steps before the cosine decay")
-    grad_clip: float | None = option(
-        1.0, "clip the gradient norm to this value ('none': no clipping)", parse=optional_float
-    )
-    sampling: str = option("equal", "per-task share of a batch", choices=MODES)
-    seed: int = option(0, "seed of the initial prompts, random weights and batch order")
-    full_finetune: bool = option(False, "baseline: train the whole backbone too (use with layers 'none')")
-    eval_batch_size: int = option(256, "batch size of evaluation")
-    loader_workers: int = option(0, "data-loading processes per trainer")
-    pin_memory: bool = option(True, "pin the batches' host memory for faster copies to a GPU (CUDA only)")
-    device: str = option("auto", "where to train and evaluate: auto (CUDA when present), cpu or cuda", choices=DEVICES)
-    precision: str = option(
-        "auto", "forward arithmetic: auto (bf16 autocast on CUDA, fp32 on a CPU), bf16 or fp32", choices=PRECISIONS
-    )
-    checkpoint_every: int = option(
-        0, "save a checkpoint every k epochs, and always after the last; 0: every ceil(epochs / 10)"
-    )
-
-    def __post_init__(self) -> None:
-        check_types(self)
-        checks = [
-            ("epochs", self.epochs >= 0, ">= 0"),
-            ("batch_size", self.batch_size >= 1, ">= 1"),
-            ("lr", 0 < self.lr < math.inf, "> 0 and finite"),
-            ("weight_decay", 0 <= self.weight_decay < math.inf, ">= 0 and finite"),
-            ("warmup_steps", self.warmup_steps >= 0, ">= 0"),
-            ("grad_clip", self.grad_clip is None or 0 < self.grad_clip < math.inf, "> 0 and finite, or None"),
-            ("eval_batch_size", self.eval_batch_size >= 1, ">= 1"),
-            ("loader_workers", self.loader_workers >= 0, ">= 0"),
-            ("checkpoint_every", self.checkpoint_every >= 0, ">= 0 (0: every ceil(epochs / 10) epochs)"),
-        ]
-        for name, ok, valid in checks:
-            if not ok:
-                raise ValueError(f"TrainConfig.{name}={getattr(self, name)!r} must be {valid}")
 
 
 def warmup_cosine(warmup: int, total: int) -> Callable[[int], float]:

@@ -10,10 +10,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Subset
 
+from .config import PRECISIONS
 from .data.base import TaskData
 from .model import PromptedCLIP
-
-PRECISIONS = ("auto", "bf16", "fp32")  # auto: bf16 autocast on CUDA, fp32 elsewhere
 
 
 def autocast(device: torch.device, precision: str = "auto") -> torch.autocast:

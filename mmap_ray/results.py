@@ -50,7 +50,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .parse import parse_json
-from .storage import Location, location, location_as_given
+from .storage import Location, location, location_as_given, safe_name
 
 SCHEMA_VERSION = 6
 SCHEMA_KEY = b"mmap_ray.schema_version"
@@ -161,10 +161,6 @@ def row_key(cid: str, seed: int) -> str:
     return f"{cid}-s{seed}"
 
 
-def _safe(value: object) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in str(value))
-
-
 def write_table(
     root: str | Path | Location, table: str, name: str, rows: list[dict], schema: pa.Schema | None = None
 ) -> Location:
@@ -173,7 +169,7 @@ def write_table(
     With a schema, every column it names is written with its type (missing values as typed nulls) and a
     row key it does not name is an error; without one, types are inferred (benchmarks, baselines).
     """
-    if not name or _safe(name) != name or name.startswith("."):
+    if not name or safe_name(name) != name or name.startswith("."):
         raise ValueError(f"results file name {name!r}: use letters, digits, '-', '_' or '.'")
     path = location(root, "results root") / table / f"{name}.parquet"
     if schema is not None:

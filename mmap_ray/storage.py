@@ -162,6 +162,11 @@ def _object_store(scheme: str, bucket: str, query: str) -> pafs.FileSystem:
     return fs
 
 
+def safe_name(value: object) -> str:
+    """`value` as a file or folder name: every character but letters, digits and `-_.` replaced by `_`."""
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in str(value))
+
+
 def is_uri(where: str | os.PathLike | Location) -> bool:
     """Whether `where` is written as a URI (`s3://...`, or an unsupported `ftp://...`), not a local path."""
     return "://" in str(where)

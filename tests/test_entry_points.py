@@ -45,6 +45,39 @@ def test_a_preset_printed_as_a_study_file_round_trips(tmp_path, monkeypatch, cap
     assert bad.returncode == 2 and bad.stderr.startswith("grouping.py: error: --preset 'nope' is not valid")
 
 
+# Each command line is checked and refused (or printed) by the installed script; the probe then reports which of
+# the heavy stacks it loaded. A settings check that imports torch or Ray makes every typo cost seconds.
+LIGHT = [
+    (["study", "--preset", "oracle-k2", "--print"], 0, ""),
+    (["study", "--n-tokens", "0"], 2, "n_tokens=0 must be an integer >= 1"),
+    (["study", "--preset", "nope"], 2, "--preset 'nope' is not valid"),
+    (["train", "--lr", "-1"], 2, "TrainConfig.lr=-1.0 must be > 0"),
+    (["train", "--workers", "0"], 2, "--workers 0 is not valid"),
+    (["group", "--k", "2", "--scheme", "single"], 2, "--k 2 has no effect with --scheme single"),
+    (["eval", "--run", "no-such-run"], 2, "--run no-such-run is not a finished run folder"),
+    (["params", "--tasks", "Art,Art"], 2, "must name distinct tasks"),
+]
+PROBE = """
+import runpy, sys
+sys.argv = ["mmap-ray", *sys.argv[1:]]
+try:
+    runpy.run_module("mmap_ray", run_name="__main__")
+except SystemExit as e:
+    code = e.code
+heavy = sorted(m for m in ("torch", "open_clip", "ray", "pandas", "matplotlib") if m in sys.modules)
+print(f"exit {code}; loaded:", ",".join(heavy) or "none", file=sys.stderr)
+"""
+
+
+def test_a_refused_setting_and_a_printed_study_load_no_torch_open_clip_or_ray(tmp_path):
+    for argv, code, said in LIGHT:
+        out = _run(sys.executable, "-c", PROBE, *argv, cwd=tmp_path)
+        assert said in (out.stdout + out.stderr), (argv, out.stderr)
+        assert out.stderr.rstrip().endswith(f"exit {code}; loaded: none"), (argv, out.stderr)
+        assert list(tmp_path.iterdir()) == [], argv  # nothing written
+    assert _run(str(VENV_BIN / "mmap-ray"), *LIGHT[1][0], cwd=tmp_path).returncode == 2  # the script says so too
+
+
 @pytest.mark.slow
 def test_pip_install_of_the_project_gives_the_commands_and_their_data(tmp_path):
     """A non-editable install (the wheel pip builds) into a fresh venv, its dependencies seen from this one:

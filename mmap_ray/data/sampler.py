@@ -17,7 +17,7 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch.utils.data import Sampler
 
-MODES = ("equal", "proportional")
+from ..config import SAMPLING_MODES as MODES
 
 
 def task_quotas(sizes: Sequence[int], batch_size: int, mode: str = "equal") -> list[int]:

@@ -27,36 +27,34 @@ grid, the search space), `partitions` (planned once per study), `ownership` (sta
 rules), `run` (the Tuner and the trial driver), `callback` (the Parquet rows, written by the Tune driver).
 """
 
-from ..grouping import SCHEMES
-from .config import METRIC, MODES, OBJECTIVES, RESUME_MAY_CHANGE, StudyConfig, read_study_file
-from .ownership import check_start, settings_diff, stored_rows
-from .partitions import plan_partitions
-from .run import Interrupted, max_concurrent, run_study, trial_driver
-from .trials import AXES, Plan, Trial, canonical, grid_trials, make_trial, search_space, searcher, trial_of
+from importlib import import_module
 
-__all__ = [
-    "AXES",
-    "METRIC",
-    "MODES",
-    "OBJECTIVES",
-    "RESUME_MAY_CHANGE",
-    "SCHEMES",
-    "Interrupted",
-    "Plan",
-    "StudyConfig",
-    "Trial",
-    "canonical",
-    "check_start",
-    "grid_trials",
-    "make_trial",
-    "max_concurrent",
-    "plan_partitions",
-    "read_study_file",
-    "run_study",
-    "search_space",
-    "searcher",
-    "settings_diff",
-    "stored_rows",
-    "trial_driver",
-    "trial_of",
-]
+# Each public name and the module of this package that defines it (SCHEMES: mmap_ray.grouping), imported
+# on first use (PEP 562): `mmap-ray study --print` and a refused flag read `config` only, without Ray,
+# torch or the report stack.
+_EXPORTS = {
+    "SCHEMES": "..grouping",
+    **dict.fromkeys(
+        ("METRIC", "MODES", "OBJECTIVES", "RESUME_MAY_CHANGE", "StudyConfig", "read_study_file"), ".config"
+    ),
+    **dict.fromkeys(("check_start", "settings_diff", "stored_rows"), ".ownership"),
+    "plan_partitions": ".partitions",
+    **dict.fromkeys(("Interrupted", "max_concurrent", "run_study", "trial_driver"), ".run"),
+    **dict.fromkeys(
+        ("AXES", "Plan", "Trial", "canonical", "grid_trials", "make_trial", "search_space", "searcher", "trial_of"),
+        ".trials",
+    ),
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(import_module(_EXPORTS[name], __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])

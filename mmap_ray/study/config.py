@@ -15,15 +15,12 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..affinity import AffinityConfig
-from ..config import RunConfig, parse_variant
-from ..distributed import WorkerSpec
+from ..config import AffinityConfig, RunConfig, WorkerSpec, parse_variant
 from ..fields import check_keys, check_types, option, replace
 from ..grouping import SCHEMES, format_groups, is_partition_text, parse_groups
 from ..parse import parse_toml
-from ..prompts import Combine, Projection
-from ..results import _safe
-from ..storage import location, resolve_storage
+from ..prompt_config import Combine, Projection
+from ..storage import location, resolve_storage, safe_name
 
 MODES = ("compare", "search")
 OBJECTIVES = ("accuracy", "pareto")
@@ -144,7 +141,7 @@ class StudyConfig:
                 "StudyConfig.run sets partition or train.seed, which a study sets per trial: give partitions "
                 "through `schemes` and seeds through `seeds`"
             )
-        if not self.name or _safe(self.name) != self.name or self.name.startswith("."):
+        if not self.name or safe_name(self.name) != self.name or self.name.startswith("."):
             raise ValueError(
                 f"StudyConfig.name={self.name!r}: use letters, digits, '-', '_' or '.', not starting "
                 f"with '.' (it names one folder)"

@@ -25,18 +25,12 @@ import argparse
 import sys
 from pathlib import Path
 
-import pandas as pd
 import tomli_w
 
 from ..config import DATASETS, TOY_DATASETS
 from ..fields import add_arguments, from_dict, merge, parsed_values, to_dict
-from ..report import failures, leaderboard, load_study, mean_std, write_report
-from ..results import EPOCHS, PREDICTIONS, TRIALS
 from ..storage import StorageError, is_uri, location, resolve_storage
 from .config import StudyConfig, read_study_file
-from .race import RaceFailed
-from .run import Interrupted, run_study
-from .tracking import tracking_lines
 
 PRESET_DIR = Path(__file__).parent / "presets"
 PRESETS = sorted(p.stem for p in PRESET_DIR.glob("*.toml"))
@@ -80,6 +74,8 @@ def build_study(args: argparse.Namespace) -> StudyConfig:
 def describe_results(results: str) -> str:
     """Where a finished study's tables are, each one Parquet dataset that pandas, pyarrow, duckdb and polars
     read as is from the printed path, and what their accuracies mean."""
+    from ..results import EPOCHS, PREDICTIONS, TRIALS  # pyarrow and pandas: after a run only (see `run`)
+
     root = location(results)
     return "\n".join(
         [
@@ -123,12 +119,29 @@ def build_parser(prog: str = "mmap-ray study") -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None, prog: str = "mmap-ray study") -> int:
     args = build_parser(prog).parse_args(argv)
-    study = None
     try:
         study = build_study(args)
-        if args.print:
-            print(study_toml(study), end="")
-            return 0
+    except (ValueError, OSError) as e:  # a bad setting, or a file we could not read (it names the path)
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted before the study started", file=sys.stderr)
+        return 130
+    if args.print:
+        print(study_toml(study), end="")
+        return 0
+    return run(study, args, prog)
+
+
+def run(study: StudyConfig, args: argparse.Namespace, prog: str = "mmap-ray study") -> int:
+    """Run the checked study, print its leaderboard and write its report: the exit status."""
+    # Imported here, not at the top: Ray, torch and the report stack load only for a study that runs,
+    # so that --print and a refused setting answer in about a second.
+    from .race import RaceFailed
+    from .run import Interrupted, run_study
+    from .tracking import tracking_lines
+
+    try:
         results = run_study(
             study, resume=args.resume, overwrite=args.overwrite, break_lock=args.break_lock, exit_on_sigterm=True
         )
@@ -148,8 +161,11 @@ def main(argv: list[str] | None = None, prog: str = "mmap-ray study") -> int:
         print(f"{prog}: {e} (study folder: {study.study_dir})", file=sys.stderr)
         return 130
     except KeyboardInterrupt:
-        where = f" (study folder: {study.study_dir})" if study else ""
-        print(f"{prog}: interrupted before every trial had a result; continue with --resume{where}", file=sys.stderr)
+        print(
+            f"{prog}: interrupted before every trial had a result; continue with --resume "
+            f"(study folder: {study.study_dir})",
+            file=sys.stderr,
+        )
         return 130
     print(describe_results(results))
     for line in tracking_lines(study.tracking, study.name, location(study.study_dir)):
@@ -168,6 +184,10 @@ def main(argv: list[str] | None = None, prog: str = "mmap-ray study") -> int:
 def summarise(results: str | Path, prog: str = "mmap-ray study") -> int:
     """Print a finished study's failures and leaderboard and write its report: 1 if no trial produced an
     accuracy, else 0, even where no report could be written."""
+    import pandas as pd  # here, with the report: not needed to check or print a study (see `run`)
+
+    from ..report import failures, leaderboard, load_study, mean_std, write_report
+
     try:
         done = load_study(results)  # read once: the summary, the failures and the report all come from it
     except ValueError as e:  # the study ran; a report that cannot be built is not its failure
