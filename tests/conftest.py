@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -53,6 +54,18 @@ def study_env(**extra) -> dict:
     env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}", "RAY_AUTH_MODE": "token", **extra}
     env.pop("RAY_ADDRESS", None)
     return env
+
+
+@pytest.fixture(scope="session")
+def auth_token() -> Path:
+    """The Ray token a user makes before starting a cluster with token authentication (cluster/README.md:
+    `ray get-auth-token --generate`, which keeps an existing ~/.ray/auth_token). `ray start --head` with
+    RAY_AUTH_MODE=token refuses to start without one; on a machine where Ray never ran there is none."""
+    made = subprocess.run(
+        [str(VENV_BIN / "ray"), "get-auth-token", "--generate"], env=study_env(), capture_output=True, text=True
+    )
+    assert made.returncode == 0, made.stderr
+    return Path.home() / ".ray" / "auth_token"
 
 
 def terminal_signals() -> None:

@@ -590,7 +590,7 @@ def _gpu_nodes(nodes: list[dict]) -> list[dict]:
 
 
 @pytest.mark.slow
-def test_autoscaler_adds_gpu_nodes_for_a_smoke_study_and_removes_them_when_idle(tmp_path, s3, monkeypatch):
+def test_autoscaler_adds_gpu_nodes_for_a_smoke_study_and_removes_them_when_idle(tmp_path, s3, monkeypatch, auth_token):
     from test_data_folders import make_tree
 
     from mmap_ray.data.remote import CACHE_ENV, cache_folder, push

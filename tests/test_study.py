@@ -65,7 +65,7 @@ def _check_smoke_results(results: Path, schemes: set[str]) -> pd.DataFrame:
 
 
 @pytest.mark.slow
-def test_ray_job_submit_smoke_study_with_token_auth(tmp_path):
+def test_ray_job_submit_smoke_study_with_token_auth(tmp_path, auth_token):
     port, dash = free_port(), free_port()
     start = _ray(
         "start",
@@ -82,7 +82,7 @@ def test_ray_job_submit_smoke_study_with_token_auth(tmp_path):
     )
     assert start.returncode == 0, start.stderr
     try:
-        assert (Path.home() / ".ray" / "auth_token").is_file()  # token authentication is on
+        assert auth_token.is_file()  # token authentication is on
         job = ["--address", f"http://127.0.0.1:{dash}", "--working-dir", str(REPO), "--"]
         study = ["python", "studies/grouping.py", "--smoke"]
         # a relative --storage would land in Ray's temporary copy of the working dir: refused, the job fails
