@@ -50,9 +50,9 @@ def _toy_config(cfg: DataConfig, image_size: int) -> ToyConfig:
     """The rendering settings of a toy benchmark: its default shots, or `cfg.shots` images per class."""
     from .data.toy import DOMAINS, TOY2_SHOTS, TOY3_SCARCE, TOY3_SHOTS, ToyConfig
 
-    default = {"toy": {}, "toy2": {"train_per_class": TOY2_SHOTS}, "toy3": {"train_per_class": TOY3_SHOTS}}
-    shots = {"train_per_class": cfg.shots} if cfg.shots else default[cfg.dataset]  # k images per class
-    if cfg.dataset == "toy3":  # the scarce half: TOY3_SCARCE images per class, or k if fewer
+    default = {"toy": {}, "toy2": {"train_per_class": TOY2_SHOTS}}
+    shots = {"train_per_class": cfg.shots} if cfg.shots else default.get(cfg.dataset, {"train_per_class": TOY3_SHOTS})
+    if cfg.dataset in ("toy3", "family"):  # the scarce half: TOY3_SCARCE images per class, or k if fewer
         shots["scarce_per_class"] = min(TOY3_SCARCE, shots["train_per_class"])
     conventions = cfg.dataset in ("toy2", "toy3")
     domains = cfg.domains or DOMAINS
@@ -65,11 +65,20 @@ def run_train_sizes(cfg: DataConfig) -> list[int] | None:
     if cfg.dataset not in TOY_DATASETS:
         return None
     toy = _toy_config(cfg, image_size=8)  # the counts do not depend on the image size
+    if cfg.dataset == "family":
+        from .data.family import instance
+
+        return instance(cfg.data_seed).train_sizes(toy.domains, toy.train_per_class, toy.scarce_per_class)
     return [sum(toy.train_counts(d)) for d in toy.domains]
 
 
 def load_run_tasks(cfg: DataConfig, backbone: Backbone, splits_dir: Path | None = None) -> list[TaskData]:
     """The tasks (one per domain), rendered (toy) or read from the dataset folder."""
+    if cfg.dataset == "family":
+        from .data.family import load_family_tasks
+
+        toy = _toy_config(cfg, backbone.model.visual.image_size[0])
+        return load_family_tasks(toy, toy.train_per_class, toy.scarce_per_class)
     if cfg.dataset in TOY_DATASETS:
         from .data.toy import load_toy_tasks
 

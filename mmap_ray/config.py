@@ -33,8 +33,8 @@ from .parse import parse_json
 from .prompt_config import MmAPConfig
 from .storage import is_uri, location
 
-TOY_DATASETS = ("toy", "toy2", "toy3")  # rendered, no folder (data/toy.py)
-DATASETS = ("toy", "toy2", "toy3", "office-home", "minidomainnet", "domainnet", "folders")
+TOY_DATASETS = ("toy", "toy2", "toy3", "family")  # rendered, no folder (data/toy.py, data/family.py)
+DATASETS = (*TOY_DATASETS, "office-home", "minidomainnet", "domainnet", "folders")
 TINY_MODEL = "mmap-ViT-Tiny-8"  # our tiny CLIP (model_configs/), pretrained on the toy benchmark (toyclip.py)
 NO_WEIGHTS = ("", "none", "None")  # what `pretrained` may say for random weights, besides None
 OPTIMIZERS = ("adamw", "sgd")
@@ -70,7 +70,8 @@ class DataConfig:
 
     dataset: str = option(
         "toy",
-        "benchmark; toy, toy2 and toy3 (the grouping benchmark) are rendered, the others read a dataset folder",
+        "benchmark; toy, toy2, toy3 (the grouping benchmark) and family (toy3-like instances drawn from factors by "
+        "data_seed, data/family.py) are rendered, the others read a dataset folder",
         choices=DATASETS,
     )
     root: str | None = option(

@@ -103,8 +103,9 @@ SHIPPED = {
 
 
 def recipe_for(dataset: str) -> ToyCLIPConfig:
-    """The pretraining recipe of the tiny CLIP a toy benchmark uses ('toy2', 'toy3': every domain; else RealWorld)."""
-    return TOY2_RECIPE if dataset in ("toy2", "toy3") else ToyCLIPConfig()
+    """The pretraining recipe of the tiny CLIP a toy benchmark uses ('toy2', 'toy3', 'family': every domain;
+    else RealWorld)."""
+    return TOY2_RECIPE if dataset in ("toy2", "toy3", "family") else ToyCLIPConfig()
 
 
 def _caption_tokens(tokenizer) -> torch.Tensor:

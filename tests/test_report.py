@@ -75,6 +75,8 @@ def _trial(
     epochs_run: int = 4,
     partition: str = PLANTED,
     lr: float = 2e-3,
+    dataset: str = "toy",
+    data_seed: int = 0,
 ) -> dict:
     """A trial row of the current schema, `acc` a fraction written in percent; its config_id hashes the
     configuration (not the scheme, not the seed)."""
@@ -88,10 +90,10 @@ def _trial(
         "lr": lr,
         "epochs": 4,
         "batch_size": 16,
-        "dataset": "toy",
+        "dataset": dataset,
         "model": "tiny",
         "pretrained": "none",
-        "data_seed": 0,
+        "data_seed": data_seed,
     }
     row = {
         **config,
@@ -799,3 +801,43 @@ def test_halves_table_counts_toy3s_abundant_and_scarce_halves_from_the_per_image
     write_rows(toy / "results", [_trial("a", "single", 0, 0.5)])
     assert module.main([str(toy / "results")]) == 2
     assert "is a study on ['toy']; only toy3's classes have halves" in capsys.readouterr().err
+
+
+def test_family_oracle_ranks_partitions_within_each_instance_and_scores_methods_over_instances(tmp_path):
+    """A family study (each seed its own instance, data_seed 1000 + seed) with known accuracies: the planted
+    partition is the best on instances 1000-1002 and the second on 1003; partitions are ranked per instance,
+    and a method's regret is against the planted partition (conflict instances) and the instance's best."""
+    from mmap_ray.data.family import instance
+    from mmap_ray.grouping import set_partitions
+    from mmap_ray.report.family import family_instances, family_scores
+
+    parts = [str(p) for p in set_partitions(TASKS, 2)]
+    seeds = [s for s in range(40) if instance(1000 + s).conflict][:4]  # four instances with a planted partition
+    planted = {s: instance(1000 + s).planted for s in seeds}
+    rows, expected_best = [], {}
+    for s in seeds:
+        order = [planted[s], *sorted(p for p in parts if p != planted[s])]  # planted first, then by name
+        if s == seeds[3]:
+            order[0], order[1] = order[1], order[0]  # the planted partition second on the last instance
+        expected_best[s] = order[0]
+        for rank, part in enumerate(order):
+            acc = 0.90 - 0.02 * rank
+            rows.append(_trial(f"p{rank}s{s}", part, s, acc, partition=part, dataset="family", data_seed=1000 + s))
+    write_rows(tmp_path / "results", rows, epochs=False)
+    chosen = {f"gradient/{s}": planted[s] for s in seeds} | {f"random/{s}": expected_best[s] for s in seeds}
+    (tmp_path / "partitions.json").write_text(json.dumps({"partitions": chosen, "seconds": {}}))
+    study = load_study(tmp_path / "results")
+    table = family_instances(study.trials).set_index("instance")
+    assert list(table.index) == [1000 + s for s in seeds] and (table["partitions"] == 7).all()
+    assert table["planted rank"].tolist() == [1, 1, 1, 2] and table["spread"].round(6).eq(12.0).all()
+    assert table.loc[1000 + seeds[3], "best"] == expected_best[seeds[3]] != planted[seeds[3]]
+    scores = family_scores(study.trials, study.partitions).set_index("method")
+    # gradient chose the planted partition everywhere: no regret against it, 2 points against the last best
+    assert scores.loc["gradient", "chose planted"] == 1.0 and scores.loc["gradient", "instances"] == 4
+    assert scores.loc["gradient", "regret vs planted (points, 95% CI)"] == "+0.0 [+0.0, +0.0]"
+    assert scores.loc["gradient", "regret vs instance best, in sample"].startswith("+0.5 [")  # (0+0+0+2) / 4
+    assert scores.loc["random", "chose instance best"] == 1.0 and scores.loc["random", "chose planted"] == 0.75
+    assert scores.loc["random", "regret vs planted (points, 95% CI)"].startswith("-0.5 [")  # it beat planted once
+    section = Path(write_report(study, tmp_path / "report").markdown).read_text()
+    assert "Grouping methods on the benchmark family" in section
+    assert "Grouping methods against the oracle" not in section  # partition names mean other things per instance

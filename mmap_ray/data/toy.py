@@ -176,15 +176,22 @@ def _seed(*parts: object) -> int:
     return int.from_bytes(hashlib.sha256("/".join(map(str, parts)).encode()).digest()[:8], "little") >> 1
 
 
-def shape_of(domain: str, conventions: bool) -> Tensor:
-    """(classes,) the shape each class id is drawn as in `domain`: itself, or under toy2's conventions:
-    convention A swaps the relabelled names in pairs (0<->1, ...), B shifts them by two (0->2, ...)."""
+def convention_shapes(convention: str) -> Tensor:
+    """(classes,) the shape each class id is drawn as under a labelling convention: 'A' swaps the relabelled
+    names in pairs (0<->1, ...), 'B' shifts them by two (0->2, ...)."""
+    if convention not in ("A", "B"):
+        raise ValueError(f"convention={convention!r} is not valid; choose 'A' or 'B'")
     shapes = torch.arange(len(CLASSES))
-    if conventions:
-        k = len(RELABELLED)
-        for i, c in enumerate(RELABELLED):
-            shapes[c] = RELABELLED[i ^ 1] if CONVENTIONS[domain] == "A" else RELABELLED[(i + 2) % k]
+    k = len(RELABELLED)
+    for i, c in enumerate(RELABELLED):
+        shapes[c] = RELABELLED[i ^ 1] if convention == "A" else RELABELLED[(i + 2) % k]
     return shapes
+
+
+def shape_of(domain: str, conventions: bool) -> Tensor:
+    """(classes,) the shape each class id is drawn as in `domain`: itself, or under toy2's conventions
+    (`CONVENTIONS`: Art and Product follow A, Clipart and RealWorld B; `convention_shapes`)."""
+    return convention_shapes(CONVENTIONS[domain]) if conventions else torch.arange(len(CLASSES))
 
 
 @dataclass(frozen=True)
@@ -235,14 +242,22 @@ class ToyImages(Dataset):
 
 
 def render_split(
-    domain: str, per_class: int | list[int], size: int, seed: int, stream: str, conventions: bool = False
+    domain: str,
+    per_class: int | list[int],
+    size: int,
+    seed: int,
+    stream: str,
+    conventions: bool = False,
+    shapes: Tensor | None = None,
 ) -> ToyImages:
-    """`per_class` images of every class in `domain` (or per_class[c] of class c), from the random stream
-    named by (seed, stream); with `conventions`, class c is drawn as the shape `shape_of(domain)[c]`."""
+    """`per_class` images of every class in `domain` (or per_class[c] of class c), sorted by class, from the
+    random stream named by (seed, stream); class c is drawn as the shape `shapes[c]` (default: with
+    `conventions`, `shape_of(domain)[c]`, else shape c)."""
     g = torch.Generator().manual_seed(_seed(seed, domain, stream))
     counts = torch.tensor(per_class) if isinstance(per_class, list) else per_class
     labels = torch.arange(len(CLASSES)).repeat_interleave(counts)  # (N,)
-    return ToyImages(render(shape_of(domain, conventions)[labels], domain, size, g), labels)
+    shapes = shape_of(domain, conventions) if shapes is None else shapes
+    return ToyImages(render(shapes[labels], domain, size, g), labels)
 
 
 def load_toy_tasks(cfg: ToyConfig | None = None) -> list[TaskData]:

@@ -1,0 +1,104 @@
+"""The benchmark family's oracle (`--preset family`): on each instance every two-group partition is trained,
+and each grouping method is scored on each instance, then over instances.
+
+The instances differ in their factors and domain roles (`data/family.py`), so a partition's name means
+something else on each one: partitions are ranked within an instance, never averaged across instances, and
+an instance is the unit of the intervals (each instance is trained once per partition, with the seed that
+drew it). Per method:
+
+- regret against the planted partition, on the instances that have one (conflict): the planted partition
+  is fixed before any training, so this regret has no winner's curse;
+- regret against the instance's best trained partition: in sample (the best of several noisy accuracies,
+  so it is biased upwards: a method that picked the truly best partition still shows a regret);
+- how often it chose the planted partition, and the instance's best one.
+
+Intervals are 95% t intervals over instances (`stats.seed_interval`), with the minimum detectable effect.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from ..data.family import instance
+from ..grouping import AFFINITY_SCHEMES, FIXED_SCHEMES, Partition, parse_groups
+from ..stats import seed_interval
+from .load import completed
+
+TASKS = ("Art", "Clipart", "Product", "RealWorld")
+
+
+def is_family(trials: pd.DataFrame) -> bool:
+    """Whether these are the trials of a family study (every row on the family benchmark)."""
+    return len(trials) > 0 and "dataset" in trials and bool((trials["dataset"].astype(str) == "family").all())
+
+
+def _canonical(text: str) -> str:
+    return str(Partition(TASKS, parse_groups(text)))
+
+
+def _accuracies(trials: pd.DataFrame, metric: str) -> dict[int, dict[str, float]]:
+    """instance (data_seed) -> {partition: accuracy} over the completed two-group trials."""
+    t = completed(trials)
+    t = t[t["partition"].notna() & t[metric].notna()]
+    out: dict[int, dict[str, float]] = {}
+    for p, inst, acc in zip(t["partition"].astype(str), t["data_seed"], t[metric]):
+        if len(parse_groups(p)) == 2:
+            out.setdefault(int(inst), {})[_canonical(p)] = float(acc)
+    return out
+
+
+def family_instances(trials: pd.DataFrame, metric: str = "test_mean") -> pd.DataFrame:
+    """One row per instance: its factors, its best partition and the planted one's rank among the partitions
+    trained on it, and the spread (best minus worst, points)."""
+    rows = []
+    for inst, acc in sorted(_accuracies(trials, metric).items()):
+        ranked = sorted(acc, key=lambda p: (-acc[p], p))
+        planted = instance(inst).planted
+        rows.append(
+            {
+                **instance(inst).factors(),
+                "partitions": len(acc),
+                "best": ranked[0],
+                "best accuracy": acc[ranked[0]],
+                "planted rank": ranked.index(planted) + 1 if planted in acc else None,
+                "spread": acc[ranked[0]] - acc[ranked[-1]],
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def family_scores(trials: pd.DataFrame, partitions: dict[str, str], metric: str = "test_mean") -> pd.DataFrame:
+    """One row per grouping method in `partitions` ("scheme/seed" -> the partition it chose): its regret
+    against the planted partition and against the instance's best, with 95% intervals over instances, and
+    how often it chose each."""
+    acc = _accuracies(trials, metric)
+    seed_to_instance = {int(s): int(d) for s, d in zip(trials["seed"], trials["data_seed"])}
+    rows = []
+    methods = sorted({k.rsplit("/", 1)[0] for k in partitions} & set(AFFINITY_SCHEMES + FIXED_SCHEMES))
+    for method in methods:
+        picks = {}  # instance -> chosen partition, where the instance's partitions were all trained
+        for key, chosen in partitions.items():
+            scheme, seed = key.rsplit("/", 1)
+            inst = seed_to_instance.get(int(seed))
+            if scheme == method and inst in acc and _canonical(chosen) in acc[inst]:
+                picks[inst] = _canonical(chosen)
+        if not picks:
+            continue
+        best = {i: max(sorted(acc[i]), key=lambda p: acc[i][p]) for i in picks}
+        planted = {i: instance(i).planted for i in picks if instance(i).planted in acc[i]}
+        vs_best = seed_interval(np.array([acc[i][best[i]] - acc[i][picks[i]] for i in picks]))
+        vs_planted = seed_interval(np.array([acc[i][planted[i]] - acc[i][picks[i]] for i in planted]))
+        rows.append(
+            {
+                "method": method,
+                "instances": len(picks),
+                "regret vs planted (points, 95% CI)": str(vs_planted) if vs_planted else "–",
+                "planted: instances": len(planted),
+                "planted: MDE": round(vs_planted.mde, 1) if vs_planted and vs_planted.mde is not None else None,
+                "chose planted": float(np.mean([picks[i] == planted[i] for i in planted])) if planted else None,
+                "regret vs instance best, in sample": str(vs_best) if vs_best else "–",
+                "chose instance best": float(np.mean([picks[i] == best[i] for i in picks])),
+            }
+        )
+    return pd.DataFrame(rows)
