@@ -650,7 +650,7 @@ def test_oracle_ranks_partitions_and_scores_each_method_against_it(tmp_path):
     assert scores.loc["gradient", "top-2 rate"] == 1.0 and scores.loc["random", "top-2 rate"] == 0.0
     assert scores.loc["gradient", "p (Holm)"] != "–" and scores.loc["random", "p (Holm)"] != "–"
     paths = write_report(study, tmp_path / "report")
-    section = Path(paths.markdown).read_text().split("Grouping methods against the oracle")[1].split("\n## ")[0]
+    section = Path(paths.markdown).read_text().split("## Grouping methods against the oracle")[1].split("\n## ")[0]
     lines = [line for line in section.splitlines() if parts[0].replace("|", "\\|") in line]  # Markdown escapes |
     assert "90.1 ± 0.1" in lines[0] and "gradient" in section and "random" in section
     # how much the partition matters: best minus worst two-group partition, 6 points, every seed alike
@@ -661,6 +661,14 @@ def test_oracle_ranks_partitions_and_scores_each_method_against_it(tmp_path):
     # what a reader sees: human column names, not the frame's internal ones
     assert "choosing (s per seed)" in section and "oracle training (s per seed)" in section
     assert "cost_s" not in section and "oracle_s" not in section
+    # regret against cost, one marker per method: gradient at its cost and no regret, random free and worse
+    assert "![Grouping methods against the oracle](figures/regret-cost.png)" in section
+    assert (tmp_path / "report" / "figures" / "regret-cost.png").is_file()
+    from mmap_ray.report.figures import oracle_regret_points
+
+    points = oracle_regret_points(scores.reset_index()).set_index("method")
+    assert points.loc["gradient", "regret"] == 0.0 and points.loc["gradient", "cost"] == pytest.approx(12 / 252)
+    assert points.loc["random", "regret"] == pytest.approx(4 / 6) and points.loc["random", "cost"] == 0.0
 
 
 def test_rank_correlation_of_a_methods_partition_scores_with_the_oracle(tmp_path):
@@ -838,6 +846,12 @@ def test_family_oracle_ranks_partitions_within_each_instance_and_scores_methods_
     assert scores.loc["gradient", "regret vs instance best, in sample"].startswith("+0.5 [")  # (0+0+0+2) / 4
     assert scores.loc["random", "chose instance best"] == 1.0 and scores.loc["random", "chose planted"] == 0.75
     assert scores.loc["random", "regret vs planted (points, 95% CI)"].startswith("-0.5 [")  # it beat planted once
+    from mmap_ray.report.family import family_regret_points
+
+    points = family_regret_points(study.trials, study.partitions).set_index("method")
+    assert points.loc["gradient", ["regret", "low", "high"]].tolist() == [0.0, 0.0, 0.0]
+    assert points.loc["random", "regret"] == pytest.approx(-0.5) and (points["cost"] == 0.0).all()  # no seconds
     section = Path(write_report(study, tmp_path / "report").markdown).read_text()
+    assert "figures/regret-cost.png" in section and "Lower left is better" in section
     assert "Grouping methods on the benchmark family" in section
     assert "Grouping methods against the oracle" not in section  # partition names mean other things per instance

@@ -68,37 +68,75 @@ def family_instances(trials: pd.DataFrame, metric: str = "test_mean") -> pd.Data
     return pd.DataFrame(rows)
 
 
-def family_scores(trials: pd.DataFrame, partitions: dict[str, str], metric: str = "test_mean") -> pd.DataFrame:
-    """One row per grouping method in `partitions` ("scheme/seed" -> the partition it chose): its regret
-    against the planted partition and against the instance's best, with 95% intervals over instances, and
-    how often it chose each."""
+def _methods(trials: pd.DataFrame, partitions: dict[str, str], seconds: dict[str, float] | None, metric: str):
+    """Per grouping method in `partitions` ("scheme/seed" -> the partition it chose): (method, picks per
+    instance, regret vs planted and vs the instance's best as `Difference`s, rates, cost and oracle seconds)."""
     acc = _accuracies(trials, metric)
     seed_to_instance = {int(s): int(d) for s, d in zip(trials["seed"], trials["data_seed"])}
-    rows = []
-    methods = sorted({k.rsplit("/", 1)[0] for k in partitions} & set(AFFINITY_SCHEMES + FIXED_SCHEMES))
-    for method in methods:
-        picks = {}  # instance -> chosen partition, where the instance's partitions were all trained
+    done = completed(trials)
+    done = done[[len(parse_groups(str(p))) == 2 for p in done["partition"].fillna("A")]] if len(done) else done
+    oracle_s = done.groupby("data_seed")["wall_s"].sum().mean() if "wall_s" in done and len(done) else float("nan")
+    for method in sorted({k.rsplit("/", 1)[0] for k in partitions} & set(AFFINITY_SCHEMES + FIXED_SCHEMES)):
+        picks, cost = {}, []  # instance -> chosen partition, where the instance's partitions were all trained
         for key, chosen in partitions.items():
             scheme, seed = key.rsplit("/", 1)
             inst = seed_to_instance.get(int(seed))
             if scheme == method and inst in acc and _canonical(chosen) in acc[inst]:
                 picks[inst] = _canonical(chosen)
+                cost += [seconds[key]] if seconds and key in seconds else []
         if not picks:
             continue
         best = {i: max(sorted(acc[i]), key=lambda p: acc[i][p]) for i in picks}
         planted = {i: instance(i).planted for i in picks if instance(i).planted in acc[i]}
-        vs_best = seed_interval(np.array([acc[i][best[i]] - acc[i][picks[i]] for i in picks]))
-        vs_planted = seed_interval(np.array([acc[i][planted[i]] - acc[i][picks[i]] for i in planted]))
+        yield {
+            "method": method,
+            "picks": picks,
+            "planted": planted,
+            "vs_planted": seed_interval(np.array([acc[i][planted[i]] - acc[i][picks[i]] for i in planted])),
+            "vs_best": seed_interval(np.array([acc[i][best[i]] - acc[i][picks[i]] for i in picks])),
+            "chose_planted": float(np.mean([picks[i] == planted[i] for i in planted])) if planted else None,
+            "chose_best": float(np.mean([picks[i] == best[i] for i in picks])),
+            "cost_s": float(np.mean(cost)) if cost else float("nan"),
+            "oracle_s": float(oracle_s),
+        }
+
+
+def family_scores(
+    trials: pd.DataFrame, partitions: dict[str, str], seconds: dict[str, float] | None = None, metric: str = "test_mean"
+) -> pd.DataFrame:
+    """One row per grouping method in `partitions` ("scheme/seed" -> the partition it chose): its regret
+    against the planted partition and against the instance's best, with 95% intervals over instances, how
+    often it chose each, and what choosing cost (seconds per instance, and against training every partition)."""
+    rows = []
+    for m in _methods(trials, partitions, seconds, metric):
+        vs_planted, vs_best = m["vs_planted"], m["vs_best"]
         rows.append(
             {
-                "method": method,
-                "instances": len(picks),
+                "method": m["method"],
+                "instances": len(m["picks"]),
                 "regret vs planted (points, 95% CI)": str(vs_planted) if vs_planted else "–",
-                "planted: instances": len(planted),
+                "planted: instances": len(m["planted"]),
                 "planted: MDE": round(vs_planted.mde, 1) if vs_planted and vs_planted.mde is not None else None,
-                "chose planted": float(np.mean([picks[i] == planted[i] for i in planted])) if planted else None,
+                "chose planted": m["chose_planted"],
                 "regret vs instance best, in sample": str(vs_best) if vs_best else "–",
-                "chose instance best": float(np.mean([picks[i] == best[i] for i in picks])),
+                "chose instance best": m["chose_best"],
+                "choosing (s per instance)": m["cost_s"],
+                "choosing / oracle": m["cost_s"] / m["oracle_s"] if m["oracle_s"] == m["oracle_s"] else float("nan"),
             }
         )
     return pd.DataFrame(rows)
+
+
+def family_regret_points(
+    trials: pd.DataFrame, partitions: dict[str, str], seconds: dict[str, float] | None = None, metric: str = "test_mean"
+) -> pd.DataFrame:
+    """The regret-against-cost figure's points: per method, regret vs planted (points, 95% interval over
+    instances) and its cost as a fraction of training every partition (0 for the free schemes)."""
+    rows = []
+    for m in _methods(trials, partitions, seconds, metric):
+        d = m["vs_planted"]
+        if d is None:
+            continue
+        cost = m["cost_s"] / m["oracle_s"] if m["cost_s"] == m["cost_s"] and m["oracle_s"] else 0.0
+        rows.append({"method": m["method"], "cost": cost, "regret": d.diff, "low": d.low, "high": d.high})
+    return pd.DataFrame(rows, columns=["method", "cost", "regret", "low", "high"])

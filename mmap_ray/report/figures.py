@@ -186,3 +186,25 @@ def ablation_figure(study: Study, setting: str) -> Made:
         shown = f"{setting} {', '.join(map(str, values))}" if len(values) else "the default alignment layers"
         return None, f"'{title}': every completed trial has {shown}; run the study with `--preset {preset}` to vary it."
     return plots.ablation(ablation_table(t, setting), xlabel, _ylabel(t), title, log2=setting == "n_tokens"), None
+
+
+def regret_cost_figure(points: pd.DataFrame, ylabel: str, title: str) -> Made:
+    """Each grouping method's regret against its cost (`plots.regret_cost`), or None with a reason."""
+    points = points[points["regret"].notna()]
+    if points.empty:
+        return None, "No grouping method's choice could be scored: the regret-against-cost figure is left out."
+    return plots.regret_cost(points, ylabel, title), None
+
+
+def oracle_regret_points(scores: pd.DataFrame) -> pd.DataFrame:
+    """The oracle section's figure points from `oracle.method_scores`: the cross-fitted regret as a share of the
+    oracle's spread (no interval: two halves of the seeds) against the cost fraction (0 where nothing ran)."""
+    return pd.DataFrame(
+        {
+            "method": scores["method"],
+            "cost": scores["cost / oracle"].fillna(0.0),
+            "regret": scores["cross-fitted / oracle spread"],
+            "low": float("nan"),
+            "high": float("nan"),
+        }
+    )

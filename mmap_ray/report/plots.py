@@ -279,3 +279,27 @@ def ablation(table: pd.DataFrame, xlabel: str, ylabel: str, title: str, log2: bo
         ax.set_title(title)
         ax.legend(title="grouping scheme", frameon=False)
     return fig
+
+
+def regret_cost(points: pd.DataFrame, ylabel: str, title: str) -> Figure:
+    """One marker per grouping method: its regret (points; bars: its 95% interval where it has one) against
+    what choosing cost as a fraction of training every partition (symmetric log x: free methods at 0).
+
+    `points`: columns method, cost (fraction), regret, low, high (NaN where there is no interval).
+    """
+    with _figure(size=(6.4, 4.2)) as (fig, axes):
+        ax = axes[0, 0]
+        for (_, row), style in zip(points.iterrows(), series_styles(len(points))):
+            has_interval = row["low"] == row["low"]
+            yerr = [[row["regret"] - row["low"]], [row["high"] - row["regret"]]] if has_interval else None
+            style = {**style, "linestyle": "none"}
+            ax.errorbar(
+                [row["cost"]], [row["regret"]], yerr=yerr, capsize=3, markersize=7, label=row["method"], **style
+            )
+        ax.axhline(0.0, color="0.6", linewidth=0.8)
+        ax.set_xscale("symlog", linthresh=1e-3)
+        ax.set_xlabel("cost of choosing / cost of training every partition (symlog)")
+        ax.set_ylabel(ylabel)
+        ax.set_title(title)
+        ax.legend(title="method", loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False)
+    return fig

@@ -16,7 +16,7 @@ from functools import partial
 import pandas as pd
 from matplotlib.figure import Figure
 
-from .family import family_instances, family_scores, is_family
+from .family import family_instances, family_regret_points, family_scores, is_family
 from .figures import (
     ABLATIONS,
     MAX_AFFINITY_PANELS,
@@ -25,6 +25,8 @@ from .figures import (
     affinity_figure,
     budget_figure,
     curves_figure,
+    oracle_regret_points,
+    regret_cost_figure,
     tradeoff_figure,
 )
 from .load import METRIC_LABELS, Study, accuracy_columns, completed, scheme_names
@@ -45,6 +47,11 @@ READING = {  # a figure's file name -> the text above it, which says how to read
         "Affinity between tasks, measured during joint training of one shared MmAP (tag: TAG over the study's "
         "own schedule; the gradient and lookahead probes: a short run; the proxies: from the frozen backbone); "
         "the tasks are ordered by the chosen partition and its groups boxed."
+    ),
+    "regret-cost": (
+        "The figure: each grouping method's regret (bars: its 95% interval where there is one) against what its "
+        "choice cost as a fraction of training every partition; free schemes (random, fixed) sit at 0. Lower "
+        "left is better; a method above random's regret is no better than chance."
     ),
     "curves": (
         "Validation accuracy per task of each scheme's best trial (by best validation mean); gray: the "
@@ -208,8 +215,20 @@ def family_section(study: Study) -> Section:
     )
     s.tables.append(family_instances(study.trials))
     if study.partitions:
-        s.tables.append(family_scores(study.trials, study.partitions))
+        s.tables.append(family_scores(study.trials, study.partitions, study.seconds))
+        points = family_regret_points(study.trials, study.partitions, study.seconds)
+        _add_figure(s, regret_cost_figure(points, "regret vs planted partition (points)", "Regret against cost"))
     return s
+
+
+def _add_figure(s: Section, made: Made) -> None:
+    """The regret-against-cost figure under a section's tables, or the note on why there is none."""
+    fig, reason = made
+    if fig is None:
+        s.notes.append(reason)
+    else:
+        s.figure, s.drawn = "regret-cost.png", fig
+        s.notes.append(READING["regret-cost"])
 
 
 def oracle_section(study: Study) -> Section:
@@ -250,6 +269,8 @@ def oracle_section(study: Study) -> Section:
             study.trials, study.partitions, study.seconds, predictions=study.predictions, affinity=study.affinity
         )
         s.tables.append(scores.rename(columns=COST_COLUMNS))
+        title = "Regret (cross-fitted) against cost"
+        _add_figure(s, regret_cost_figure(oracle_regret_points(scores), "regret / oracle spread", title))
     return s
 
 
