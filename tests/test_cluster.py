@@ -361,20 +361,9 @@ def test_image_table_disagreements_fail(edit, needle):
 # ---- trial resource requests vs node types ------------------------------------------------------------
 
 
-class _Captured(Exception):
-    """Raised by the stand-in for run_study: carries the StudyConfig the CLI built."""
-
-
-def _study(argv: list[str], monkeypatch):
-    """The StudyConfig that `studies/grouping.py ARGV` would run (its own parser and presets), unrun."""
-
-    def capture(study, **kwargs):
-        raise _Captured(study)
-
-    monkeypatch.setattr(grouping, "run_study", capture)
-    with pytest.raises(_Captured) as caught:
-        grouping.main(argv)
-    return caught.value.args[0]
+def _study(argv: list[str]):
+    """The StudyConfig that `studies/grouping.py ARGV` would run (its own parser, presets and checks), unrun."""
+    return grouping.build_study(grouping.build_parser().parse_args(argv))
 
 
 def _trial_request(study) -> dict[str, float]:
@@ -382,10 +371,10 @@ def _trial_request(study) -> dict[str, float]:
 
 
 @pytest.mark.parametrize("name", ALL)
-def test_trial_requests_fit_the_node_types(name, tmp_path, monkeypatch):
+def test_trial_requests_fit_the_node_types(name, tmp_path):
     config, _ = _load(name)
     data = str(tmp_path)  # the real-data presets check that --root exists
-    single = _study(["--preset", "office-home", "--root", data, "--gpus-per-worker", "1"], monkeypatch)
+    single = _study(["--preset", "office-home", "--root", data, "--gpus-per-worker", "1"])
     request = _trial_request(single)
     assert request == {"CPU": 1.01, "GPU": 1.0}
     fitting = configs.fitting_node_types(config, request)
@@ -394,7 +383,7 @@ def test_trial_requests_fit_the_node_types(name, tmp_path, monkeypatch):
     cheapest = min(fitting, key=lambda t: (types[t]["GPU"], types[t]["CPU"]))
     assert types[cheapest]["GPU"] == 1
 
-    multi = _study(["--preset", "office-home", "--root", data, "--gpus-per-worker", "1", "--workers", "4"], monkeypatch)
+    multi = _study(["--preset", "office-home", "--root", data, "--gpus-per-worker", "1", "--workers", "4"])
     request = _trial_request(multi)
     fitting = configs.fitting_node_types(config, request)
     assert fitting and all(types[t]["GPU"] == 4 for t in fitting)  # only the multi-GPU type holds 4 workers
