@@ -846,6 +846,10 @@ def test_family_oracle_ranks_partitions_within_each_instance_and_scores_methods_
     assert scores.loc["gradient", "regret vs instance best, in sample"].startswith("+0.5 [")  # (0+0+0+2) / 4
     assert scores.loc["random", "chose instance best"] == 1.0 and scores.loc["random", "chose planted"] == 0.75
     assert scores.loc["random", "regret vs planted (points, 95% CI)"].startswith("-0.5 [")  # it beat planted once
+    # paired by instance against random (0, 0, 0, -2): gradient's is +0.5 worse; random is not compared with itself
+    assert scores.loc["gradient", "regret minus random's (paired, 95% CI)"].startswith("+0.5 [")
+    assert scores.loc["gradient", "p vs random (Holm)"] == "0.391"  # t = 1 on 3 degrees of freedom
+    assert scores.loc["random", "regret minus random's (paired, 95% CI)"] == "–"
     from mmap_ray.report.family import family_regret_points
 
     points = family_regret_points(study.trials, study.partitions).set_index("method")

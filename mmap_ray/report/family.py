@@ -10,7 +10,9 @@ drew it). Per method:
   is fixed before any training, so this regret has no winner's curse;
 - regret against the instance's best trained partition: in sample (the best of several noisy accuracies,
   so it is biased upwards: a method that picked the truly best partition still shows a regret);
-- how often it chose the planted partition, and the instance's best one.
+- how often it chose the planted partition, and the instance's best one;
+- its regret against the planted partition minus random's, paired by instance: whether it beats chance.
+  These comparisons are one family, Holm-adjusted (`stats.holm`).
 
 Intervals are 95% t intervals over instances (`stats.seed_interval`), with the minimum detectable effect.
 """
@@ -22,7 +24,7 @@ import pandas as pd
 
 from ..data.family import instance
 from ..grouping import AFFINITY_SCHEMES, FIXED_SCHEMES, Partition, parse_groups
-from ..stats import seed_interval
+from ..stats import holm, seed_interval
 from .load import completed
 
 TASKS = ("Art", "Clipart", "Product", "RealWorld")
@@ -88,11 +90,13 @@ def _methods(trials: pd.DataFrame, partitions: dict[str, str], seconds: dict[str
             continue
         best = {i: max(sorted(acc[i]), key=lambda p: acc[i][p]) for i in picks}
         planted = {i: instance(i).planted for i in picks if instance(i).planted in acc[i]}
+        regret = {i: acc[i][planted[i]] - acc[i][picks[i]] for i in planted}  # instance -> points
         yield {
             "method": method,
             "picks": picks,
             "planted": planted,
-            "vs_planted": seed_interval(np.array([acc[i][planted[i]] - acc[i][picks[i]] for i in planted])),
+            "regret": regret,
+            "vs_planted": seed_interval(np.array(list(regret.values()))),
             "vs_best": seed_interval(np.array([acc[i][best[i]] - acc[i][picks[i]] for i in picks])),
             "chose_planted": float(np.mean([picks[i] == planted[i] for i in planted])) if planted else None,
             "chose_best": float(np.mean([picks[i] == best[i] for i in picks])),
@@ -106,10 +110,20 @@ def family_scores(
 ) -> pd.DataFrame:
     """One row per grouping method in `partitions` ("scheme/seed" -> the partition it chose): its regret
     against the planted partition and against the instance's best, with 95% intervals over instances, how
-    often it chose each, and what choosing cost (seconds per instance, and against training every partition)."""
+    often it chose each, its regret minus random's paired by instance (Holm-adjusted over the methods), and
+    what choosing cost (seconds per instance, and against training every partition)."""
+    methods = list(_methods(trials, partitions, seconds, metric))
+    chance = next((m["regret"] for m in methods if m["method"] == "random"), {})
+    against = {  # method -> regret minus random's over the instances both were scored on
+        m["method"]: seed_interval(np.array([m["regret"][i] - chance[i] for i in sorted(m["regret"]) if i in chance]))
+        for m in methods
+        if m["method"] != "random"
+    }
+    adjusted = dict(zip(against, holm([d.p if d is not None else None for d in against.values()])))
     rows = []
-    for m in _methods(trials, partitions, seconds, metric):
-        vs_planted, vs_best = m["vs_planted"], m["vs_best"]
+    for m in methods:
+        vs_planted, vs_best, vs_random = m["vs_planted"], m["vs_best"], against.get(m["method"])
+        p = adjusted.get(m["method"])
         rows.append(
             {
                 "method": m["method"],
@@ -118,6 +132,8 @@ def family_scores(
                 "planted: instances": len(m["planted"]),
                 "planted: MDE": round(vs_planted.mde, 1) if vs_planted and vs_planted.mde is not None else None,
                 "chose planted": m["chose_planted"],
+                "regret minus random's (paired, 95% CI)": str(vs_random) if vs_random else "–",
+                "p vs random (Holm)": f"{p:.3f}" if p is not None else "–",
                 "regret vs instance best, in sample": str(vs_best) if vs_best else "–",
                 "chose instance best": m["chose_best"],
                 "choosing (s per instance)": m["cost_s"],
