@@ -67,6 +67,16 @@ def read_predictions(path: str | Path) -> pd.DataFrame:
         data = None
     if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
         raise ValueError(f"predictions file {path} has a damaged data identity in its metadata ({DATA_KEY.decode()})")
-    df = arrow.select(PREDICTION_SCHEMA.names).to_pandas()
+    try:
+        arrow = arrow.select(PREDICTION_SCHEMA.names).cast(PREDICTION_SCHEMA)
+        nulls = [n for n in PREDICTION_SCHEMA.names if arrow.column(n).null_count]
+    except (pa.ArrowException, ValueError) as e:
+        nulls, arrow = [f"({e})"], None
+    if nulls:
+        raise ValueError(
+            f"predictions file {path} has columns that are not {PREDICTION_SCHEMA.types} or hold nulls {nulls}: it "
+            f"is not what `mmap-ray eval --predictions` writes"
+        )
+    df = arrow.to_pandas()
     df.attrs["data"] = data
     return df

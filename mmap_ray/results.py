@@ -196,13 +196,32 @@ def _version(arrow: pa.Table) -> int | None:
     return None
 
 
+# The columns every current-version file of a table has, with these types (a file with others is damaged).
+_FIXED = {TRIALS: pa.schema([*TRIAL_FIELDS, *PROVENANCE_FIELDS]), EPOCHS: EPOCH_SCHEMA}
+
+
+def _columns_problem(arrow: pa.Table, table: str) -> str | None:
+    """Which of a current-version file's columns have another type than its table's schema says, or None."""
+    fixed = _FIXED.get(table, TRIAL_PREDICTION_SCHEMA if table == PREDICTIONS else None)
+    if fixed is None:
+        return None
+    have = {f.name: f.type for f in arrow.schema}
+    retyped = [f"{f.name}: {have[f.name]}" for f in fixed if have.get(f.name, f.type) not in (f.type, pa.null())]
+    return f"columns of another type than the {table} schema's: {retyped[:3]}" if retyped else None
+
+
 def _read(where: Location) -> tuple[pd.DataFrame, int] | None:
     """One file as a current-schema DataFrame and the version it was written with; None (with a warning)
     for a file that is not ours."""
     try:
         arrow = pq.read_table(where.path, filesystem=where.filesystem())
         version = _version(arrow)
-    except (pa.ArrowException, OSError, ValueError) as e:  # empty, cut short, or metadata that is not ours
+        if version is not None and version < 1:
+            raise ValueError(f"schema version {version} is not one")
+        problem = _columns_problem(arrow, where.parent.name) if version == SCHEMA_VERSION else None
+        if problem:
+            raise ValueError(problem)
+    except (pa.ArrowException, OSError, ValueError, TypeError) as e:  # empty, cut short, or not ours inside
         raise ValueError(
             f"results file {where} cannot be read ({e}); move it away: --resume runs its trial again"
         ) from None
@@ -219,8 +238,14 @@ def _read(where: Location) -> tuple[pd.DataFrame, int] | None:
     df = arrow.to_pandas()
     if version == 1 and "scheme" not in df and where.parent.name.startswith("scheme="):
         df["scheme"] = where.parent.name.split("=", 1)[1]  # v1 kept the scheme in a hive folder key only
-    for v in range(version, SCHEMA_VERSION):
-        df = UPGRADES[v](df)
+    try:
+        for v in range(version, SCHEMA_VERSION):
+            df = UPGRADES[v](df)
+    except Exception as e:  # noqa: BLE001 - columns that are not what their version's files hold: pandas raises any
+        raise ValueError(
+            f"results file {where} says schema v{version} but its columns are not ({type(e).__name__}: {e}); "
+            f"move it away: --resume runs its trial again"
+        ) from None
     if "schema_version" in df:
         df["schema_version"] = SCHEMA_VERSION
     return df, version
@@ -243,7 +268,10 @@ def _study_name(results: Location, frames: list[pd.DataFrame]) -> str | None:
 def _misplaced(df: pd.DataFrame, where: Location, study: str | None) -> str | None:
     """Why a file's rows are not the rows its name and folder say (a copy, another study's), or None."""
     if {"config_id", "seed"} <= set(df.columns):
-        keys = sorted({row_key(str(c), int(s)) for c, s in zip(df["config_id"], df["seed"])})
+        try:
+            keys = sorted({row_key(str(c), int(s)) for c, s in zip(df["config_id"], df["seed"])})
+        except (TypeError, ValueError):  # a seed that is not an integer
+            return f"its seeds {sorted(map(str, set(df['seed'])))[:3]} are not integers"
         if keys != [where.name.removesuffix(".parquet")]:
             return f"its rows are of {keys[:3]}, not of {where.name.removesuffix('.parquet')!r} as its name says"
     if study is not None and "study" in df and (other := sorted(set(map(str, df["study"])) - {study})):
@@ -258,7 +286,9 @@ def load(root: str | Path | Location, table: str = TRIALS) -> pd.DataFrame:
     study's name (a copy `X-s0 (copy).parquet`, rows of another study or a `results` link to another
     study's folder are skipped with a warning naming the file)."""
     folder = location_as_given(root, "results root") / table
-    found = [(f, *read) for f in folder.glob("*.parquet") if (read := _read(f)) is not None]
+    reads = [(f, _read(f)) for f in folder.glob("*.parquet")]
+    found = [(f, *read) for f, read in reads if read is not None]
+    foreign = [f for f, read in reads if read is None]
     study = _study_name(folder.parent, [df for _, df, _ in found])
     frames, skipped = [], []
     for f, df, version in found:
@@ -271,7 +301,8 @@ def load(root: str | Path | Location, table: str = TRIALS) -> pd.DataFrame:
     if not frames and skipped:
         raise ValueError(f"no {table} results of study {study!r} in {folder}: {len(skipped)} files, e.g. {skipped[0]}")
     if not frames:
-        raise ValueError(f"no {table} results in {folder} (no Parquet files of mmap-ray there)")
+        also = f"; {len(foreign)} of other tools, e.g. {foreign[0]}" if foreign else ""
+        raise ValueError(f"no {table} results in {folder} (no Parquet files of mmap-ray there{also})")
     df = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
     for col in CATEGORIES:
         if col in df:

@@ -2,7 +2,9 @@
 
 import os
 import re
+import shutil
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -67,6 +69,9 @@ def _check_smoke_results(results: Path, schemes: set[str]) -> pd.DataFrame:
 @pytest.mark.slow
 def test_ray_job_submit_smoke_study_with_token_auth(tmp_path, auth_token):
     port, dash = free_port(), free_port()
+    # a temp dir of its own: the address file there (ray_current_cluster) is not where a plain ray.init()
+    # elsewhere on the machine (another test worker, a user's study) looks for a cluster to join
+    temp = tempfile.mkdtemp(prefix="mmr", dir="/tmp")  # short: Ray's socket paths are limited
     start = _ray(
         "start",
         "--head",
@@ -79,6 +84,7 @@ def test_ray_job_submit_smoke_study_with_token_auth(tmp_path, auth_token):
         f"--ray-client-server-port={free_port()}",
         "--num-cpus=2",
         "--include-dashboard=true",
+        f"--temp-dir={temp}",
     )
     assert start.returncode == 0, start.stderr
     try:
@@ -142,6 +148,7 @@ def test_ray_job_submit_smoke_study_with_token_auth(tmp_path, auth_token):
         assert no_token.returncode != 0  # the dashboard refuses a client without the token
     finally:
         stop_ray(gcs_port=port)  # this head only, not every Ray on the machine
+        shutil.rmtree(temp, ignore_errors=True)
 
 
 @pytest.mark.slow

@@ -10,6 +10,7 @@ or each Ray worker after the first, does not decode the dataset again.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -158,7 +159,8 @@ def _write_checked(root: Path, decoded: dict[str, Stamp], max_pixels: int) -> No
         tmp.write_text(json.dumps({"root": str(_real(root)), "max_pixels": max_pixels, "decoded": decoded}))
         os.replace(tmp, path)
     except OSError:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # e.g. the cache's folder is a file: nothing was written
+            tmp.unlink(missing_ok=True)
 
 
 @functools.lru_cache(maxsize=8)

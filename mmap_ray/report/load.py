@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from ..lock import running
-from ..parse import parse_json
+from ..parse import parse_partitions
 from ..results import EPOCHS, PREDICTIONS, TRIALS, load
 from ..storage import Location, location_as_given
 
@@ -118,6 +118,8 @@ def load_study(results: str | Path | Location, baselines: str | Path | Location 
     trials, epochs, skipped = _load_tables(root)
     if trials.empty:
         raise ValueError(f"{root} holds no trial rows yet ({TRIALS}/*.parquet): nothing to report")
+    if CONFIG_ID not in trials:
+        raise ValueError(f"the trial rows in {root / TRIALS} have no {CONFIG_ID!r} column: not rows a study writes")
     study = Study(root, prepare(trials), epochs, {}, {}, pd.DataFrame())
     study.running = running(root.parent)
     if study.running:
@@ -136,9 +138,8 @@ def load_study(results: str | Path | Location, baselines: str | Path | Location 
         study.predictions[CONFIG_ID] = study.predictions[CONFIG_ID].astype(str)
     side = root.parent / "partitions.json"
     if side.exists():
-        saved = parse_json(side.read_text(), side)
-        study.partitions, study.affinity = saved.get("partitions", {}), saved.get("affinity", {})
-        study.seconds = saved.get("seconds", {})
+        saved = parse_partitions(side.read_bytes(), side)
+        study.partitions, study.affinity, study.seconds = saved["partitions"], saved["affinity"], saved["seconds"]
     else:
         study.notes.append(f"No {side}: the task-affinity matrices are left out.")
     if baselines is not None:

@@ -15,7 +15,7 @@ import time
 
 from ..backbone import BackboneInfo
 from ..grouping import AFFINITY_SCHEMES
-from ..parse import parse_json
+from ..parse import parse_partitions
 from ..storage import Location
 from .config import StudyConfig
 
@@ -66,7 +66,7 @@ def plan_partitions(cfg: StudyConfig, folder: Location) -> tuple[dict[str, str],
     from .trials import trial_data_seed
 
     path = folder / "partitions.json"
-    saved = _saved(path)
+    saved = saved_partitions(path)
     backbone = load_run_backbone(cfg.run.backbone, cfg.run.data.dataset)
     backbone.model.to(resolve_device(cfg.run.train.device))  # the affinity trains on the driver's device
     loaded: dict[int, list] = {}  # data_seed -> tasks: each seed's affinity is measured on that seed's data
@@ -106,15 +106,17 @@ def plan_partitions(cfg: StudyConfig, folder: Location) -> tuple[dict[str, str],
 def record_partition(folder: Location, key: str, partition: str, seconds: float) -> None:
     """Add one decided partition ("scheme/seed" -> partition, and what deciding it cost) to partitions.json."""
     path = folder / "partitions.json"
-    saved = _saved(path)
+    saved = saved_partitions(path)
     saved["partitions"][key] = partition
     saved["seconds"][key] = round(seconds, 3)
     path.write_text(json.dumps(saved, indent=2) + "\n")
 
 
-def _saved(path: Location) -> dict:
+def saved_partitions(path: Location) -> dict:
     """partitions.json's content, or an empty one: partitions, affinity matrices and what each choice cost
     in seconds (an oracle study compares it with training every partition)."""
-    saved = parse_json(path.read_text(), path) if path.exists() else {"partitions": {}, "affinity": {}}
-    saved.setdefault("seconds", {})
-    return saved
+    return (
+        parse_partitions(path.read_bytes(), path)
+        if path.exists()
+        else {"partitions": {}, "affinity": {}, "seconds": {}}
+    )

@@ -30,7 +30,7 @@ from .callback import parquet_writer
 from .config import METRIC, StudyConfig
 from .in_trial import fit_in_trial, trial_resources
 from .ownership import check_start, stored_rows
-from .partitions import check_tasks, plan_partitions, record_partition
+from .partitions import check_tasks, plan_partitions, record_partition, saved_partitions
 from .race import RACE, RaceFailed, race_partition
 from .sigterm import stop_on_sigterm
 from .tracking import check_tracking, tracking_callbacks, tracking_lines
@@ -182,6 +182,8 @@ def run_study(
     folder = location(study.study_dir)
     check_reachable(location(study.storage), "StudyConfig.storage")
     check_start(study, folder, resume, overwrite)
+    if resume:
+        saved_partitions(folder / "partitions.json")  # a damaged one is named now, not after the lock and Ray
     check_tasks(study)  # everything that can be checked is, before the lock, Ray or study.json
     check_tracking(study.tracking, folder)
     if overwrite and folder.exists():
@@ -200,6 +202,7 @@ def run_study(
         warn_unshared_storage(folder, log)
         if not resume:
             (folder / "study.json").write_text(json.dumps(to_dict(study), indent=2) + "\n")
+        check_writable(folder / "results")
         partitions, info, tasks = plan_partitions(study, folder)
         plan = Plan(study, partitions, info)
         if resume:
@@ -210,6 +213,17 @@ def run_study(
         if interrupted or done < total:
             raise Interrupted(done, total)
     return (folder / "results").uri
+
+
+def check_writable(results: Location) -> None:
+    """Write and delete a small file in the results folder: one that takes no rows (read-only, a full disk, a
+    bucket without write access) fails the study now, naming it, not after its first trial has trained."""
+    probe = results / ".write-check"
+    probe.write_bytes(b"")
+    try:
+        probe.filesystem().delete_file(probe.path)
+    except OSError as e:
+        raise StorageError(f"cannot delete {probe.uri}: {e.strerror or e}") from e
 
 
 def finished_rows(folder: Location) -> pd.DataFrame:

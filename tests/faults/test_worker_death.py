@@ -1,4 +1,4 @@
-"""Fault injection: a Ray Train worker (rank 0 or rank 1) dies mid-run; the run resumes from its checkpoint.
+"""Fault injection: a Ray Train worker (rank 1, then rank 0) dies mid-run; the run resumes from its checkpoint.
 
 The final history and prompts must equal an undisturbed run with the same seed. The fault comes from
 the test (tests/plugins/mmap_ray_faults.py): the session's local Ray starts with that plugin on its workers'
@@ -27,16 +27,22 @@ def clean(two_worker_run) -> dict:
     return two_worker_run[2]
 
 
-@pytest.mark.parametrize("rank", [0, 1])
-def test_worker_killed_mid_run_recovers_with_same_results(clean, rank, tmp_path, fault_plan):
-    # the rank exits (os._exit) once, at the start of the second epoch
-    die = {"rank": rank, "epoch": 1, "marker": str(tmp_path / ".test-failed-once")}
-    fault_plan.write_text(json.dumps({"die": die}))
+def test_each_rank_killed_mid_run_recovers_with_same_results(clean, tmp_path, fault_plan):
+    """Rank 1 exits (os._exit) at the start of the second epoch; the run restarts from the first epoch's
+    checkpoint, and then rank 0 exits at the start of that same epoch: two failures, one per rank, each
+    followed by a resume, and the result is the undisturbed run's."""
+    died = {rank: tmp_path / f".rank-{rank}-failed-once" for rank in (0, 1)}
+    deaths = [
+        {"rank": 1, "epoch": 1, "marker": str(died[1])},
+        {"rank": 0, "epoch": 1, "marker": str(died[0]), "after": str(died[1])},  # only in the restarted run
+    ]
+    fault_plan.write_text(json.dumps({"die": deaths}))
     try:
-        hurt = fit_distributed(replace(RUN, train=DDP), tmp_path, WorkerSpec(workers=2, max_failures=1))
+        hurt = fit_distributed(replace(RUN, train=DDP), tmp_path, WorkerSpec(workers=2, max_failures=2))
     finally:
         fault_plan.unlink()
-    assert (tmp_path / ".test-failed-once").is_file()  # the failure really happened
+    assert died[0].is_file() and died[1].is_file()  # both failures really happened
+    assert died[1].stat().st_mtime_ns < died[0].stat().st_mtime_ns  # one after the other, not together
     assert [r["epoch"] for r in hurt["history"]] == [1, 2]
     for a, b in zip(clean["history"], hurt["history"], strict=True):
         assert a.keys() == b.keys()

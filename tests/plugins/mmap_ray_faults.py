@@ -9,7 +9,9 @@ code never reads it.
 The plan, a JSON file read at every epoch (so a test arms and disarms it while one Ray instance runs; a
 missing file is no fault), holds any of:
 - "die": {"rank": R, "epoch": E, "marker": FILE}: rank R exits (`os._exit(1)`, no clean-up) at the start of
-  epoch E (0-based), once: it writes FILE first and never dies while FILE exists.
+  epoch E (0-based), once: it writes FILE first and never dies while FILE exists. A list of such deaths is
+  several; one with "after": FILE2 only happens in an attempt of the run that started (its first epoch in
+  this process) when FILE2 existed, so in a later attempt than the death that wrote FILE2, never the same one.
 - "nan_seed": S: runs with training seed S produce NaN logits from their second epoch on.
 """
 
@@ -19,11 +21,13 @@ import importlib.abc
 import json
 import os
 import sys
+import weakref
 from pathlib import Path
 
 PLAN_ENV = "MMAP_RAY_TEST_FAULT_PLAN"
 FOLDER = Path(__file__).resolve().parent
 HOOKED = "mmap_ray.engine"
+_AT_START = weakref.WeakKeyDictionary()  # optimizer (one attempt of a run) -> the markers there when it started
 
 
 def with_plugins(env: dict[str, str]) -> dict[str, str]:
@@ -41,12 +45,17 @@ def _plan() -> dict:
     return json.loads(plan.read_text()) if os.environ.get(PLAN_ENV) and plan.is_file() else {}
 
 
-def _maybe_die(rank: int, epoch: int) -> None:
-    die = _plan().get("die")
-    if not die or rank != die["rank"] or epoch != die["epoch"] or Path(die["marker"]).exists():
-        return
-    Path(die["marker"]).write_text("failed once\n")
-    os._exit(1)
+def _maybe_die(rank: int, epoch: int, opt) -> None:
+    deaths = _plan().get("die") or []
+    deaths = [deaths] if isinstance(deaths, dict) else deaths
+    there = _AT_START.setdefault(opt, {d["marker"] for d in deaths if Path(d["marker"]).exists()})
+    for die in deaths:
+        if rank != die["rank"] or epoch != die["epoch"] or Path(die["marker"]).exists():
+            continue
+        if die.get("after") and die["after"] not in there:
+            continue
+        Path(die["marker"]).write_text("failed once\n")
+        os._exit(1)
 
 
 def patch(engine) -> None:
@@ -54,7 +63,7 @@ def patch(engine) -> None:
     original = engine.train_epoch
 
     def train_epoch(forward, loader, opt, sched, cfg, ctx, epoch):
-        _maybe_die(ctx.rank, epoch)
+        _maybe_die(ctx.rank, epoch, opt)
         nan_seed = _plan().get("nan_seed")
         if nan_seed is not None and cfg.seed == nan_seed and epoch > 0:
             clean = forward
