@@ -61,9 +61,13 @@ def auth_token() -> Path:
     """The Ray token a user makes before starting a cluster with token authentication (cluster/README.md:
     `ray get-auth-token --generate`, which keeps an existing ~/.ray/auth_token). `ray start --head` with
     RAY_AUTH_MODE=token refuses to start without one; on a machine where Ray never ran there is none."""
-    made = subprocess.run(
-        [str(VENV_BIN / "ray"), "get-auth-token", "--generate"], env=study_env(), capture_output=True, text=True
-    )
+    from filelock import FileLock  # torch's dependency
+
+    (Path.home() / ".ray").mkdir(exist_ok=True)
+    with FileLock(Path.home() / ".ray" / "auth_token.test-lock"):  # test workers side by side: one generates
+        made = subprocess.run(
+            [str(VENV_BIN / "ray"), "get-auth-token", "--generate"], env=study_env(), capture_output=True, text=True
+        )
     assert made.returncode == 0, made.stderr
     return Path.home() / ".ray" / "auth_token"
 
@@ -214,9 +218,28 @@ def two_worker_run(ray_session, tmp_path_factory) -> tuple[list[dict], dict, dic
     return *train_both_ways(replace(TWO_TASK_RUN, train=DDP_TRAIN), folder, WorkerSpec(workers=2)), folder
 
 
+# Session fixtures that take tens of seconds to build, and the xdist group of the tests that use each
+SHARED = {"smoke_study": "smoke", "two_worker_run": "ddp"}
+
+
+def pytest_configure(config):
+    """Under pytest-xdist (`make test`: 2 workers on a 2-core machine), each worker and what it starts computes
+    on one thread: two processes of two OpenMP threads each on 2 cores spin against each other (a 26 s test
+    took 233 s). Ray's workers already run with one thread per CPU they hold."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        torch.set_num_threads(1)
+        os.environ["OMP_NUM_THREADS"] = "1"  # the study and CLI processes a test starts
+
+
 def pytest_collection_modifyitems(config, items):
-    """The tests on the session's local Ray run last, together: it starts for the first and stays up to the end."""
+    """The tests on the session's local Ray run last, together: it starts for the first and stays up to the end.
+    Under pytest-xdist (`--dist loadgroup`) each worker has its own local Ray, and the tests that share the
+    finished smoke study, or the undisturbed two-worker run, are a group, so one worker builds each once."""
     items.sort(key=lambda item: "ray_session" in item.fixturenames)  # stable: each group keeps its order
+    for item in items:
+        group = next((g for name, g in SHARED.items() if name in item.fixturenames), None)
+        if group:
+            item.add_marker(pytest.mark.xdist_group(group))
 
 
 @pytest.fixture(scope="module")

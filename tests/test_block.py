@@ -66,9 +66,10 @@ def test_prompted_model_with_fused_blocks_equals_open_clips_blocks(name, request
     finite = torch.isfinite(ref[0])  # columns past a task's classes are -inf on both paths
     assert torch.equal(finite, torch.isfinite(got[0]))
     # Each block agrees to 1e-6 (above); 12 or 8 blocks per tower compound float32 rounding (ViT-B-16,
-    # measured: 1.1e-6 on logits of magnitude 0.71), so the whole model is held to 2e-6 relative, as the
-    # truncated text context is (test_model), and the prompt gradients, through the whole backward, to 4e-6.
-    assert (got[0] - ref[0])[finite].abs().max().item() <= 2e-6 * ref[0][finite].abs().max().item()
+    # measured: 1.1e-6 on logits of magnitude 0.71 with two threads, 1.13e-6 on 0.50 with one: 2.25e-6
+    # relative), so the whole model and the prompt gradients, through the whole backward, are held to 4e-6
+    # relative (a wrong block is off by 1e-3 or more).
+    assert (got[0] - ref[0])[finite].abs().max().item() <= 4e-6 * ref[0][finite].abs().max().item()
     for n, g in ref[1].items():
         assert (got[1][n] - g).abs().max().item() <= 4e-6 * max(1e-3, g.abs().max().item()), n
 

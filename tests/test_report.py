@@ -839,6 +839,9 @@ def test_family_oracle_ranks_partitions_within_each_instance_and_scores_methods_
     assert list(table.index) == [1000 + s for s in seeds] and (table["partitions"] == 7).all()
     assert table["planted rank"].tolist() == [1, 1, 1, 2] and table["spread"].round(6).eq(12.0).all()
     assert table.loc[1000 + seeds[3], "best"] == expected_best[seeds[3]] != planted[seeds[3]]
+    chose = family_instances(study.trials, study.partitions).set_index("instance")  # what each method chose where
+    assert chose["gradient chose"].tolist() == [planted[s] for s in seeds]
+    assert chose["random chose"].tolist() == [expected_best[s] for s in seeds]
     scores = family_scores(study.trials, study.partitions).set_index("method")
     # gradient chose the planted partition everywhere: no regret against it, 2 points against the last best
     assert scores.loc["gradient", "chose planted"] == 1.0 and scores.loc["gradient", "instances"] == 4

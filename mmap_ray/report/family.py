@@ -50,9 +50,13 @@ def _accuracies(trials: pd.DataFrame, metric: str) -> dict[int, dict[str, float]
     return out
 
 
-def family_instances(trials: pd.DataFrame, metric: str = "test_mean") -> pd.DataFrame:
+def family_instances(
+    trials: pd.DataFrame, partitions: dict[str, str] | None = None, metric: str = "test_mean"
+) -> pd.DataFrame:
     """One row per instance: its factors, its best partition and the planted one's rank among the partitions
-    trained on it, and the spread (best minus worst, points)."""
+    trained on it, the spread (best minus worst, points), and with `partitions` ("scheme/seed" -> the
+    partition chosen) what each grouping method chose on it."""
+    chose = {m["method"]: m["picks"] for m in _methods(trials, partitions, None, metric)} if partitions else {}
     rows = []
     for inst, acc in sorted(_accuracies(trials, metric).items()):
         ranked = sorted(acc, key=lambda p: (-acc[p], p))
@@ -65,6 +69,7 @@ def family_instances(trials: pd.DataFrame, metric: str = "test_mean") -> pd.Data
                 "best accuracy": acc[ranked[0]],
                 "planted rank": ranked.index(planted) + 1 if planted in acc else None,
                 "spread": acc[ranked[0]] - acc[ranked[-1]],
+                **{f"{method} chose": picks.get(inst, "–") for method, picks in chose.items()},
             }
         )
     return pd.DataFrame(rows)

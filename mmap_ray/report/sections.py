@@ -213,7 +213,7 @@ def family_section(study: Study) -> Section:
         "biased upwards), and how often it chose each, with 95% t intervals over instances and the minimum "
         "detectable effect."
     )
-    s.tables.append(family_instances(study.trials))
+    s.tables.append(family_instances(study.trials, study.partitions))
     if study.partitions:
         s.tables.append(family_scores(study.trials, study.partitions, study.seconds))
         points = family_regret_points(study.trials, study.partitions, study.seconds)
