@@ -20,10 +20,10 @@ run: install
 	$(PY) studies/grouping.py
 
 test: install
-	$(PY) -m pytest -q -n 2 --dist loadgroup --durations=25
+	$(PY) -m pytest -q -n 3 --dist loadgroup --durations=25
 
 test-fast: install
-	$(PY) -m pytest -q -n 2 --dist loadgroup -m "not slow"
+	$(PY) -m pytest -q -n 3 --dist loadgroup -m "not slow"
 
 # The chaos study (tests/faults/test_chaos.py): about 4 minutes per schedule seed, so not part of `test`.
 chaos: install

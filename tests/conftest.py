@@ -223,9 +223,9 @@ SHARED = {"smoke_study": "smoke", "two_worker_run": "ddp"}
 
 
 def pytest_configure(config):
-    """Under pytest-xdist (`make test`: 2 workers on a 2-core machine), each worker and what it starts computes
-    on one thread: two processes of two OpenMP threads each on 2 cores spin against each other (a 26 s test
-    took 233 s). Ray's workers already run with one thread per CPU they hold."""
+    """Under pytest-xdist (`make test`: 3 workers, as about half of a study test's time is waiting), each worker
+    and what it starts computes on one thread: processes of two OpenMP threads each on 2 cores spin against
+    each other (a 26 s test took 233 s). Ray's workers already run with one thread per CPU they hold."""
     if os.environ.get("PYTEST_XDIST_WORKER"):
         torch.set_num_threads(1)
         os.environ["OMP_NUM_THREADS"] = "1"  # the study and CLI processes a test starts
