@@ -128,3 +128,16 @@ def test_the_shaped_models_encode_every_class_prompt_of_their_tasks(tiny):
 def test_cuda_mode_without_cuda_fails_clearly(capsys):
     assert _study().main(["--device", "cuda", "--skip-ray"]) == 2
     assert "torch.cuda.is_available() is False" in capsys.readouterr().err
+
+
+def test_the_search_benchmark_asks_the_studys_own_searcher_and_tells_it_every_result():
+    """studies/bench_tpe.py: every suggestion is a point of the study's wide search space (6 axes), and the
+    summary reads the window before 10 told results."""
+    import bench_tpe
+
+    df = bench_tpe.run(bench_tpe.SPACES["wide"], trials=12)
+    assert df["told"].tolist() == list(range(12)) and (df["axes"] == 6).all()
+    assert df["depth"].isin([3, 6, 9, 12]).all() and df["projection"].isin(["kron", "linear", "phm"]).all()
+    assert df["combine"].isin(["concat", "add"]).all() and df["lr"].between(5e-4, 5e-3).all()
+    assert (df["suggest_s"] > 0).all() and (df["tell_s"] > 0).all()
+    assert [r["told results"] for r in bench_tpe.summary(df, 12)] == [10]
