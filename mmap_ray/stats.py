@@ -89,8 +89,20 @@ def mcnemar(a: np.ndarray, b: np.ndarray) -> tuple[int, int, float]:
     a, b = np.asarray(a, dtype=bool), np.asarray(b, dtype=bool)
     only_a, only_b = int((a & ~b).sum()), int((~a & b).sum())
     n, k = only_a + only_b, min(only_a, only_b)
-    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2**n  # P(X <= k), X ~ Binomial(n, 1/2)
-    return only_a, only_b, min(1.0, 2 * tail)
+    return only_a, only_b, min(1.0, 2 * binomial_half_cdf(k, n))
+
+
+def binomial_half_cdf(k: int, n: int) -> float:
+    """P(X <= k), X ~ Binomial(n, 1/2): exact integer sums up to n = 2,000; beyond, the same sum of terms in
+    log space (relative error about 1e-12), as exact sums of n-bit integers take minutes at n = 100,000
+    (two runs' discordant images on DomainNet's 175,000)."""
+    if n <= 2000:
+        return sum(math.comb(n, i) for i in range(k + 1)) / 2**n
+    i = np.arange(k + 1, dtype=np.float64)
+    lgamma = np.vectorize(math.lgamma, otypes=[np.float64])
+    logs = math.lgamma(n + 1) - lgamma(i + 1) - lgamma(n - i + 1) - n * math.log(2)  # (k + 1,) log pmf
+    top = logs.max()
+    return float(math.exp(top) * np.exp(logs - top).sum())
 
 
 def t_cdf(t: float, df: int) -> float:

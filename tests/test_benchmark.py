@@ -141,3 +141,18 @@ def test_the_search_benchmark_asks_the_studys_own_searcher_and_tells_it_every_re
     assert df["combine"].isin(["concat", "add"]).all() and df["lr"].between(5e-4, 5e-3).all()
     assert (df["suggest_s"] > 0).all() and (df["tell_s"] > 0).all()
     assert [r["told results"] for r in bench_tpe.summary(df, 12)] == [10]
+
+
+def test_the_results_benchmark_writes_a_study_per_size_that_the_report_and_compare_read(tmp_path, capsys):
+    """studies/bench_results.py at a small size: its fabricated trials go through the study's writer, each
+    size's folder holds that many trials (hard links), and `mmap-ray report` pairs the schemes down to images."""
+    import bench_results
+
+    assert bench_results.main(["--trials", "2", "4", "--images", "600", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "|        2 |             1,200 |" in out and "|        4 |             2,400 |" in out
+    assert "compare of two runs' 600 predictions" in out
+    for n in (2, 4):
+        assert len(list((tmp_path / f"n{n}" / "results" / "trials").glob("*.parquet"))) == n
+    report = (tmp_path / "n4" / "report" / "report.md").read_text()
+    assert "| independent | single    |       2 |" in report  # paired by seed, and by seeds + images
