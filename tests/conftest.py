@@ -231,15 +231,34 @@ def pytest_configure(config):
         os.environ["OMP_NUM_THREADS"] = "1"  # the study and CLI processes a test starts
 
 
+def _start_order(item) -> tuple[float, bool]:
+    """The longest tests first (`slow(minutes=N)`, a slow test without it counts 1 minute), so that under
+    pytest-xdist they do not start last and set the suite's end; then the tests on the session's local Ray last."""
+    slow = item.get_closest_marker("slow")
+    return -(slow.kwargs.get("minutes", 1) if slow else 0), "ray_session" in item.fixturenames
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's, which reads the groups into the test ids
 def pytest_collection_modifyitems(config, items):
-    """The tests on the session's local Ray run last, together: it starts for the first and stays up to the end.
-    Under pytest-xdist (`--dist loadgroup`) each worker has its own local Ray, and the tests that share the
-    finished smoke study, or the undisturbed two-worker run, are a group, so one worker builds each once."""
-    items.sort(key=lambda item: "ray_session" in item.fixturenames)  # stable: each group keeps its order
+    """The longest tests first, the tests on the session's local Ray last (`_start_order`). Under pytest-xdist
+    (`--dist loadgroup`) each worker has its own local Ray, and the tests that share the finished smoke study,
+    or the undisturbed two-worker run, are a group, so one worker builds each once (xdist starts the groups
+    first, then the other tests in this order)."""
+    items.sort(key=_start_order)  # stable: each group keeps its order
     for item in items:
         group = next((g for name, g in SHARED.items() if name in item.fixturenames), None)
         if group:
             item.add_marker(pytest.mark.xdist_group(group))
+
+
+def pytest_collection_finish(session):
+    """Under `--dist loadgroup`, stop if pytest-xdist did not mark the groups into the test ids (it cannot on
+    pytest 9.2, pytest-dev/pytest-xdist#1386): each worker would build the shared fixtures again, silently."""
+    if not session.config.getoption("loadgroup", default=False):  # set in pytest-xdist's workers
+        return
+    lost = [i.nodeid for i in session.items if any(i.iter_markers("xdist_group")) and "@" not in i.nodeid]
+    if lost:
+        raise pytest.UsageError(f"pytest-xdist ignored the xdist_group of {lost[0]} (pytest {pytest.__version__})")
 
 
 @pytest.fixture(scope="module")
@@ -279,13 +298,13 @@ def s3():
 def pytest_addoption(parser):
     parser.addoption(
         "--chaos-seeds",
-        default="",
-        help="run the chaos study (tests/faults/test_chaos.py) with these schedule seeds, e.g. 0,1,2 (default: skip)",
+        default="0",
+        help="the chaos study's (tests/faults/test_chaos.py) schedule seeds, e.g. 0,1,2 (default 0; none: skip it)",
     )
 
 
 def pytest_generate_tests(metafunc):
     if "chaos_seed" in metafunc.fixturenames:
         seeds = [int(s) for s in metafunc.config.getoption("--chaos-seeds").split(",") if s.strip()]
-        skip = pytest.mark.skip(reason="the chaos study runs with --chaos-seeds (make chaos): ~4 min per seed")
+        skip = pytest.mark.skip(reason="--chaos-seeds is empty")
         metafunc.parametrize("chaos_seed", seeds or [pytest.param(0, marks=skip)])

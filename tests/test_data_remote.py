@@ -6,13 +6,14 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 import threading
 from pathlib import Path
 
 import pytest
-from conftest import TWO_TASK_RUN
+from conftest import REPO
 from test_data_folders import make_domainnet, make_tree, split_of
 
 from mmap_ray.build import run_task_names
@@ -219,15 +220,26 @@ def test_bad_input_gets_one_line(office, uri, tmp_path, s3, capsys):
 
 
 def test_a_study_fails_on_a_missing_manifest_before_it_starts_ray(uri, tmp_path):
-    import ray
-
-    from mmap_ray.fields import replace
-    from mmap_ray.study import StudyConfig, run_study
-
-    run = replace(TWO_TASK_RUN, data=DataConfig("office-home", uri), partition=None)
-    with pytest.raises(ValueError, match=f"StudyConfig.run.data: .* holds no {MANIFEST}"):
-        run_study(StudyConfig(name="s", storage=str(tmp_path), schemes=("single",), seeds=(0,), run=run))
-    assert not ray.is_initialized() and not (tmp_path / "s").exists()
+    """In a fresh process (a pytest-xdist worker may already hold the session's Ray): run_study refuses the
+    data location before Ray starts and before its study folder exists."""
+    code = f"""
+import sys; sys.path.insert(0, {str(REPO / "tests")!r})
+import ray
+from conftest import REPO, TWO_TASK_RUN
+from mmap_ray.config import DataConfig
+from mmap_ray.fields import replace
+from mmap_ray.study import StudyConfig, run_study
+run = replace(TWO_TASK_RUN, data=DataConfig("office-home", {uri!r}), partition=None)
+try:
+    run_study(StudyConfig(name="s", storage={str(tmp_path)!r}, schemes=("single",), seeds=(0,), run=run))
+except ValueError as e:
+    print("refused:", e)
+print("ray started:", ray.is_initialized())
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert re.search(f"refused: StudyConfig.run.data: .* holds no {re.escape(MANIFEST)}", out.stdout), out.stdout
+    assert "ray started: False" in out.stdout and not (tmp_path / "s").exists()
 
 
 # The driver of the study below, in a process of its own: a Ray session started inside pytest after other
@@ -235,7 +247,7 @@ def test_a_study_fails_on_a_missing_manifest_before_it_starts_ray(uri, tmp_path)
 REMOTE_STUDY_DRIVER = """
 import sys
 import ray
-from conftest import TWO_TASK_RUN
+from conftest import REPO, TWO_TASK_RUN
 from mmap_ray.config import DataConfig
 from mmap_ray.distributed import WorkerSpec
 from mmap_ray.engine import TrainConfig

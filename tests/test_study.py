@@ -66,7 +66,7 @@ def _check_smoke_results(results: Path, schemes: set[str]) -> pd.DataFrame:
     return df
 
 
-@pytest.mark.slow
+@pytest.mark.slow(minutes=4)
 def test_ray_job_submit_smoke_study_with_token_auth(tmp_path, auth_token):
     port, dash = free_port(), free_port()
     # a temp dir of its own: the address file there (ray_current_cluster) is not where a plain ray.init()

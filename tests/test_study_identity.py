@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import re
@@ -344,23 +345,30 @@ def test_a_resumed_search_tells_optuna_the_finished_trials():
 
 
 def test_local_storage_on_a_multi_node_cluster_is_warned_about(tmp_path):
-    import ray
-    from ray.cluster_utils import Cluster
-
-    from mmap_ray.distributed import warn_unshared_storage
-
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
-    cluster.add_node(num_cpus=1)
-    try:
-        ray.init(address=cluster.address, log_to_driver=False)
-        cluster.wait_for_nodes()
-        said: list[str] = []
-        warn_unshared_storage(location(tmp_path), said.append)
-        warn_unshared_storage(location("s3://bucket/studies"), said.append)
-        assert len(said) == 1 and "the Ray cluster has 2 nodes" in said[0] and "--storage s3://" in said[0]
-    finally:
-        ray.shutdown()
-        cluster.shutdown()
+    """On a 2-node Ray cluster a local storage folder is warned about and an s3:// one is not. In a fresh
+    process: a pytest-xdist worker may already hold the session's local Ray, and a process joins one cluster."""
+    code = f"""
+import ray
+from ray.cluster_utils import Cluster
+from mmap_ray.distributed import warn_unshared_storage
+from mmap_ray.storage import location
+cluster = Cluster(initialize_head=True, head_node_args={{"num_cpus": 1}})
+cluster.add_node(num_cpus=1)
+try:
+    ray.init(address=cluster.address, log_to_driver=False)
+    cluster.wait_for_nodes()
+    said = []
+    warn_unshared_storage(location({str(tmp_path)!r}), said.append)
+    warn_unshared_storage(location("s3://bucket/studies"), said.append)
+    print(repr(said))
+finally:
+    ray.shutdown()
+    cluster.shutdown()
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    said = ast.literal_eval(out.stdout.strip().splitlines()[-1])
+    assert len(said) == 1 and "the Ray cluster has 2 nodes" in said[0] and "--storage s3://" in said[0]
 
 
 def test_variants_are_an_axis_and_designs_without_prompts_are_trained_once(tiny):

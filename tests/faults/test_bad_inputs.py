@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import pickle
+import random
 import zlib
 from pathlib import Path
 
@@ -70,10 +71,11 @@ def folders(root: Path, **kw) -> FolderDataConfig:
 @pytest.mark.parametrize(
     "content, said",
     [
-        (os.urandom(4096), "is not a PyTorch checkpoint"),
+        (random.Random(0).randbytes(4096), "is not a PyTorch checkpoint"),
         (b"model weights: see README\n", "is not a PyTorch checkpoint"),
         (b"", "is an empty file (0 bytes)"),
     ],
+    ids=["random-bytes", "text", "empty"],  # the same ids in every pytest-xdist worker
 )
 def test_weights_file_that_is_not_a_checkpoint(tmp_path, capsys, content, said):
     path = tmp_path / "weights.pt"

@@ -76,6 +76,7 @@ def _plant_pickles(study: Path, evil: bytes) -> None:
             f.write_bytes(evil)
 
 
+@pytest.mark.slow(minutes=4)
 def test_killed_driver_second_driver_sigterm_ctrl_c_and_planted_pickles_keep_one_row_per_config_and_seed(
     tmp_path, capsys
 ):
