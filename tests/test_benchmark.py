@@ -156,3 +156,23 @@ def test_the_results_benchmark_writes_a_study_per_size_that_the_report_and_compa
         assert len(list((tmp_path / f"n{n}" / "results" / "trials").glob("*.parquet"))) == n
     report = (tmp_path / "n4" / "report" / "report.md").read_text()
     assert "| independent | single    |       2 |" in report  # paired by seed, and by seeds + images
+
+
+def test_the_trial_benchmark_times_every_phase_of_a_default_trial_and_leaves_the_loop_as_it_was():
+    """studies/bench_trial.py on a one-epoch default trial: each phase is timed once per call of what it wraps
+    (one epoch: one train pass of 12 steps, one validation, one test, one checkpoint), the phases add up, and
+    the engine's functions are its own again afterwards."""
+    import bench_trial
+
+    from mmap_ray import checkpoint, engine
+
+    before = (engine.train_epoch, engine.train_step, engine._split_accuracy, checkpoint.save_numbered)
+    table, totals = bench_trial.measure(epochs=1)
+    assert (engine.train_epoch, engine.train_step, engine._split_accuracy, checkpoint.save_numbered) == before
+    calls = dict(zip(table["phase"], table["calls"]))
+    once = ["build", "train steps", "validation", "test", "checkpoints"]
+    assert {p: calls[p] for p in once} == dict.fromkeys(once, 1)
+    assert totals["epochs"] == 1 and totals["steps"] == 12 and totals["torch threads"] == 1
+    assert (table["seconds"] >= 0).all() and abs(table["share %"].sum() - 100) < 0.5
+    inside = table[table["phase"].isin(["build", "train steps", "validation", "test", "checkpoints", "other"])]
+    assert abs(inside["seconds"].sum() - totals["trial s (start-up excluded)"]) < 0.1
