@@ -8,14 +8,24 @@ and its figures), `other` (the checks, the lock, study.json, the rest). Under `t
 seconds (`wall_s` of their rows, build to last row), summed, against the phase's wall seconds times the
 trials that run at once: the share of the cores' time the trials themselves held.
 
+Study scale (`--scale N ...`): studies of N one-epoch smoke trials (random-weight tiny CLIP, 2 images per
+class, one core per trial), in compare mode (N seeds of scheme `single`) and in search mode (TPE, N samples,
+no ASHA), each in a fresh process. Per size: the overhead per trial (the trials phase's slot-seconds over
+N, minus a trial's own seconds), the driver's peak resident memory, and the report's time.
+
     .venv/bin/python studies/bench_study.py              # the default study (minutes), in a temporary folder
     .venv/bin/python studies/bench_study.py --smoke      # the smoke preset, a short check
+    .venv/bin/python studies/bench_study.py --scale 10 100 1000   # study scale (1,000 trials: about an hour)
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import resource
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -82,14 +92,52 @@ def measure(argv: list[str]) -> tuple[pd.DataFrame, dict]:
             100 * rows["wall_s"].sum() / (line.wall["trials"] * at_once), 1
         ),
         "machine busy % (study)": line.machine_busy("study"),
+        "overhead s per trial": round(line.wall["trials"] * at_once / len(rows) - float(rows["wall_s"].mean()), 2),
+        "report s": round(line.wall["report"], 1),
+        "driver peak MB": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
     }
     return table, totals
+
+
+def scale_args(trials: int, mode: str) -> list[str]:
+    """`mmap-ray study` flags for `trials` one-epoch smoke trials in `mode` (compare or search)."""
+    common = ["--smoke", "--schemes", "single", "--epochs", "1", "--cpus-per-worker", "1"]  # a core per trial
+    if mode == "compare":
+        return [*common, "--seeds", *map(str, range(trials))]
+    return [*common, "--mode", "search", "--num-samples", str(trials), "--no-asha"]
+
+
+def scale(sizes: list[int]) -> pd.DataFrame:
+    """One row per (mode, size): each study in a fresh Python (`--one`), so that memory is its own."""
+    rows = []
+    for mode in ("compare", "search"):
+        for n in sizes:
+            out = subprocess.run(
+                [sys.executable, __file__, "--one", mode, str(n)], capture_output=True, text=True, check=False
+            )
+            if out.returncode != 0:
+                raise SystemExit(f"bench_study: {mode} study of {n} trials failed:\n{out.stderr[-3000:]}")
+            totals = json.loads([x for x in out.stdout.splitlines() if x.startswith("{")][-1])
+            keep = ["trials", "trial s (mean)", "overhead s per trial", "report s", "driver peak MB", "study s"]
+            rows.append({"mode": mode, **{k: totals[k] for k in keep}})
+    return pd.DataFrame(rows)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--smoke", action="store_true", help="the smoke preset instead of the default study")
+    parser.add_argument("--scale", type=int, nargs="+", metavar="N", help="study scale: studies of N trials")
+    parser.add_argument("--one", nargs=2, metavar=("MODE", "N"), help=argparse.SUPPRESS)  # one study of --scale
     args = parser.parse_args(argv)
+    if args.scale:
+        if min(args.scale) < 1:
+            parser.error(f"--scale {min(args.scale)}: at least 1 trial")
+        print(scale(args.scale).to_markdown(index=False))
+        return 0
+    if args.one:
+        _, totals = measure(scale_args(int(args.one[1]), args.one[0]))
+        print(json.dumps(totals))
+        return 0
     table, totals = measure(["--smoke"] if args.smoke else [])
     print(table.to_markdown(index=False))
     print(", ".join(f"{k}: {v}" for k, v in totals.items()))

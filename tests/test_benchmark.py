@@ -176,3 +176,22 @@ def test_the_trial_benchmark_times_every_phase_of_a_default_trial_and_leaves_the
     assert (table["seconds"] >= 0).all() and abs(table["share %"].sum() - 100) < 0.5
     inside = table[table["phase"].isin(["build", "train steps", "validation", "test", "checkpoints", "other"])]
     assert abs(inside["seconds"].sum() - totals["trial s (start-up excluded)"]) < 0.1
+
+
+def test_the_study_scale_benchmark_asks_for_n_one_epoch_trials_in_either_mode():
+    """studies/bench_study.py --scale N: the study it runs is N one-epoch trials, one core each, as a grid of
+    N seeds or a TPE search of N samples without early stopping."""
+    import bench_study
+
+    from mmap_ray.study import program
+    from mmap_ray.study.trials import grid_axes
+
+    def study(mode: str):
+        return program.build_study(program.build_parser().parse_args(bench_study.scale_args(7, mode)))
+
+    grid, search = study("compare"), study("search")
+    assert grid.mode == "compare" and len(grid.schemes) * len(grid.seeds) == 7
+    assert all(len(values) == 1 for values in grid_axes(grid).values())
+    assert search.mode == "search" and search.num_samples == 7 and not search.asha
+    for s in (grid, search):
+        assert s.run.train.epochs == 1 and s.resources.cpus_per_worker == 1

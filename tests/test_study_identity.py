@@ -492,3 +492,31 @@ def test_code_version_names_the_code_wherever_the_package_is_imported_from(tmp_p
     assert ask() != digest
     (copy.parent / "COMMIT").write_text("1" * 40 + "\n")
     assert ask() == "1" * 40
+
+
+def test_each_seeds_affinity_is_measured_on_that_seeds_data(tmp_path):
+    """plan_partitions holds one seed's data at a time (a study of many seeds once held a copy per seed: 4.3 GB
+    at 100 seeds): an affinity scheme still reads each seed's own data, and a fixed scheme its task names."""
+    import torch
+
+    from mmap_ray.affinity import task_affinity
+    from mmap_ray.build import load_run_backbone, load_run_tasks
+    from mmap_ray.config import AffinityConfig
+    from mmap_ray.fields import replace
+    from mmap_ray.study import program
+    from mmap_ray.study.partitions import plan_partitions
+    from mmap_ray.study.trials import trial_data_seed
+
+    argv = ["--smoke", "--schemes", "features", "single", "--seeds", "0", "1", "--storage", str(tmp_path)]
+    study = program.build_study(program.build_parser().parse_args(argv))
+    torch.manual_seed(0)  # the smoke backbone's random weights: the same below
+    partitions, _, names = plan_partitions(study, location(tmp_path))
+    assert partitions["single/0"] == partitions["single/1"] == "+".join(names)
+    saved = json.loads((tmp_path / "partitions.json").read_text())["affinity"]
+    torch.manual_seed(0)
+    backbone = load_run_backbone(study.run.backbone, study.run.data.dataset)
+    for seed in (0, 1):
+        tasks = load_run_tasks(replace(study.run.data, data_seed=trial_data_seed(study, seed)), backbone)
+        expected = task_affinity(backbone, tasks, AffinityConfig(method="features", seed=seed))
+        assert saved[f"features/{seed}"]["matrix"] == expected.tolist()
+    assert saved["features/0"]["matrix"] != saved["features/1"]["matrix"]  # the two seeds' data differ

@@ -69,15 +69,21 @@ def plan_partitions(cfg: StudyConfig, folder: Location) -> tuple[dict[str, str],
     saved = saved_partitions(path)
     backbone = load_run_backbone(cfg.run.backbone, cfg.run.data.dataset)
     backbone.model.to(resolve_device(cfg.run.train.device))  # the affinity trains on the driver's device
-    loaded: dict[int, list] = {}  # data_seed -> tasks: each seed's affinity is measured on that seed's data
+    first = load_run_tasks(replace(cfg.run.data, data_seed=trial_data_seed(cfg, cfg.seeds[0])), backbone)
+    names = [t.name for t in first]
+    held = {trial_data_seed(cfg, cfg.seeds[0]): first}  # data_seed -> tasks: one seed's at a time, not one per seed
 
-    def tasks_of(seed: int) -> list:
+    def tasks_of(scheme: str, seed: int) -> list:
+        """The tasks `scheme` decides on for `seed`: a fixed scheme reads only their names (the first seed's
+        serve); an affinity is measured on that seed's own data."""
+        if scheme not in AFFINITY_SCHEMES:
+            return first
         data_seed = trial_data_seed(cfg, seed)
-        if data_seed not in loaded:
-            loaded[data_seed] = load_run_tasks(replace(cfg.run.data, data_seed=data_seed), backbone)
-        return loaded[data_seed]
+        if data_seed not in held:
+            held.clear()
+            held[data_seed] = load_run_tasks(replace(cfg.run.data, data_seed=data_seed), backbone)
+        return held[data_seed]
 
-    names = [t.name for t in tasks_of(cfg.seeds[0])]
     seeds = cfg.seeds if cfg.mode == "compare" else cfg.seeds[:1]
     needed = [  # race is decided by racing trials, after this (study/race.py)
         (s, seed) for s in cfg.schemes for seed in seeds if f"{s}/{seed}" not in saved["partitions"] and s != "race"
@@ -87,7 +93,7 @@ def plan_partitions(cfg: StudyConfig, folder: Location) -> tuple[dict[str, str],
         partition, affinity = plan_partition(  # a progress bar on the driver's console
             scheme,
             backbone,
-            tasks_of(seed),
+            tasks_of(scheme, seed),
             replace(cfg.affinity, seed=seed),
             cfg.run.prompts,
             cfg.run.train,
