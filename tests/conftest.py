@@ -173,9 +173,10 @@ def smoke_study(tmp_path_factory) -> tuple[Path, str]:
 @pytest.fixture(scope="session")
 def ray_session(tmp_path_factory) -> Path:
     """One real local Ray instance with 2 CPUs for every test that runs Ray in this process (Ray Train runs,
-    in-process studies); the tests that use it run last (`pytest_collection_modifyitems`), so it is up only
-    while they run. Its workers load the test fault plugin (tests/plugins), which does nothing until a test
-    writes the plan file returned here (`fault_plan`)."""
+    in-process studies); in one process the tests that use it run last (`pytest_collection_modifyitems`), so
+    it is up only while they run (under pytest-xdist a worker's may start with its first group). Its workers
+    load the test fault plugin (tests/plugins), which does nothing until a test writes the plan file returned
+    here (`fault_plan`)."""
     import ray
     from plugins.mmap_ray_faults import PLAN_ENV, with_plugins
 
@@ -223,9 +224,9 @@ SHARED = {"smoke_study": "smoke", "two_worker_run": "ddp"}
 
 
 def pytest_configure(config):
-    """Under pytest-xdist (`make test`: 3 workers, as about half of a study test's time is waiting), each worker
-    and what it starts computes on one thread: processes of two OpenMP threads each on 2 cores spin against
-    each other (a 26 s test took 233 s). Ray's workers already run with one thread per CPU they hold."""
+    """Under pytest-xdist (`make test`: 3 workers on 2 cores, measured faster than 2), each worker and what it
+    starts computes on one thread: processes of two OpenMP threads each on 2 cores spin against each other
+    (a 26 s test took 233 s). Ray's workers already run with one thread per CPU they hold."""
     if os.environ.get("PYTEST_XDIST_WORKER"):
         torch.set_num_threads(1)
         os.environ["OMP_NUM_THREADS"] = "1"  # the study and CLI processes a test starts
