@@ -225,7 +225,7 @@ def test_a_study_fails_on_a_missing_manifest_before_it_starts_ray(uri, tmp_path)
     code = f"""
 import sys; sys.path.insert(0, {str(REPO / "tests")!r})
 import ray
-from conftest import REPO, TWO_TASK_RUN
+from conftest import TWO_TASK_RUN
 from mmap_ray.config import DataConfig
 from mmap_ray.fields import replace
 from mmap_ray.study import StudyConfig, run_study
@@ -247,7 +247,7 @@ print("ray started:", ray.is_initialized())
 REMOTE_STUDY_DRIVER = """
 import sys
 import ray
-from conftest import REPO, TWO_TASK_RUN
+from conftest import TWO_TASK_RUN
 from mmap_ray.config import DataConfig
 from mmap_ray.distributed import WorkerSpec
 from mmap_ray.engine import TrainConfig

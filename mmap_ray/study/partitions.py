@@ -69,9 +69,10 @@ def plan_partitions(cfg: StudyConfig, folder: Location) -> tuple[dict[str, str],
     saved = saved_partitions(path)
     backbone = load_run_backbone(cfg.run.backbone, cfg.run.data.dataset)
     backbone.model.to(resolve_device(cfg.run.train.device))  # the affinity trains on the driver's device
-    first = load_run_tasks(replace(cfg.run.data, data_seed=trial_data_seed(cfg, cfg.seeds[0])), backbone)
+    first_seed = trial_data_seed(cfg, cfg.seeds[0])
+    first = load_run_tasks(replace(cfg.run.data, data_seed=first_seed), backbone)
     names = [t.name for t in first]
-    held = {trial_data_seed(cfg, cfg.seeds[0]): first}  # data_seed -> tasks: one seed's at a time, not one per seed
+    held = {first_seed: first}  # data_seed -> tasks: one seed's at a time, not one per seed
 
     def tasks_of(scheme: str, seed: int) -> list:
         """The tasks `scheme` decides on for `seed`: a fixed scheme reads only their names (the first seed's
