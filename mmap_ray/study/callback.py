@@ -9,6 +9,7 @@ its outcome from Tune (finished, or errored with the causes from its error file)
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 from ..results import (
@@ -52,20 +53,41 @@ def error_message(trial) -> str:
     return " <- ".join(causes)[-2000:] or text[-2000:] or "unknown error (see the trial's error file)"
 
 
-def parquet_writer(study: StudyConfig, plan: Plan, tasks: list[str], failures: list[StorageError], interrupt):
-    """A Tune callback writing each ended trial's rows; storage errors are also kept in `failures`.
+def one_line(error: str) -> str:
+    """An error message as one line for the console: its first line that is not Tune's "Failure # N" header."""
+    lines = [ln.strip() for ln in error.splitlines() if ln.strip() and not ln.startswith("Failure # ")]
+    return (lines[0] if lines else "unknown error")[:300]
 
-    Once the study is interrupted (`interrupt.requested`), a trial stopped part-way or failing is not a
-    result: it gets no row, and --resume runs it (from its last checkpoint).
+
+def parquet_writer(
+    study: StudyConfig, plan: Plan, tasks: list[str], failures: list[StorageError], interrupt, log: Callable
+):
+    """A Tune callback writing each ended trial's rows; storage errors are also kept in `failures`. A trial
+    that fails gets one line in `log` (Tune's own traceback is off: `run.Interrupt.ENV`), whether Tune runs
+    it again (max_failures) or records it as errored.
+
+    Once the study is interrupted (`interrupt.requested`) or a write has failed, a trial stopped part-way or
+    failing is not a result: it gets no row, and --resume runs it (from its last checkpoint). A failed write
+    is kept, not raised: Tune would log its traceback and go on; `interrupt.stopper(failures)` stops the
+    study instead, and run_study raises the first failure.
     """
     from ray.tune import Callback
 
     class ParquetWriter(Callback):
+        def __init__(self, log: Callable) -> None:  # an argument, not a closure cell: not pickled with the class
+            self._log = log
+
+        def __getstate__(self) -> dict:  # Tune pickles its callbacks (tuner.pkl); a console is not state
+            return {k: v for k, v in self.__dict__.items() if k != "_log"}
+
+        def __setstate__(self, state: dict) -> None:
+            self.__dict__.update(state, _log=print)
+
         def _write(self, trial, status: str, error: str = "") -> None:
             planned = trial_of(trial.config, plan)
             wall = float((trial.last_result or {}).get("time_total_s", 0.0))
             done = history(study.study_dir, planned.key)
-            if interrupt.requested and (status == "ERROR" or len(done) < planned.run.train.epochs):
+            if (interrupt.requested or failures) and (status == "ERROR" or len(done) < planned.run.train.epochs):
                 return
             res = study.resources
             row, epochs = trial_rows(
@@ -90,14 +112,22 @@ def parquet_writer(study: StudyConfig, plan: Plan, tasks: list[str], failures: l
                 if preds := prediction_rows(row, done):
                     write_table(root, PREDICTIONS, key, preds, TRIAL_PREDICTION_SCHEMA)
                 write_table(root, TRIALS, key, [row], trial_schema(tasks))  # last: a row means its curves exist
-            except StorageError as e:  # Tune wraps it in a TuneError trace; run_study re-raises this one
+            except StorageError as e:
                 failures.append(e)
-                raise
 
         def on_trial_complete(self, iteration, trials, trial, **info):
             self._write(trial, "TERMINATED")
 
-        def on_trial_error(self, iteration, trials, trial, **info):
-            self._write(trial, "ERROR", error_message(trial))
+        def on_trial_recover(self, iteration, trials, trial, **info):
+            key = trial_of(trial.config, plan).key
+            self._log(
+                f"trial {key} failed ({one_line(error_message(trial))}); Tune runs it again from its newest checkpoint"
+            )
 
-    return ParquetWriter()
+        def on_trial_error(self, iteration, trials, trial, **info):
+            error = error_message(trial)
+            if not interrupt.requested:
+                self._log(f"trial {trial_of(trial.config, plan).key} errored: {one_line(error)}")
+            self._write(trial, "ERROR", error)
+
+    return ParquetWriter(log)

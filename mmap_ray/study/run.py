@@ -57,8 +57,9 @@ class Interrupt:
     def __init__(self) -> None:
         self.requested = False
 
-    # Tune's own SIGINT handler off; its legacy console output on, the one that takes our status columns
-    ENV = {"TUNE_DISABLE_SIGINT_HANDLER": "1", "RAY_AIR_NEW_OUTPUT": "0"}
+    # Tune's own SIGINT handler off; its legacy console output on, the one that takes our status columns; its
+    # traceback for each failed trial off (the study says one line per failure: callback.parquet_writer)
+    ENV = {"TUNE_DISABLE_SIGINT_HANDLER": "1", "RAY_AIR_NEW_OUTPUT": "0", "TUNE_PRINT_ALL_TRIAL_ERRORS": "0"}
 
     def __enter__(self) -> Interrupt:
         self._saved = signal.signal(signal.SIGINT, self._handle)
@@ -79,7 +80,8 @@ class Interrupt:
         signal.signal(signal.SIGINT, signal.default_int_handler)  # a second Ctrl-C: KeyboardInterrupt
         print("stopping the study's trials (Ctrl-C again to quit at once)", file=sys.stderr, flush=True)
 
-    def stopper(self):
+    def stopper(self, failures: list[StorageError] | None = None):
+        """Tune's stopper: every trial stops once the study is interrupted or a result could not be stored."""
         from ray import tune
 
         interrupt = self
@@ -89,7 +91,7 @@ class Interrupt:
                 return False
 
             def stop_all(self) -> bool:
-                return interrupt.requested
+                return interrupt.requested or bool(failures)
 
         return StopOnInterrupt()
 
@@ -302,10 +304,10 @@ def _run_trials(plan: Plan, tasks: list[str], resume: bool, log) -> tuple[int, b
                 name=time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()),
                 **(folder / "tune").ray_storage(),
                 callbacks=[
-                    parquet_writer(study, plan, tasks, failures, interrupt),
+                    parquet_writer(study, plan, tasks, failures, interrupt, log),
                     *tracking_callbacks(study.tracking, study.name, folder, plan),
                 ],
-                stop=interrupt.stopper(),
+                stop=interrupt.stopper(failures),
                 progress_reporter=status_table(study),
                 failure_config=tune.FailureConfig(max_failures=retries),
                 verbose=1,
@@ -317,6 +319,8 @@ def _run_trials(plan: Plan, tasks: list[str], resume: bool, log) -> tuple[int, b
             if failures:  # the study stopped because results could not be stored: say that, plainly
                 raise failures[0] from None
             raise
+        if failures:  # the writer stopped the study (its stopper) when a result could not be stored
+            raise failures[0]
     return total, interrupt.requested
 
 

@@ -217,6 +217,9 @@ def test_diverging_trial_is_recorded_as_errored_and_every_client_reads_the_folde
     epochs = load(tmp_path / "nan" / "results", "epochs")
     assert epochs["val_acc"].notna().all() and epochs["train_loss"].map(float).notna().all()  # no NaN was reported
     assert "2 trials errored" in out.out
+    said = [ln for ln in out.out.splitlines() if " errored: " in ln]  # one line each as it errors, no traceback
+    assert len(said) == 2 and all("FloatingPointError: training loss is nan" in ln for ln in said), said
+    assert "Traceback" not in out.out + out.err
     folder = str(tmp_path / "nan" / "results" / "trials")  # the documented readers, on a folder with failed trials
     assert len(pd.read_parquet(folder)) == 4
     assert pads.dataset(folder, partitioning="hive").to_table().num_rows == 4

@@ -74,11 +74,17 @@ def test_one_worker_study_trial_killed_mid_run_is_retried_by_tune_from_its_check
     run_study(study("clean"), log=lambda *a: None)
     die = {"rank": 0, "epoch": 2, "marker": str(tmp_path / ".test-failed-once")}
     fault_plan.write_text(json.dumps({"die": die}))
+    said: list[str] = []
     try:
-        run_study(study("hurt"), log=lambda *a: None)
+        run_study(study("hurt"), log=lambda *a: said.append(" ".join(map(str, a))))
     finally:
         fault_plan.unlink()
     assert (tmp_path / ".test-failed-once").is_file()  # the trial's process really died, at the third epoch
+    # one line for the failure (Tune's own traceback is off), naming the trial and what Tune does next
+    [line] = [s for s in said if " failed (" in s]
+    assert (
+        line.startswith("trial ") and "actor died" in line and line.endswith("runs it again from its newest checkpoint")
+    )
     clean, hurt = (load(tmp_path / n / "results").iloc[0] for n in ("clean", "hurt"))
     assert hurt["status"] == "TERMINATED" and hurt["epochs_run"] == 3
     for col in ["val_mean_final", "test_mean", "test_Art", "test_Product"]:
