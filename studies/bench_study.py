@@ -3,19 +3,21 @@ runs it (`study.program.main`), timed by phase, with the whole machine's busy sh
 
 Phases: `imports` (mmap_ray's study program, torch), `Ray start` (a local Ray instance), `partitions` (the tiny
 CLIP, toy2 and the gradient and look-ahead probes choosing each seed's partition), `trials` (Ray Tune running
-the 13 trials, two at a time on 2 cores), `report` (reading the results, the leaderboard, report.md, report.html
-and its figures), `other` (the checks, the lock, study.json, the rest). Under `trials`: the trials' own
-seconds (`wall_s` of their rows, build to last row), summed, against the phase's wall seconds times the
-trials that run at once: the share of the cores' time the trials themselves held.
+the 13 trials, two at a time on 2 cores), `load` (reading the results back), `report` (the leaderboard,
+report.md, report.html and its figures), `other` (the checks, the lock, study.json, the rest). Under
+`trials`: the trials' own seconds (`wall_s` of their rows, build to last row), summed, against the
+phase's wall seconds times the trials that run at once: the share of the cores' time the trials held.
 
 Study scale (`--scale N ...`): studies of N one-epoch smoke trials (random-weight tiny CLIP, 2 images per
 class, one core per trial), in compare mode (N seeds of scheme `single`) and in search mode (TPE, N samples,
 no ASHA), each in a fresh process. Per size: the overhead per trial (the trials phase's slot-seconds over
-N, minus a trial's own seconds), the driver's peak resident memory, and the report's time.
+N, minus a trial's own seconds), the driver's peak resident memory, the driver's seconds writing a trial's
+results (its three Parquet files), reading the whole study back (`load_study`), the report (after the read),
+and in search mode the mean time of one TPE suggestion (Tune's OptunaSearch.suggest, in the driver).
 
     .venv/bin/python studies/bench_study.py              # the default study (minutes), in a temporary folder
     .venv/bin/python studies/bench_study.py --smoke      # the smoke preset, a short check
-    .venv/bin/python studies/bench_study.py --scale 10 100 1000   # study scale (1,000 trials: about an hour)
+    .venv/bin/python studies/bench_study.py --scale 10 100 1000  # study scale (1,000 trials: about 20 min per mode)
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from bench_trial import Clock  # noqa: E402
 
 import mmap_ray.distributed  # noqa: E402
 import mmap_ray.report  # noqa: E402
+import mmap_ray.study.callback  # noqa: E402
 from mmap_ray.study import program  # noqa: E402
 from mmap_ray.study import run as study_run  # noqa: E402
 
@@ -45,13 +48,17 @@ IMPORTED = time.perf_counter() - T0
 
 def measure(argv: list[str]) -> tuple[pd.DataFrame, dict]:
     """Run `mmap-ray study ARGV` in a temporary storage folder, timed by phase: (one row per phase, totals)."""
+    from ray.tune.search.optuna import OptunaSearch
+
     line = Clock()
     wrapped = {
         (mmap_ray.distributed, "ensure_ray"): "Ray start",
         (study_run, "plan_partitions"): "partitions",
         (study_run, "_run_trials"): "trials",
-        (mmap_ray.report, "load_study"): "report",
+        (mmap_ray.report, "load_study"): "load",
         (mmap_ray.report, "write_report"): "report",
+        (mmap_ray.study.callback, "write_table"): "write",  # inside trials: each trial's three files
+        (OptunaSearch, "suggest"): "suggest",  # inside trials, in search mode
     }
     saved = {key: getattr(*key) for key in wrapped}
     for (module, name), phase in wrapped.items():
@@ -67,7 +74,7 @@ def measure(argv: list[str]) -> tuple[pd.DataFrame, dict]:
     finally:
         for (module, name), fn in saved.items():
             setattr(module, name, fn)
-    phases = ["Ray start", "partitions", "trials", "report"]
+    phases = ["Ray start", "partitions", "trials", "load", "report"]
     line.rest("study", phases)
     line.wall["imports"] = IMPORTED
     total = sum(line.wall[p] for p in ["imports", *phases, "other"])
@@ -93,7 +100,12 @@ def measure(argv: list[str]) -> tuple[pd.DataFrame, dict]:
         ),
         "machine busy % (study)": line.machine_busy("study"),
         "overhead s per trial": round(line.wall["trials"] * at_once / len(rows) - float(rows["wall_s"].mean()), 2),
+        "write s per trial": round(line.wall["write"] / len(rows), 3),
+        "load s": round(line.wall["load"], 1),
         "report s": round(line.wall["report"], 1),
+        "suggest ms (mean)": round(1000 * line.wall["suggest"] / line.calls["suggest"], 1)
+        if line.calls["suggest"]
+        else None,
         "driver peak MB": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
     }
     return table, totals
@@ -118,7 +130,8 @@ def scale(sizes: list[int]) -> pd.DataFrame:
             if out.returncode != 0:
                 raise SystemExit(f"bench_study: {mode} study of {n} trials failed:\n{out.stderr[-3000:]}")
             totals = json.loads([x for x in out.stdout.splitlines() if x.startswith("{")][-1])
-            keep = ["trials", "trial s (mean)", "overhead s per trial", "report s", "driver peak MB", "study s"]
+            keep = ["trials", "trial s (mean)", "overhead s per trial", "write s per trial", "load s", "report s"]
+            keep += ["suggest ms (mean)", "driver peak MB", "study s"]
             rows.append({"mode": mode, **{k: totals[k] for k in keep}})
     return pd.DataFrame(rows)
 

@@ -195,3 +195,15 @@ def test_the_study_scale_benchmark_asks_for_n_one_epoch_trials_in_either_mode():
     assert search.mode == "search" and search.num_samples == 7 and not search.asha
     for s in (grid, search):
         assert s.run.train.epochs == 1 and s.resources.cpus_per_worker == 1
+
+
+@pytest.mark.slow
+def test_the_study_scale_benchmark_times_writes_reads_and_suggestions_of_a_search(ray_local):
+    """bench_study.measure on a 2-trial search study (on the session's Ray): every trial's three files are
+    timed as written, the read-back and the report as phases, and each TPE suggestion."""
+    import bench_study
+
+    table, totals = bench_study.measure(bench_study.scale_args(2, "search"))
+    assert totals["trials"] == 2 and totals["write s per trial"] > 0 and totals["suggest ms (mean)"] > 0
+    assert list(table["phase"]) == ["imports", "Ray start", "partitions", "trials", "load", "report", "other"]
+    assert (table["seconds"] >= 0).all() and abs(table["share %"].sum() - 100) < 0.5
