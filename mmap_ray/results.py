@@ -210,11 +210,12 @@ def _columns_problem(arrow: pa.Table, table: str) -> str | None:
     return f"columns of another type than the {table} schema's: {retyped[:3]}" if retyped else None
 
 
-def _read(where: Location) -> tuple[pd.DataFrame, int] | None:
-    """One file as a current-schema DataFrame and the version it was written with; None (with a warning)
-    for a file that is not ours."""
+def _read(where: Location) -> tuple[pa.Table, int] | None:
+    """One file as read, checked, and the schema version it was written with; None (with a warning) for a
+    file that is not ours. `_frame` makes it a current-schema DataFrame."""
     try:
-        arrow = pq.read_table(where.path, filesystem=where.filesystem())
+        with where.filesystem().open_input_file(where.path) as f:
+            arrow = pq.ParquetFile(f).read()
         version = _version(arrow)
         if version is not None and version < 1:
             raise ValueError(f"schema version {version} is not one")
@@ -235,6 +236,11 @@ def _read(where: Location) -> tuple[pd.DataFrame, int] | None:
             f"{where} has results schema v{version}, written by a newer mmap-ray; this one reads up to "
             f"v{SCHEMA_VERSION}: upgrade mmap-ray (pip install -U mmap-ray) to read it"
         )
+    return arrow, version
+
+
+def _frame(arrow: pa.Table, version: int, where: Location) -> pd.DataFrame:
+    """A file's rows (`_read`) as a DataFrame of the current schema: older versions upgraded."""
     df = arrow.to_pandas()
     if version == 1 and "scheme" not in df and where.parent.name.startswith("scheme="):
         df["scheme"] = where.parent.name.split("=", 1)[1]  # v1 kept the scheme in a hive folder key only
@@ -248,7 +254,7 @@ def _read(where: Location) -> tuple[pd.DataFrame, int] | None:
         ) from None
     if "schema_version" in df:
         df["schema_version"] = SCHEMA_VERSION
-    return df, version
+    return df
 
 
 def _study_name(results: Location, frames: list[pd.DataFrame]) -> str | None:
@@ -279,6 +285,20 @@ def _misplaced(df: pd.DataFrame, where: Location, study: str | None) -> str | No
     return None
 
 
+def _key_columns(arrow: pa.Table) -> list[str]:
+    """The columns that say whose rows a file holds (`_misplaced`, `_study_name`)."""
+    return [c for c in ("config_id", "seed", "study") if c in arrow.column_names]
+
+
+def _concat_arrow(tables: list[pa.Table]) -> list[pd.DataFrame]:
+    """Files of the current schema as one DataFrame (in a list, for `load`): one Arrow concatenation and one
+    conversion; where their columns differ in type, each file converted on its own as before."""
+    try:
+        return [pa.concat_tables(tables, promote_options="default").to_pandas()]
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        return [t.to_pandas() for t in tables]
+
+
 def load(root: str | Path | Location, table: str = TRIALS) -> pd.DataFrame:
     """One study table as a DataFrame; ValueError naming the folder when it holds no results.
 
@@ -289,15 +309,22 @@ def load(root: str | Path | Location, table: str = TRIALS) -> pd.DataFrame:
     reads = [(f, _read(f)) for f in folder.glob("*.parquet")]
     found = [(f, *read) for f, read in reads if read is not None]
     foreign = [f for f, read in reads if read is None]
-    study = _study_name(folder.parent, [df for _, df, _ in found])
+    current = all(version == SCHEMA_VERSION for _, _, version in found)
+    if current:  # the usual case: check each file on its key columns, convert all at once (a tenth of the time)
+        found = [(f, arrow, arrow.select(_key_columns(arrow)).to_pandas(), version) for f, arrow, version in found]
+    else:  # older files among them: each upgraded on its own, in the order found
+        found = [(f, None, _frame(arrow, version, f), version) for f, arrow, version in found]
+    study = _study_name(folder.parent, [keys for _, _, keys, _ in found])
     frames, skipped = [], []
-    for f, df, version in found:
-        why = _misplaced(df, f, study) if version >= 2 else None  # v1 files were named by Tune's trial id
+    for f, arrow, keys, version in found:
+        why = _misplaced(keys, f, study) if version >= 2 else None  # v1 files were named by Tune's trial id
         if why:
             skipped.append(f"skipping {f}: {why}")
             warnings.warn(skipped[-1], stacklevel=2)
         else:
-            frames.append(df)
+            frames.append(arrow if current else keys)
+    if current and frames:
+        frames = _concat_arrow(frames)
     if not frames and skipped:
         raise ValueError(f"no {table} results of study {study!r} in {folder}: {len(skipped)} files, e.g. {skipped[0]}")
     if not frames:

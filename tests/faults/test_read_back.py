@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -198,6 +199,27 @@ def test_copies_other_studies_rows_and_a_linked_results_folder_are_skipped_by_na
     assert main(["report", str(linked / "results")]) == 2
     err = capsys.readouterr().err
     assert "no trials results of study 's3' in" in err and ": 17 files, e.g. skipping" in err, err
+
+
+def test_a_results_folder_read_at_once_equals_each_file_read_on_its_own(tmp_path):
+    """`load` converts a folder of current-schema files in one go: the same frame as each file checked,
+    converted and joined on its own; files whose column types differ fall back to one at a time."""
+    from test_report import fabricate
+
+    from mmap_ray.results import CATEGORIES, _concat_arrow, _frame, _read, load
+    from mmap_ray.storage import location
+
+    results = Path(fabricate(tmp_path / "s1").path)
+    for table in ("trials", "epochs"):
+        keys = ["config_id", "seed"] + (["epoch"] if table == "epochs" else [])
+        once = load(results, table).sort_values(keys).reset_index(drop=True)
+        each = [_frame(*_read(f), f) for f in (location(str(results)) / table).glob("*.parquet")]
+        each = pd.concat(each, ignore_index=True).sort_values(keys).reset_index(drop=True)
+        each = each.astype({c: "category" for c in CATEGORIES if c in each})
+        assert len(once) > 1
+        pd.testing.assert_frame_equal(once, each)
+    mixed = _concat_arrow([pa.table({"a": [1, 2]}), pa.table({"a": ["x"]})])
+    assert [f["a"].tolist() for f in mixed] == [[1, 2], ["x"]]
 
 
 # ---- case 7: one line where a traceback was ------------------------------------------------------------
