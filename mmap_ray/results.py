@@ -310,19 +310,20 @@ def load(root: str | Path | Location, table: str = TRIALS) -> pd.DataFrame:
     found = [(f, *read) for f, read in reads if read is not None]
     foreign = [f for f, read in reads if read is None]
     current = all(version == SCHEMA_VERSION for _, _, version in found)
-    if current:  # the usual case: check each file on its key columns, convert all at once (a tenth of the time)
+    # `checked`: what each file is checked on (its key columns; the whole upgraded frame for older files)
+    if current:  # the usual case: checked on its key columns, converted all at once below
         found = [(f, arrow, arrow.select(_key_columns(arrow)).to_pandas(), version) for f, arrow, version in found]
     else:  # older files among them: each upgraded on its own, in the order found
         found = [(f, None, _frame(arrow, version, f), version) for f, arrow, version in found]
-    study = _study_name(folder.parent, [keys for _, _, keys, _ in found])
+    study = _study_name(folder.parent, [checked for _, _, checked, _ in found])
     frames, skipped = [], []
-    for f, arrow, keys, version in found:
-        why = _misplaced(keys, f, study) if version >= 2 else None  # v1 files were named by Tune's trial id
+    for f, arrow, checked, version in found:
+        why = _misplaced(checked, f, study) if version >= 2 else None  # v1 files were named by Tune's trial id
         if why:
             skipped.append(f"skipping {f}: {why}")
             warnings.warn(skipped[-1], stacklevel=2)
         else:
-            frames.append(arrow if current else keys)
+            frames.append(arrow if current else checked)
     if current and frames:
         frames = _concat_arrow(frames)
     if not frames and skipped:

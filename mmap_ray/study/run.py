@@ -316,10 +316,9 @@ def _run_trials(plan: Plan, tasks: list[str], resume: bool, log) -> tuple[int, b
         try:
             tuner.fit()
         except TuneError:
-            if failures:  # the study stopped because results could not be stored: say that, plainly
-                raise failures[0] from None
-            raise
-        if failures:  # the writer stopped the study (its stopper) when a result could not be stored
+            if not failures:
+                raise
+        if failures:  # results could not be stored: the writer's stopper ended the study; say that, plainly
             raise failures[0]
     return total, interrupt.requested
 
